@@ -1,0 +1,100 @@
+"""Capture a model's graph: fx first, then torch.export, then hooks on one real forward pass.
+
+Every method yields the same `AuditGraph`, so rules never know which one ran; the result says which did and
+why the earlier ones failed. The model is captured in eval mode without gradients, and its train/eval state
+is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from typing import Any, Callable, Iterator
+
+import torch.nn as nn
+
+from auditor.capture.common import Site
+from auditor.errors import first_line
+from auditor.capture.forward import ForwardFailure
+from auditor.graph import AuditGraph
+
+METHODS = ("fx", "export", "hooks")
+_NOISY_LOGGERS = ("torch._subclasses.fake_tensor", "torch._dynamo", "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes")
+
+
+class CaptureError(Exception):
+    """No method could capture the model."""
+
+
+def capture(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site], methods: tuple[str, ...] = METHODS) -> AuditGraph:
+    """The graph of `model` on `inputs` by the first method that works.
+
+    Raises ForwardFailure when the model itself fails on these inputs (seen in a real forward pass), and
+    CaptureError when every method failed for other reasons.
+    """
+    notes: list[str] = []
+    forward_failed: ForwardFailure | None = None
+    with eval_mode(model), quiet_torch():
+        for method in methods:
+            if method == "export" and forward_failed is not None:
+                continue  # export runs the same forward symbolically; only a real eager pass can settle it
+            try:
+                graph = _capturer(method)(model, inputs, sites)
+            except ForwardFailure as failure:
+                if method == "hooks":
+                    raise
+                forward_failed = failure
+                notes.append(f"{method}: the traced forward failed ({failure}); checked eagerly")
+                continue
+            except Exception as exc:  # noqa: BLE001 - any capture failure moves on to the next method
+                notes.append(f"{method}: {type(exc).__name__}: {first_line(exc)}")
+                continue
+            graph.notes = notes + graph.notes
+            return graph
+    if forward_failed is not None:
+        raise forward_failed
+    raise CaptureError("; ".join(notes) or "no capture method was tried")
+
+
+def _capturer(method: str) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Site]], AuditGraph]:
+    if method == "fx":
+        from auditor.capture.fx import capture_fx
+
+        return capture_fx
+    if method == "export":
+        from auditor.capture.export import capture_export
+
+        return capture_export
+    if method == "hooks":
+        from auditor.capture.hooks import capture_hooks
+
+        return capture_hooks
+    raise ValueError(f"unknown capture method {method!r}")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration, then every module's own training flag back as it was."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
+def quiet_torch() -> Iterator[None]:
+    """torch.export logs tracebacks and warns while it works; a failed attempt must not reach the user."""
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in _NOISY_LOGGERS]
+    for logger, _ in saved:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)

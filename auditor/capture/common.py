@@ -1,0 +1,104 @@
+"""What the three captures share: which modules are atomic nodes, and how a module or a call becomes a Node."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+
+from auditor.graph import CALL, MODULE, Node, ops
+
+Site = tuple[str, int]
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_SIMPLE = (int, float, bool, str, tuple, type(None))
+
+
+def is_leaf(module: nn.Module) -> bool:
+    """A module the graph shows as one node: torch.nn's own modules (as fx sees them), and user subclasses
+    that keep a torch.nn atom's forward (`class MyConv(nn.Conv2d): pass`)."""
+    if isinstance(module, _CONTAINERS):
+        return False
+    if type(module).__module__.startswith(("torch.nn.", "torch.ao.nn.")):
+        return True
+    forward_module = getattr(type(module).forward, "__module__", "") or ""
+    return forward_module.startswith("torch.nn.") and op_of_module(module) is not None
+
+
+def op_of_module(module: nn.Module) -> str | None:
+    names = [cls.__name__ for cls in type(module).__mro__ if cls.__module__.startswith(("torch.nn.", "torch.ao.nn."))]
+    return ops.op_for_module_class(names)
+
+
+def module_node(name: str, qualname: str, module: nn.Module | None, class_name: str, site: Site | None) -> Node:
+    """A MODULE node for a call of `module`; hyper-parameters and own weights come from the live module."""
+    op = op_of_module(module) if module is not None else ops.op_for_module_class([class_name])
+    if op is None:
+        has_children = module is not None and any(True for _ in module.children())
+        op = ops.OPAQUE if has_children else class_name.lower()
+    node = Node(name=name, kind=MODULE, op=op, target=f"nn.{class_name}", module=qualname, module_type=class_name)
+    if module is not None:
+        node.obj = module
+        node.attrs = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training" and isinstance(v, _SIMPLE)}
+        node.params = {k: p for k, p in module.named_parameters() if p is not None}
+        node.inplace = bool(node.attrs.get("inplace", False))
+    if site is not None:
+        node.file, node.line = site
+    return node
+
+
+def call_node(name: str, op_name: str, target: str, owner: str | None, args: Iterable[Any], kwargs: dict[str, Any], is_value: Any) -> Node:
+    """A CALL node for a function or method call; literal arguments become attrs (by the op's positional names)."""
+    op, inplace = ops.op_for_name(op_name)
+    node = Node(name=name, kind=CALL, op=op, target=target, module=owner)
+    positional = ops.positional_names(op)
+    for index, value in enumerate(args):
+        if index < len(positional) and _is_literal(value, is_value):
+            node.attrs[positional[index]] = value
+    for key, value in kwargs.items():
+        if _is_literal(value, is_value):
+            node.attrs[key] = value
+    node.inplace = inplace or bool(node.attrs.get("inplace", False))
+    return node
+
+
+def _is_literal(value: Any, is_value: Any) -> bool:
+    if is_value(value) or isinstance(value, torch.Tensor):
+        return False
+    if isinstance(value, (list, tuple)):
+        return all(_is_literal(v, is_value) for v in value)
+    return isinstance(value, _SIMPLE + (list,))
+
+
+def describe_value(value: Any) -> tuple[tuple[int, ...] | None, str | None]:
+    """Shape and dtype of the first tensor in a (possibly nested) value."""
+    tensor = first_tensor(value)
+    if tensor is None:
+        return None, None
+    return tuple(int(d) for d in tensor.shape), str(tensor.dtype).replace("torch.", "")
+
+
+def first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    if isinstance(value, dict):
+        return first_tensor(list(value.values()))
+    return None
+
+
+def function_label(fn: Any) -> str:
+    """How a called function reads in messages: `F.relu`, `torch.cat`, `operator.add`."""
+    module = getattr(fn, "__module__", None) or ""
+    name = getattr(fn, "__name__", repr(fn))
+    if module == "torch.nn.functional":
+        return f"F.{name}"
+    if module.startswith("torch") or module == "" or module is None:
+        return f"torch.{name}"
+    if module == "_operator":
+        return f"operator.{name}"
+    return f"{module}.{name}"

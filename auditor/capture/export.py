@@ -1,0 +1,198 @@
+"""Capture with `torch.export` (non-strict), or read a saved `.pt2` program.
+
+Export traces inside torch.nn composites (nn.TransformerEncoderLayer) and through shape checks that defeat fx.
+Its graph holds aten ops; the ops of one call of an atomic module (a Conv2d's conv2d, an LSTM's lstm and
+getitems) are folded into one MODULE node, so rules see the same graph as with fx. Shapes come from the
+FakeTensor in each node's `meta["val"]`; rules run before any decomposition (which would erase eval dropout).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from auditor.capture.common import Site, call_node, describe_value, is_leaf, module_node
+from auditor.graph import INPUT, OUTPUT, PARAM, AuditGraph, Node
+from auditor.locations import first_user_site
+
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
+_CONTAINERS = ("torch.nn.modules.container.",)
+
+
+def capture_export(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site]) -> AuditGraph:
+    program = torch.export.export(model, inputs, strict=False)
+    return convert_program(program, model, sites)
+
+
+def load_program(path: str) -> AuditGraph:
+    """A saved ExportedProgram; no live module, so weights come from its state_dict."""
+    program = torch.export.load(path)
+    return convert_program(program, None, {})
+
+
+def convert_program(program: Any, model: nn.Module | None, sites: dict[str, Site]) -> AuditGraph:
+    signature = program.graph_signature
+    weights = {**signature.inputs_to_parameters, **signature.inputs_to_buffers, **signature.inputs_to_lifted_tensor_constants}
+    state = {**program.state_dict, **getattr(program, "constants", {})}
+    groups = _group_by_atomic_module(program.graph, model)
+    nodes: dict[fx.Node, Node] = {}
+    ordered: list[Node] = []
+    taken = {n.name for n in program.graph.nodes}
+    for fx_node in program.graph.nodes:
+        if fx_node in nodes:
+            continue
+        group = groups.get(fx_node)
+        if group is not None:
+            node = _module_node(_unique_name(group["qualname"], taken), group, model, state, sites)
+            members = group["members"]
+            for member in members:
+                nodes[member] = node
+            sources = [i for m in members for i in m.all_input_nodes if i not in members]
+        else:
+            node = _plain_node(fx_node, weights, state)
+            nodes[fx_node] = node
+            sources = list(fx_node.all_input_nodes)
+        node.inputs = _unique(nodes[i] for i in sources if i in nodes and not _is_weight(i, weights))
+        ordered.append(node)
+    graph = AuditGraph(ordered, method="export", model=model, meta={"program": program})
+    graph.link()
+    return graph
+
+
+def _group_by_atomic_module(graph: fx.Graph, model: nn.Module | None) -> dict[fx.Node, dict[str, Any]]:
+    """Consecutive call_function nodes made inside the same call of an atomic module, as one group each."""
+    groups: dict[fx.Node, dict[str, Any]] = {}
+    current: dict[str, Any] | None = None
+    for n in graph.nodes:
+        key = _atomic_entry(n, model) if n.op == "call_function" else None
+        if key is None:
+            current = None
+            continue
+        if current is None or current["key"] != key:
+            current = {"key": key, "qualname": key[1], "class": key[2], "members": []}
+        current["members"].append(n)
+        groups[n] = current
+    return groups
+
+
+def _atomic_entry(n: fx.Node, model: nn.Module | None) -> tuple[str, str, str] | None:
+    """(stack key, qualified name, class path) of the outermost atomic module on the node's module stack."""
+    for key, (qualname, class_path) in (n.meta.get("nn_module_stack") or {}).items():
+        qualname = _plain_qualname(str(qualname))
+        class_path = class_path if isinstance(class_path, str) else f"{class_path.__module__}.{class_path.__qualname__}"
+        if _is_atomic(qualname, class_path, model):
+            return str(key), qualname, class_path
+    return None
+
+
+def _is_atomic(qualname: str, class_path: str, model: nn.Module | None) -> bool:
+    if model is not None:
+        try:
+            return is_leaf(model.get_submodule(qualname))
+        except AttributeError:
+            pass
+    return class_path.startswith("torch.nn.modules.") and not class_path.startswith(_CONTAINERS)
+
+
+def _plain_qualname(text: str) -> str:
+    """Export and dynamo spell qualified names as `L__self__.a.b` or `L['self'].a.b`; rules want `a.b`."""
+    text = re.sub(r"^L\['self'\]\.?|^L__self__\.?", "", text)
+    return text
+
+
+def _module_node(name: str, group: dict[str, Any], model: nn.Module | None, state: dict[str, Any], sites: dict[str, Site]) -> Node:
+    members: list[fx.Node] = group["members"]
+    qualname: str = group["qualname"]
+    module = _submodule(model, qualname)
+    class_name = group["class"].rsplit(".", 1)[-1]
+    site = sites.get(qualname) or _user_frame(members[0])
+    node = module_node(name, qualname, module, class_name, site)
+    if module is None:
+        prefix = qualname + "." if qualname else ""
+        node.params = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and isinstance(v, torch.Tensor) and "." not in k[len(prefix):]}
+        main = next((m for m in members if call_node("", _aten_name(m), "", None, (), {}, lambda v: False).op == node.op), None)
+        if main is not None:
+            node.attrs = call_node("", _aten_name(main), "", None, main.args, main.kwargs, lambda v: isinstance(v, fx.Node)).attrs
+    outputs = [m for m in members if any(u not in members for u in m.users)] or members[-1:]
+    node.shape, node.dtype = describe_value(outputs[0].meta.get("val"))
+    node.meta["fx_nodes"] = members
+    return node
+
+
+def _plain_node(n: fx.Node, weights: dict[str, str], state: dict[str, Any]) -> Node:
+    if n.op == "placeholder":
+        if n.name in weights:
+            node = Node(name=n.name, kind=PARAM, op="param", target=weights[n.name])
+        else:
+            node = Node(name=n.name, kind=INPUT, op="input", target=n.name)
+    elif n.op == "output":
+        node = Node(name=n.name, kind=OUTPUT, op="output", target="output")
+    elif n.op == "get_attr":
+        node = Node(name=n.name, kind=PARAM, op="param", target=str(n.target))
+    else:
+        owner = _owner(n)
+        name = _aten_name(n)
+        node = call_node(n.name, name, name.rsplit(".", 1)[0] if name.startswith("aten.") else name, owner, n.args, n.kwargs, lambda v: isinstance(v, fx.Node))
+        site = _user_frame(n)
+        if site is not None:
+            node.file, node.line = site
+    node.shape, node.dtype = describe_value(n.meta.get("val"))
+    node.meta["fx_node"] = n
+    return node
+
+
+def _unique_name(qualname: str, taken: set[str]) -> str:
+    """Module nodes are named after their module, as fx names them (`layer1.0.conv` -> `layer1_0_conv`)."""
+    base = qualname.replace(".", "_") or "root"
+    name, index = base, 0
+    while name in taken:
+        index += 1
+        name = f"{base}_{index}"
+    taken.add(name)
+    return name
+
+
+def _aten_name(n: fx.Node) -> str:
+    target = n.target
+    if isinstance(target, torch._ops.OpOverload):
+        return f"aten.{target._schema.name.split('::')[-1]}.{target._overloadname}"
+    return getattr(target, "__name__", str(target))
+
+
+def _owner(n: fx.Node) -> str:
+    stack = n.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    qualname, _ = list(stack.values())[-1]
+    return _plain_qualname(str(qualname))
+
+
+def _user_frame(n: fx.Node) -> Site | None:
+    """The innermost frame of the node's recorded stack trace that lies outside torch."""
+    frames = [(m.group("file"), int(m.group("line"))) for m in _FRAME.finditer(n.meta.get("stack_trace") or "")]
+    return first_user_site(reversed(frames))
+
+
+def _submodule(model: nn.Module | None, qualname: str) -> nn.Module | None:
+    if model is None:
+        return None
+    try:
+        return model.get_submodule(qualname)
+    except AttributeError:
+        return None
+
+
+def _is_weight(n: fx.Node, weights: dict[str, str]) -> bool:
+    return n.op == "placeholder" and n.name in weights
+
+
+def _unique(items: Any) -> list[Node]:
+    seen: list[Node] = []
+    for item in items:
+        if all(item is not s for s in seen):
+            seen.append(item)
+    return seen

@@ -1,0 +1,122 @@
+"""Capture with `torch.fx.symbolic_trace`, then one real forward through an Interpreter for shapes.
+
+The Interpreter survives a failing elementwise op between two tensors (a residual add of mismatched shapes):
+it records the failure on that node and carries on with the first operand, so one pass finds every bad add.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from auditor.capture.common import Site, call_node, describe_value, function_label, is_leaf, module_node
+from auditor.capture.forward import ForwardFailure, is_recoverable, mismatch_message
+from auditor.graph import INPUT, OUTPUT, PARAM, AuditGraph, Node
+from auditor.locations import user_frame
+
+
+class _LocatingTracer(fx.Tracer):
+    """symbolic_trace's tracer, plus the user's forward line for every node and the audit's leaf rule."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return is_leaf(m)
+
+    def create_node(self, kind: str, target: Any, args: Any, kwargs: Any, name: str | None = None, type_expr: Any = None) -> fx.Node:
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        node.meta["user_frame"] = user_frame(depth=2)
+        return node
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    tracer = _LocatingTracer()
+    graph = tracer.trace(model)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+class _ShapeRecorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.described: dict[fx.Node, tuple[tuple[int, ...] | None, str | None]] = {}
+        self.failures: dict[fx.Node, str] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as exc:  # noqa: BLE001 - any failure is either recovered or reported with its node
+            args, _ = self.fetch_args_kwargs_from_env(n)
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if is_recoverable(_op_name(n)) and len(tensors) == 2:
+                self.failures[n] = mismatch_message(tensors[0], tensors[1])
+                result = tensors[0]
+            else:
+                raise ForwardFailure(n.name, _target_label(n), _owner(n), n.meta.get("user_frame"), exc) from exc
+        self.described[n] = describe_value(result)
+        return result
+
+
+def capture_fx(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site]) -> AuditGraph:
+    """Trace, run once for shapes, and convert to the audit graph. Raises on trace or forward failure."""
+    gm = trace(model)
+    recorder = _ShapeRecorder(gm)
+    with torch.no_grad():
+        recorder.run(*inputs)
+    nodes: dict[fx.Node, Node] = {}
+    for fx_node in gm.graph.nodes:
+        node = _convert(fx_node, gm, sites)
+        node.inputs = [nodes[i] for i in fx_node.all_input_nodes if i in nodes]
+        node.shape, node.dtype = recorder.described.get(fx_node, (None, None))
+        node.error = recorder.failures.get(fx_node)
+        node.meta["fx_node"] = fx_node
+        nodes[fx_node] = node
+    graph = AuditGraph(list(nodes.values()), method="fx", model=model, meta={"graph_module": gm})
+    graph.link()
+    return graph
+
+
+def _convert(n: fx.Node, gm: fx.GraphModule, sites: dict[str, Site]) -> Node:
+    frame = n.meta.get("user_frame")
+    if n.op == "placeholder":
+        return Node(name=n.name, kind=INPUT, op="input", target=str(n.target))
+    if n.op == "output":
+        return Node(name=n.name, kind=OUTPUT, op="output", target="output")
+    if n.op == "get_attr":
+        node = Node(name=n.name, kind=PARAM, op="param", target=str(n.target), module=_owner(n))
+    elif n.op == "call_module":
+        module = gm.get_submodule(str(n.target))
+        qualname = str(n.target)
+        node = module_node(n.name, qualname, module, type(module).__name__, sites.get(qualname) or frame)
+        node.meta["call_site"] = frame
+        return node
+    else:
+        node = call_node(n.name, _op_name(n), _target_label(n), _owner(n), n.args, n.kwargs, lambda v: isinstance(v, fx.Node))
+    if frame is not None:
+        node.file, node.line = frame
+    return node
+
+
+def _op_name(n: fx.Node) -> str:
+    if n.op == "call_method":
+        return str(n.target)
+    if n.op == "call_function":
+        return getattr(n.target, "__name__", str(n.target))
+    return n.op
+
+
+def _target_label(n: fx.Node) -> str:
+    if n.op == "call_method":
+        return f"Tensor.{n.target}"
+    if n.op == "call_function":
+        return function_label(n.target)
+    return str(n.target)
+
+
+def _owner(n: fx.Node) -> str:
+    """The module whose forward made this call: the innermost entry of fx's nn_module_stack ("" for the root)."""
+    stack = n.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    qualname, _ = list(stack.values())[-1]
+    return str(qualname)

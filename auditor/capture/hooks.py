@@ -1,0 +1,193 @@
+"""The capture of last resort: one real forward pass, watched.
+
+Module hooks see every call of an atomic module; a TorchFunctionMode sees the functions and tensor methods the
+user's forwards call between them (F.relu, `x + y`, torch.cat), which plain hooks would miss. Edges follow
+tensor identity (every produced tensor is kept alive until the end so ids stay unique; an in-place op re-binds
+its tensor to itself). Works on anything that runs, including data-dependent control flow (the branch taken).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+from auditor.capture.common import Site, call_node, describe_value, function_label, is_leaf, module_node
+from auditor.capture.forward import ForwardFailure, is_recoverable, mismatch_message
+from auditor.graph import INPUT, OUTPUT, AuditGraph, Node
+from auditor.locations import user_frame
+
+
+def capture_hooks(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site]) -> AuditGraph:
+    recorder = _Recorder(sites)
+    for index, value in enumerate(inputs):
+        recorder.add_input(f"input_{index}" if len(inputs) > 1 else "x", value)
+    handles = []
+    for qualname, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(recorder.pre_hook(qualname, module), with_kwargs=True))
+        handles.append(module.register_forward_hook(recorder.post_hook(qualname, module), with_kwargs=True))
+    try:
+        with torch.no_grad(), recorder:
+            output = model(*inputs)
+    except ForwardFailure:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failure inside a module: name the innermost one running
+        raise recorder.failure_in_module(exc) from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+    recorder.add_output(output)
+    graph = AuditGraph(recorder.nodes, method="hooks", model=model)
+    graph.link()
+    return graph
+
+
+@dataclass
+class _ModuleCall:
+    qualname: str
+    module: nn.Module
+    recorded: bool  # False inside an atomic module: its internals are not graph nodes
+    leaf: bool
+    inputs: list[Node] = field(default_factory=list)
+    site: Site | None = None
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, sites: dict[str, Site]) -> None:
+        super().__init__()
+        self.sites = sites
+        self.nodes: list[Node] = []
+        self.producer: dict[int, Node] = {}
+        self.alive: list[torch.Tensor] = []  # keeps ids unique for the whole pass
+        self.calls: list[_ModuleCall] = []  # module calls in progress, outermost first
+        self.leaf_depth = 0
+        self.names: dict[str, int] = {}
+
+    # --- naming and bookkeeping -------------------------------------------------------------------------------
+    def _name(self, base: str) -> str:
+        base = base.replace(".", "_") or "root"
+        count = self.names.get(base, 0)
+        self.names[base] = count + 1
+        return base if count == 0 else f"{base}_{count}"
+
+    def _bind(self, node: Node, value: Any) -> None:
+        for tensor in _tensors(value):
+            self.producer[id(tensor)] = node
+            self.alive.append(tensor)
+        node.shape, node.dtype = describe_value(value)
+        self.nodes.append(node)
+
+    def _sources(self, *values: Any) -> list[Node]:
+        found: list[Node] = []
+        for tensor in _tensors(values):
+            node = self.producer.get(id(tensor))
+            if node is not None and all(node is not f for f in found):
+                found.append(node)
+        return found
+
+    def add_input(self, name: str, value: Any) -> None:
+        self._bind(Node(name=name, kind=INPUT, op="input", target=name), value)
+
+    def add_output(self, value: Any) -> None:
+        node = Node(name="output", kind=OUTPUT, op="output", target="output", inputs=self._sources(value))
+        node.shape, node.dtype = describe_value(value)
+        self.nodes.append(node)
+
+    # --- modules ----------------------------------------------------------------------------------------------
+    def pre_hook(self, qualname: str, module: nn.Module) -> Callable[..., None]:
+        leaf = is_leaf(module)
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            call = _ModuleCall(qualname, module, recorded=self.leaf_depth == 0, leaf=leaf)
+            if call.recorded and leaf:
+                self.leaf_depth += 1
+                call.inputs = self._sources(args, kwargs)
+                call.site = user_frame(depth=2)
+            self.calls.append(call)
+
+        return hook
+
+    def post_hook(self, qualname: str, module: nn.Module) -> Callable[..., None]:
+        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            call = self.calls.pop()
+            if not (call.recorded and call.leaf):
+                return
+            self.leaf_depth -= 1
+            site = self.sites.get(qualname) or call.site
+            node = module_node(self._name(qualname), qualname, module, type(module).__name__, site)
+            node.inputs = call.inputs
+            node.meta["call_site"] = call.site
+            self._bind(node, output)
+
+        return hook
+
+    def owner(self) -> str:
+        """The innermost recorded module running: the one whose forward makes a functional call."""
+        return next((c.qualname for c in reversed(self.calls) if c.recorded), "")
+
+    def failure_in_module(self, exc: BaseException) -> ForwardFailure:
+        call = self.calls[-1] if self.calls else None
+        if call is None:
+            return ForwardFailure("forward", "forward", None, None, exc)
+        return ForwardFailure(call.qualname or "root", f"nn.{type(call.module).__name__}", call.qualname, self.sites.get(call.qualname), exc)
+
+    # --- functions and tensor methods -------------------------------------------------------------------------
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if self.leaf_depth:
+            return func(*args, **kwargs)
+        name = _function_name(func)
+        try:
+            result = func(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - recovered (shape mismatch of an add) or reported with its site
+            tensors = list(_tensors(args))
+            site = user_frame(depth=2)
+            owner = self.owner()
+            if is_recoverable(name) and len(tensors) == 2:
+                result = tensors[0]
+                node = self._call(name, func, args, kwargs, site, owner)
+                node.error = mismatch_message(tensors[0], tensors[1])
+                self._bind(node, result)
+                return result
+            raise ForwardFailure(name, _label(func, name), owner, site, exc) from exc
+        sources = self._sources(args, kwargs)
+        if not sources or not any(True for _ in _tensors(result)):
+            return result
+        node = self._call(name, func, args, kwargs, user_frame(depth=2), self.owner())
+        self._bind(node, result)
+        return result
+
+    def _call(self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], site: Site | None, owner: str) -> Node:
+        node = call_node(self._name(name.strip("_") or "call"), name, _label(func, name), owner, args, kwargs, lambda v: isinstance(v, torch.Tensor))
+        node.inputs = self._sources(args, kwargs)
+        if site is not None:
+            node.file, node.line = site
+        return node
+
+
+def _function_name(func: Any) -> str:
+    name = getattr(func, "__name__", "call")
+    if name == "__get__":  # a property such as Tensor.T
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    return name
+
+
+def _label(func: Any, name: str) -> str:
+    qualname = getattr(func, "__qualname__", "") or ""
+    if qualname.startswith(("TensorBase.", "Tensor.")):
+        return f"Tensor.{name}"
+    return function_label(func)
+
+
+def _tensors(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)

@@ -1,0 +1,251 @@
+"""The `audit` command: a thin layer over the engine. Data goes to stdout, people's messages to stderr.
+
+`audit rules` and `audit explain` are dispatched before the main command, since `audit` itself takes free
+positional targets.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from auditor import __version__
+from auditor.config import Config, find_pyproject, load_config, validate_settings
+from auditor.errors import UsageError
+from auditor.findings import Report, Severity
+from auditor.options import FixOptions, Options
+from auditor.report import FORMATS
+from auditor.selection import Selection, is_valid_selector
+
+EPILOG = "Other commands: `audit rules` lists every rule; `audit explain CODE` explains one."
+audit_app = typer.Typer(add_completion=False, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
+rules_app = typer.Typer(add_completion=False, rich_markup_mode=None)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    argv = sys.argv[1:]
+    if argv and argv[0] in ("rules", "explain"):
+        rules_app(args=argv, prog_name="audit")
+    else:
+        audit_app(args=argv, prog_name="audit")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"auditor {__version__}")
+        raise typer.Exit()
+
+
+@audit_app.command(epilog=EPILOG)
+def audit(
+    targets: Annotated[Optional[list[str]], typer.Argument(help="model.py, model.py:NAME, package.module:NAME, program.pt2 or DIR. Default: the targets in [tool.auditor].", show_default=False)] = None,
+    inputs: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="[DTYPE:]D0,D1,... for each positional forward input, e.g. 2,3,224,224 or long:2,128.", show_default=False)] = None,
+    kwargs: Annotated[Optional[str], typer.Option("--kwargs", help="JSON object of arguments for the class or factory, e.g. '{\"depth\": 18}'.", show_default=False)] = None,
+    probe: Annotated[bool, typer.Option("--probe", help="Run the dynamic probes (gradients, mixed precision, clipping).")] = False,
+    fix: Annotated[bool, typer.Option("--fix", help="Rewrite the model to fix what can be fixed; needs --out.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the fixed model(s).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="With --fix: overwrite an existing --out folder.")] = False,
+    shortcut: Annotated[str, typer.Option("--shortcut", help="RES001 fix: 'conv' (1x1 conv + BN) or 'pad' (zero-pad, parameter-free).")] = "conv",
+    diff: Annotated[bool, typer.Option("--diff", help="With --fix: print the generated code before and after.")] = False,
+    output_format: Annotated[str, typer.Option("--format", help="text, json, sarif or github.")] = "text",
+    select: Annotated[Optional[list[str]], typer.Option("--select", help="Codes, prefixes or ALL (comma-separated).", show_default=False)] = None,
+    ignore: Annotated[Optional[list[str]], typer.Option("--ignore", help="Codes or prefixes to skip (comma-separated).", show_default=False)] = None,
+    fail_on: Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 on findings at or above: error (default), warning or info.", show_default=False)] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="Config file (default: [tool.auditor] in the nearest pyproject.toml).", show_default=False)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda when available).", show_default=False)] = None,
+    clip_norm: Annotated[Optional[float], typer.Option("--clip-norm", help="With --probe: the gradient-clipping threshold to evaluate.", show_default=False)] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="With --probe: write the per-layer chart to this PNG (needs matplotlib).", show_default=False)] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled models (.pt/.pth), which runs any code they contain.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only findings; no summary or progress.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Capture notes, timings, and tracebacks for failures.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    """Audit PyTorch models for missing or misplaced training tricks."""
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        config = _config(config_file)
+        options = _options(config, inputs, kwargs, probe, fix, out, force, shortcut, diff, output_format, select, ignore, fail_on, device, clip_norm, plot, trust_pickle, verbose)
+        target_list = _targets(targets, config)
+    except UsageError as exc:
+        err.print(f"audit: error: {exc}", style="red", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    report = _run(target_list, options, config, err, quiet or output_format != "text")
+    _emit(report, output_format, quiet, verbose)
+    for result in report.failed_targets:
+        err.print(f"audit: error: {result.target}: {result.error}", style="red", highlight=False, markup=False)
+        if result.traceback:
+            err.print(result.traceback, highlight=False, markup=False)
+    raise typer.Exit(report.exit_code(options.fail_on))
+
+
+def _run(targets: list[Any], options: Options, config: Config, err: Console, silent: bool) -> Report:
+    from auditor.engine import Engine, resolve_targets
+
+    parsed, errors = resolve_targets([t.target for t in targets], config.exclude)
+    by_text = {t.target: t for t in targets}
+    for target in parsed:
+        origin = by_text.get(target.text)
+        if origin is not None:
+            target.kwargs, target.inputs = dict(origin.kwargs), list(origin.inputs)
+    show_progress = not silent and err.is_terminal and len(parsed) > 0
+    if not show_progress:
+        return Report(errors + Engine(options).run(parsed))
+    with err.status("auditing", spinner="dots") as status:
+        engine = Engine(options, progress=lambda text: status.update(f"auditing {text}"))
+        return Report(errors + engine.run(parsed))
+
+
+def _emit(report: Report, output_format: str, quiet: bool, verbose: bool) -> None:
+    if output_format == "text":
+        from auditor.report.text import print_report
+
+        print_report(report, Console(highlight=False, soft_wrap=True), quiet=quiet, verbose=verbose)
+        return
+    from auditor.report import renderer
+
+    sys.stdout.write(renderer(output_format)(report) + "\n")
+
+
+def _config(config_file: Path | None) -> Config:
+    if config_file is not None:
+        return load_config(config_file, explicit=True)
+    return load_config(find_pyproject(Path.cwd()))
+
+
+def _options(
+    config: Config, inputs: list[str] | None, kwargs: str | None, probe: bool, fix: bool, out: Path | None, force: bool,
+    shortcut: str, diff: bool, output_format: str, select: list[str] | None, ignore: list[str] | None,
+    fail_on: str | None, device: str | None, clip_norm: float | None, plot: Path | None, trust_pickle: bool, verbose: bool,
+) -> Options:
+    from auditor.rule import all_rules, default_settings
+
+    if output_format not in FORMATS:
+        raise UsageError(f"--format {output_format!r}: expected one of {', '.join(FORMATS)}")
+    known = [(r.code, r.name) for r in all_rules()]
+    selection = Selection(
+        select=_selectors(select, "--select", known) if select else _checked(config.select, "select", known, config),
+        ignore=_selectors(ignore, "--ignore", known) if ignore else _checked(config.ignore, "ignore", known, config),
+        per_module_ignores=config.per_module_ignores,
+    )
+    settings = validate_settings(config.settings, default_settings(), f"in {config.path}" if config.path else "")
+    if clip_norm is not None:
+        settings["clip-norm"] = clip_norm
+    if plot is not None:
+        if not probe:
+            raise UsageError("--plot needs --probe")
+        settings["plot"] = str(plot)
+    fix_options = None
+    if fix:
+        if out is None:
+            raise UsageError("--fix needs --out DIR (the user's files are never modified)")
+        if shortcut not in ("conv", "pad"):
+            raise UsageError(f"--shortcut {shortcut!r}: expected 'conv' or 'pad'")
+        fix_options = FixOptions(out=out, force=force, shortcut=shortcut, diff=diff)
+    elif out is not None or diff:
+        raise UsageError("--out and --diff go with --fix")
+    try:
+        threshold = Severity.parse(fail_on) if fail_on else config.fail_on
+    except ValueError as exc:
+        raise UsageError(f"--fail-on: {exc}") from None
+    if device is not None and device not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device!r}: expected 'cpu' or 'cuda'")
+    return Options(
+        selection=selection, settings=settings, fail_on=threshold, inputs=list(inputs or []), kwargs=_kwargs(kwargs),
+        probe=probe, fix=fix_options, device=device or config.device, trust_pickle=trust_pickle, verbose=verbose,
+    )
+
+
+def _targets(targets: list[str] | None, config: Config) -> list[Any]:
+    from auditor.config import TargetConfig
+
+    if targets:
+        return [TargetConfig(target=t) for t in targets]
+    if not config.targets:
+        raise UsageError("no TARGET given and no `targets` configured in [tool.auditor]")
+    base = config.path.parent if config.path else Path.cwd()
+    resolved = []
+    for entry in config.targets:
+        location, sep, member = entry.target.rpartition(":") if ":" in entry.target else (entry.target, "", "")
+        path = base / location
+        text = f"{path}{sep}{member}" if (path.exists() or location.endswith(".py")) else entry.target
+        resolved.append(TargetConfig(target=text, kwargs=entry.kwargs, inputs=entry.inputs))
+    return resolved
+
+
+def _selectors(values: list[str], flag: str, known: list[tuple[str, str]]) -> list[str]:
+    patterns = [p.strip() for value in values for p in value.split(",") if p.strip()]
+    for pattern in patterns:
+        if not is_valid_selector(pattern, known):
+            raise UsageError(f"{flag}: unknown rule selector {pattern!r} (see `audit rules`)")
+    return patterns
+
+
+def _checked(patterns: list[str], key: str, known: list[tuple[str, str]], config: Config) -> list[str]:
+    for pattern in patterns:
+        if not is_valid_selector(pattern, known):
+            raise UsageError(f"{key} in {config.path}: unknown rule selector {pattern!r} (see `audit rules`)")
+    return patterns
+
+
+def _kwargs(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--kwargs: not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise UsageError("--kwargs: expected a JSON object such as '{\"depth\": 18}'")
+    return value
+
+
+# --- audit rules / audit explain ------------------------------------------------------------------------------
+
+
+@rules_app.command("rules")
+def list_rules(
+    output_format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+) -> None:
+    """Table of every rule: code, name, severity, fixable, what it flags."""
+    from rich.table import Table
+
+    from auditor.rule import all_rules
+
+    rules = all_rules()
+    if output_format == "json":
+        records = [{"code": r.code, "name": r.name, "severity": str(r.severity), "fixable": r.fixable, "scope": r.scope, "summary": r.summary} for r in rules]
+        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("code", "name", "severity", "fix", "scope"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("what it flags")
+    for r in rules:
+        table.add_row(r.code, r.name, str(r.severity), "yes" if r.fixable else "", r.scope, r.summary)
+    Console(highlight=False).print(table)
+
+
+@rules_app.command("explain")
+def explain(code: Annotated[str, typer.Argument(help="A rule code (DRO001) or name (dropout-before-activation).")]) -> None:
+    """The rule's full explanation: what, why, example, fix, references."""
+    from rich.markdown import Markdown
+
+    from auditor.rule import find_rule
+
+    rule = find_rule(code)
+    if rule is None:
+        Console(stderr=True, soft_wrap=True).print(f"audit: error: unknown rule {code!r} (see `audit rules`)", style="red", markup=False)
+        raise typer.Exit(2)
+    console = Console(highlight=False)
+    header = f"# {rule.code} {rule.name} ({rule.severity}{', fixable' if rule.fixable else ''})\n\n{rule.summary}\n\n"
+    body = "\n\n".join(f"## {title}\n\n{text}" for title, text in rule.doc_sections().items())
+    if console.is_terminal:
+        console.print(Markdown(header + body))
+    else:
+        sys.stdout.write(header + body + "\n")

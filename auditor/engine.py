@@ -1,0 +1,177 @@
+"""The pipeline: targets -> loaded models -> captured graphs -> findings -> one Report.
+
+Each target gets its own result: a target that fails (import, build, inputs, capture) is an "error" result and
+the others still run. torch is imported only when a target actually holds a model.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from auditor.errors import TargetError, first_line
+from auditor.findings import CaptureInfo, Finding, TargetResult
+from auditor.locations import display_path
+from auditor.options import Options
+from auditor.rule import GraphContext, rules_in_scope
+from auditor.source import check_source, may_define_models, parse
+from auditor.targets import Kind, Target
+
+if TYPE_CHECKING:
+    from auditor.graph import AuditGraph
+    from auditor.loading.models import LoadedModel, ModelLoader
+
+Progress = Callable[[str], None]
+
+
+class Engine:
+    """Runs targets one after another; the model loader (and torch) is created on first need."""
+
+    def __init__(self, options: Options, progress: Progress | None = None) -> None:
+        self.options = options
+        self.progress = progress or (lambda _: None)
+        self._loader: ModelLoader | None = None
+
+    @property
+    def loader(self) -> ModelLoader:
+        if self._loader is None:
+            from auditor.loading.models import ModelLoader
+
+            self._loader = ModelLoader(trust_pickle=self.options.trust_pickle)
+        return self._loader
+
+    def run(self, targets: Iterable[Target]) -> list[TargetResult]:
+        results: list[TargetResult] = []
+        for target in targets:
+            self.progress(target.text)
+            results.extend(self.audit_target(target))
+        return results
+
+    def audit_target(self, target: Target) -> list[TargetResult]:
+        if target.kind is Kind.FILE:
+            return self._audit_file(target)
+        if target.kind is Kind.PROGRAM:
+            return [self._guarded(target.text, lambda: self._audit_program(target))]
+        return self._audit_models(target, target.text)
+
+    def _audit_models(self, target: Target, label: str) -> list[TargetResult]:
+        loaded: list[LoadedModel] = []
+        failure = self._guarded(label, lambda: loaded.extend(self.loader.load(_with_options(target, self.options))))
+        if failure is not None:
+            return [failure]
+        return [self._guarded(model.label, lambda model=model: self.audit_loaded(model)) for model in loaded]
+
+    # --- source files -----------------------------------------------------------------------------------------
+    def _audit_file(self, target: Target) -> list[TargetResult]:
+        assert target.path is not None
+        label = display_path(str(target.path))
+        started = time.perf_counter()
+        try:
+            text = target.path.read_text(encoding="utf-8")
+            tree = parse(label, text)
+        except SyntaxError as exc:
+            return [_error(label, f"{label}:{exc.lineno}: syntax error: {exc.msg}", exc, self.options)]
+        except (OSError, UnicodeDecodeError) as exc:
+            return [_error(label, f"{label}: cannot be read: {first_line(exc)}", exc, self.options)]
+        source = TargetResult(target=label)
+        findings = check_source(label, text, tree, self.options.selection, self.options.settings)
+        source.findings = _kept(findings, self.options)
+        source.seconds = time.perf_counter() - started
+        if not may_define_models(tree):
+            return [source]
+        return [source, *self._audit_models(target, label)]
+
+    # --- models -----------------------------------------------------------------------------------------------
+    def audit_loaded(self, loaded: LoadedModel) -> TargetResult:
+        """Capture one built model and run the graph rules on it."""
+        from auditor.prepare import capture_model, place_on_device
+
+        started = time.perf_counter()
+        place_on_device(loaded, self.options.device)
+        graph, inputs = capture_model(loaded, self.options.inputs or loaded.inputs)
+        result = TargetResult(target=loaded.label, capture=CaptureInfo(graph.method, len(graph), list(graph.notes)))
+        findings = run_graph_rules(graph, self.options, result.capture.notes)
+        result.findings = _kept(findings, self.options)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _audit_program(self, target: Target) -> TargetResult:
+        from auditor.capture.export import load_program
+
+        assert target.path is not None
+        try:
+            graph = load_program(str(target.path))
+        except Exception as exc:  # noqa: BLE001 - a broken or foreign file
+            raise TargetError(f"{target.text}: not a loadable torch.export program: {first_line(exc)}") from exc
+        result = TargetResult(target=target.text, capture=CaptureInfo(graph.method, len(graph), list(graph.notes)))
+        result.findings = _kept(run_graph_rules(graph, self.options, result.capture.notes), self.options)
+        return result
+
+    def _guarded(self, label: str, work: Callable[[], Any]) -> Any:
+        """Run one target's work; any failure becomes that target's error result (a None result stays None)."""
+        from auditor.capture import CaptureError
+        from auditor.capture.forward import ForwardFailure
+
+        try:
+            return work()
+        except TargetError as exc:
+            return _error(label, str(exc), exc, self.options)
+        except ForwardFailure as exc:
+            return _error(label, f"forward failed: {exc}", exc, self.options)
+        except CaptureError as exc:
+            return _error(label, f"could not capture the model: {exc}", exc, self.options)
+        except Exception as exc:  # noqa: BLE001 - a bug of the tool's: this target fails, the others run
+            return _error(label, f"internal error: {type(exc).__name__}: {first_line(exc)} (--verbose shows the traceback)", exc, self.options)
+
+
+def run_graph_rules(graph: AuditGraph, options: Options, notes: list[str]) -> list[Finding]:
+    """Every enabled graph rule over one graph. A rule that crashes is noted, not fatal (unless --verbose)."""
+    ctx = GraphContext(graph=graph, settings=options.settings)
+    findings: list[Finding] = []
+    for rule in rules_in_scope("graph"):
+        if not options.selection.enabled(rule.code, rule.name):
+            continue
+        try:
+            findings.extend(rule.check(ctx))
+        except Exception as exc:  # noqa: BLE001 - a bug in one rule must not hide the others' findings
+            if options.verbose:
+                raise
+            notes.append(f"rule {rule.code} failed internally: {type(exc).__name__}: {first_line(exc)}")
+    return findings
+
+
+def _kept(findings: list[Finding], options: Options) -> list[Finding]:
+    unique = {(f.code, f.node, f.module, f.file, f.line, f.message): f for f in findings}
+    kept = [f for f in unique.values() if options.selection.keeps(f)]
+    return sorted(kept, key=lambda f: (f.file or "", f.line or 0, f.code, f.module or ""))
+
+
+def _with_options(target: Target, options: Options) -> Target:
+    """The command line's --kwargs apply to targets that did not bring their own (config targets do)."""
+    if options.kwargs and not target.kwargs:
+        target.kwargs = dict(options.kwargs)
+    return target
+
+
+def _error(label: str, message: str, exc: BaseException, options: Options) -> TargetResult:
+    """An error result; with --verbose it keeps the traceback, which the CLI prints to stderr."""
+    result = TargetResult(target=label, status="error", error=message)
+    if options.verbose:
+        result.traceback = "".join(traceback.format_exception(exc))
+    return result
+
+
+def resolve_targets(texts: list[str], exclude: list[str], base: Path | None = None) -> tuple[list[Target], list[TargetResult]]:
+    """Parse TARGET strings; the unparseable ones become error results (other targets still run)."""
+    from auditor.targets import parse_target
+
+    targets: list[Target] = []
+    errors: list[TargetResult] = []
+    for text in texts:
+        try:
+            targets.extend(parse_target(text, exclude=exclude, base=base))
+        except TargetError as exc:
+            errors.append(TargetResult(target=text, status="error", error=str(exc)))
+    return targets, errors

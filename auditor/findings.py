@@ -1,0 +1,132 @@
+"""The records every part of the tool exchanges: severities, findings, per-target results, the report.
+
+Plain data with no torch import, so reporters, config and the CLI stay cheap to load.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Severity(enum.IntEnum):
+    """Ordered so that `finding.severity >= fail_on` reads naturally."""
+
+    INFO = 1
+    WARNING = 2
+    ERROR = 3
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Severity:
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            raise ValueError(f"unknown severity {text!r} (expected error, warning or info)") from None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem at one place: the JSON `findings[]` record of the contract."""
+
+    code: str
+    rule: str
+    severity: Severity
+    message: str
+    module: str | None = None
+    node: str | None = None
+    file: str | None = None
+    line: int | None = None
+    fixable: bool = False
+    hint: str | None = None  # the imperative fix title shown to people; not part of the JSON record
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self)
+        record.pop("hint")
+        record["severity"] = str(self.severity)
+        return record
+
+
+@dataclass(frozen=True)
+class AppliedFix:
+    """One rewrite `--fix` made (JSON `fixes[]`)."""
+
+    code: str
+    module: str | None
+    action: str
+    safe: bool = False  # True when the rewrite provably keeps the model's outputs
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "module": self.module, "action": self.action, "safe": self.safe}
+
+
+@dataclass
+class CaptureInfo:
+    method: str  # "fx", "export" or "hooks"
+    nodes: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "nodes": self.nodes, "notes": list(self.notes)}
+
+
+@dataclass
+class TargetResult:
+    """The outcome for one audited thing: a model, or a source file's static checks."""
+
+    target: str
+    status: str = "ok"  # "ok" or "error"
+    error: str | None = None
+    capture: CaptureInfo | None = None
+    findings: list[Finding] = field(default_factory=list)
+    fixes: list[AppliedFix] = field(default_factory=list)
+    fixed_path: str | None = None
+    probes: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    traceback: str | None = None  # with --verbose, for a failed target
+
+    def to_json(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"target": self.target, "status": self.status}
+        if self.error is not None:
+            record["error"] = self.error
+        record["capture"] = self.capture.to_json() if self.capture else None
+        record["findings"] = [f.to_json() for f in self.findings]
+        record["fixes"] = [f.to_json() for f in self.fixes]
+        if self.fixed_path is not None:
+            record["fixed_path"] = self.fixed_path
+        record["probes"] = self.probes
+        return record
+
+
+@dataclass
+class Report:
+    """Everything one `audit` run found, in target order."""
+
+    results: list[TargetResult] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for r in self.results for f in r.findings]
+
+    def count(self, severity: Severity) -> int:
+        return sum(1 for f in self.findings if f.severity == severity)
+
+    @property
+    def failed_targets(self) -> list[TargetResult]:
+        return [r for r in self.results if r.status != "ok"]
+
+    def exit_code(self, fail_on: Severity) -> int:
+        if self.failed_targets:
+            return 2
+        return 1 if any(f.severity >= fail_on for f in self.findings) else 0
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "targets": len(self.results),
+            "error": self.count(Severity.ERROR),
+            "warning": self.count(Severity.WARNING),
+            "info": self.count(Severity.INFO),
+        }

@@ -1,0 +1,159 @@
+"""The graph every rule reads, whichever capture produced it (fx, export or hooks).
+
+Nodes are values in the model's dataflow: inputs, calls of torch.nn modules (a Conv2d is one node), calls of
+functions and tensor methods outside those modules, and the output. Each node carries its canonical op
+(`auditor.graph.ops`), the qualified name of its module (or of the module whose forward calls it), the user's
+file and line, the shape and dtype it produced, and its literal arguments. Edges follow tensors; in-place ops
+are resolved so that later readers of a mutated tensor read the in-place node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+from auditor.graph import ops
+
+if TYPE_CHECKING:
+    import torch
+
+INPUT = "input"
+MODULE = "module"
+CALL = "call"
+PARAM = "param"
+OUTPUT = "output"
+
+
+@dataclass(eq=False)
+class Node:
+    name: str
+    kind: str  # INPUT, MODULE, CALL, PARAM or OUTPUT
+    op: str  # canonical op, see auditor.graph.ops
+    target: str  # what was called, for people: "nn.Conv2d", "F.relu", "Tensor.relu_", "aten.add.Tensor"
+    module: str | None = None  # qualified module name: the module itself, or the one whose forward made the call
+    module_type: str | None = None  # class name of that module (kind MODULE only), e.g. "Conv2d"
+    obj: Any = None  # the live nn.Module for MODULE nodes, when the capture has it
+    inputs: list[Node] = field(default_factory=list)
+    users: list[Node] = field(default_factory=list)
+    attrs: dict[str, Any] = field(default_factory=dict)  # literal arguments / module hyper-parameters
+    params: dict[str, torch.Tensor] = field(default_factory=dict)  # own weights: "weight", "bias", "weight_hh_l0"
+    inplace: bool = False
+    shape: tuple[int, ...] | None = None  # of the (first) tensor produced
+    dtype: str | None = None
+    file: str | None = None
+    line: int | None = None
+    error: str | None = None  # the op failed when run (e.g. a residual add with mismatched operands)
+    meta: dict[str, Any] = field(default_factory=dict)  # capture-specific handles, e.g. "fx_node"
+
+    def __repr__(self) -> str:
+        return f"Node({self.name}: {self.op} {self.target} @ {self.module!r})"
+
+    def is_(self, *op_names: str | Iterable[str]) -> bool:
+        """Whether the op is one of the given names or sets of names."""
+        for item in op_names:
+            if (self.op == item) if isinstance(item, str) else (self.op in item):
+                return True
+        return False
+
+    @property
+    def is_module(self) -> bool:
+        return self.kind == MODULE
+
+    @property
+    def tensor_inputs(self) -> list[Node]:
+        return [n for n in self.inputs if n.kind != PARAM]
+
+    @property
+    def input_shapes(self) -> list[tuple[int, ...] | None]:
+        return [n.shape for n in self.tensor_inputs]
+
+    def label(self) -> str:
+        """How messages name the node: "Dropout `head.drop`" or "`F.relu` in `block`"."""
+        if self.kind == MODULE:
+            return f"{self.module_type} `{self.module}`"
+        if self.kind == INPUT:
+            return f"input `{self.name}`"
+        owner = f" in `{self.module}`" if self.module else ""
+        return f"`{self.target}`{owner}"
+
+
+@dataclass
+class AuditGraph:
+    """A captured model: nodes in execution order plus what the rules need around them."""
+
+    nodes: list[Node]
+    method: str  # "fx", "export" or "hooks"
+    model: Any = None  # the nn.Module audited (None for a loaded .pt2 program)
+    notes: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. "graph_module" for fx captures
+
+    def __post_init__(self) -> None:
+        self._by_name = {n.name: n for n in self.nodes}
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def node(self, name: str) -> Node:
+        return self._by_name[name]
+
+    def find(self, *op_names: str | Iterable[str]) -> list[Node]:
+        return [n for n in self.nodes if n.is_(*op_names)]
+
+    @property
+    def inputs(self) -> list[Node]:
+        return [n for n in self.nodes if n.kind == INPUT]
+
+    @property
+    def output(self) -> Node | None:
+        return next((n for n in reversed(self.nodes) if n.kind == OUTPUT), None)
+
+    def successors(self, node: Node, through: Iterable[str] = ops.TRANSPARENT) -> list[Node]:
+        """The nodes that consume `node`'s value, looking through ops in `through` (reshapes, getitem...)."""
+        return _walk(node, lambda n: n.users, set(through))
+
+    def predecessors(self, node: Node, through: Iterable[str] = ops.TRANSPARENT) -> list[Node]:
+        """The nodes that produced `node`'s tensor inputs, looking through ops in `through`."""
+        return _walk(node, lambda n: n.tensor_inputs, set(through))
+
+    def link(self) -> None:
+        """Rebuild users from inputs (captures fill inputs only) and resolve in-place aliasing."""
+        _resolve_inplace(self.nodes)
+        for n in self.nodes:
+            n.users = []
+        for n in self.nodes:
+            for i in n.inputs:
+                if n not in i.users:
+                    i.users.append(n)
+        self._by_name = {n.name: n for n in self.nodes}
+
+
+def _walk(start: Node, step: Callable[[Node], list[Node]], through: set[str]) -> list[Node]:
+    found: list[Node] = []
+    seen: set[int] = set()
+    stack = list(reversed(step(start)))
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.op in through:
+            stack.extend(reversed(step(n)))
+        else:
+            found.append(n)
+    return found
+
+
+def _resolve_inplace(nodes: list[Node]) -> None:
+    """After `x.relu_()`, later readers of `x` read the relu: re-point them so edges follow values."""
+    latest: dict[int, Node] = {}
+    for n in nodes:
+        n.inputs = [latest.get(id(i), i) for i in n.inputs]
+        if n.inplace and n.tensor_inputs:
+            mutated = n.tensor_inputs[0]
+            latest[id(mutated)] = n
+            for alias, current in list(latest.items()):
+                if current is mutated:
+                    latest[alias] = n

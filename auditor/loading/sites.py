@@ -1,0 +1,111 @@
+"""Where each submodule was created: the user's line `self.drop = nn.Dropout(0.1)`.
+
+Recorded while the tool imports the user's file and builds the model, by wrapping `nn.Module.__init__`: the
+first frame outside torch that is not one of the instance's own `__init__` frames is the line that created it.
+This is exact for factories, loops and `ModuleList.append`, where reading the source is not. For models built
+elsewhere (the Python API), `static_site` reads the parent's `__init__` source instead.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import inspect
+import textwrap
+import weakref
+from functools import lru_cache
+from typing import Iterator
+
+import torch.nn as nn
+
+from auditor.locations import display_path, user_frame
+
+Site = tuple[str, int]
+
+
+class CreationSites:
+    """A record of construction sites, keyed by module instance while recording, then by qualified name."""
+
+    def __init__(self) -> None:
+        self._sites: weakref.WeakKeyDictionary[nn.Module, Site] = weakref.WeakKeyDictionary()
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        original = nn.Module.__init__
+        sites = self._sites
+
+        def recording_init(module: nn.Module, *args: object, **kwargs: object) -> None:
+            if module not in sites:
+                site = user_frame(skip=lambda frame: frame.f_locals.get("self") is module, depth=2)
+                if site is not None:
+                    sites[module] = site
+            original(module, *args, **kwargs)
+
+        nn.Module.__init__ = recording_init  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            nn.Module.__init__ = original  # type: ignore[method-assign]
+
+    def for_model(self, model: nn.Module) -> dict[str, Site]:
+        """Qualified name -> site for every submodule (shared ones under each of their names)."""
+        found: dict[str, Site] = {}
+        for name, module in model.named_modules(remove_duplicate=False):
+            site = self._sites.get(module) or static_site(model, name)
+            if site is not None:
+                found[name] = site
+        return found
+
+
+def static_site(model: nn.Module, qualname: str) -> Site | None:
+    """The `self.<attr> = ...` line in the parent's class that creates `qualname`; for an entry of a
+    Sequential/ModuleList (or anything without such a line), the site of the nearest ancestor that has one."""
+    if not qualname:
+        return _class_site(type(model))
+    parent_name, _, attr = qualname.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    for cls in type(parent).__mro__:
+        if cls.__module__.startswith("torch."):
+            break
+        line = _assignment_lines(cls).get(attr)
+        if line is not None:
+            return line
+    return static_site(model, parent_name)
+
+
+def _class_site(cls: type) -> Site | None:
+    try:
+        _, line = inspect.getsourcelines(cls)
+        return display_path(inspect.getsourcefile(cls) or ""), line
+    except (OSError, TypeError):
+        return None
+
+
+@lru_cache(maxsize=512)
+def _assignment_lines(cls: type) -> dict[str, Site]:
+    """attr -> (file, line) of `self.attr = ...` / `self.attr: T = ...` in the class's `__init__`."""
+    try:
+        source_lines, first = inspect.getsourcelines(cls)
+        filename = display_path(inspect.getsourcefile(cls) or "")
+    except (OSError, TypeError):
+        return {}
+    try:
+        tree = ast.parse(textwrap.dedent("".join(source_lines)))
+    except SyntaxError:
+        return {}
+    found: dict[str, Site] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+            for stmt in ast.walk(node):
+                if not isinstance(stmt, (ast.Assign, ast.AnnAssign)) or _is_none(stmt.value):
+                    continue
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                for target in targets:
+                    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self":
+                        found.setdefault(target.attr, (filename, first + stmt.lineno - 1))
+    return found
+
+
+def _is_none(value: ast.expr | None) -> bool:
+    """`self.x = None` placeholders are not where the module is created."""
+    return value is None or (isinstance(value, ast.Constant) and value.value is None)

@@ -1,0 +1,32 @@
+"""The effective settings of one run: config file and command line merged (the command line wins)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from auditor.findings import Severity
+from auditor.selection import Selection
+
+
+@dataclass
+class FixOptions:
+    out: Path
+    force: bool = False
+    shortcut: str = "conv"  # RES001 shortcut: "conv" (1x1 conv + BN) or "pad" (parameter-free zero padding)
+    diff: bool = False
+
+
+@dataclass
+class Options:
+    selection: Selection = field(default_factory=Selection)
+    settings: dict[str, Any] = field(default_factory=dict)  # every rule setting, defaults merged with the config
+    fail_on: Severity = Severity.ERROR
+    inputs: list[str] = field(default_factory=list)  # --input specs, one per positional forward argument
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    probe: bool = False
+    fix: FixOptions | None = None
+    device: str | None = None  # None: cuda when available
+    trust_pickle: bool = False
+    verbose: bool = False

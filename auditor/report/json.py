@@ -1,0 +1,32 @@
+"""`--format json`: the contract's document, exactly."""
+
+from __future__ import annotations
+
+import json
+
+from auditor import __version__
+from auditor.findings import Report
+
+
+def document(report: Report) -> dict:
+    return {
+        "version": 1,
+        "tool": {"name": "auditor", "version": __version__},
+        "results": [r.to_json() for r in report.results],
+        "summary": report.summary(),
+    }
+
+
+def render(report: Report) -> str:
+    return json.dumps(document(report), indent=2, default=_jsonable)
+
+
+def _jsonable(value: object) -> object:
+    """Probe numbers may be tensors or numpy scalars; JSON wants plain numbers."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        return item()
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    return str(value)

@@ -1,0 +1,88 @@
+"""`--format text`: findings for people, grouped by target and severity, then a one-line summary.
+
+Printed through a rich Console built by the CLI at run time, so NO_COLOR and non-TTY output are plain text.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.text import Text
+
+from auditor.findings import Finding, Report, Severity, TargetResult
+
+STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+
+
+def print_report(report: Report, console: Console, *, quiet: bool = False, verbose: bool = False) -> None:
+    for result in report.results:
+        if result.status != "ok":
+            continue  # failed targets are reported on stderr by the CLI
+        if result.findings or (verbose and not quiet):
+            _print_result(result, console, verbose=verbose)
+    if not quiet:
+        console.print(summary_line(report))
+
+
+def _print_result(result: TargetResult, console: Console, *, verbose: bool) -> None:
+    header = Text(result.target, style="bold")
+    if result.capture is not None:
+        header.append(f"  {result.capture.method}, {result.capture.nodes} nodes", style="dim")
+    if verbose:
+        header.append(f", {result.seconds:.2f} s", style="dim")
+    console.print(header)
+    if verbose and result.capture is not None:
+        for note in result.capture.notes:
+            console.print(Text(f"  note: {note}", style="dim"))
+    for finding in sorted(result.findings, key=lambda f: (-f.severity, f.file or "", f.line or 0, f.code)):
+        console.print(finding_text(finding))
+    console.print()
+
+
+def finding_text(finding: Finding) -> Text:
+    line = Text("  ")
+    where = f"{finding.file}:{finding.line}" if finding.file and finding.line else finding.file or "-"
+    line.append(where, style="bold")
+    line.append(" ")
+    line.append(str(finding.severity), style=STYLE[finding.severity])
+    line.append(" ")
+    line.append(finding.code, style=STYLE[finding.severity])
+    if finding.module is not None:
+        line.append(f" [{finding.module or '<root>'}]", style="magenta")
+    line.append(f" {finding.message}")
+    if finding.hint:
+        fix_note = " (fixable with --fix)" if finding.fixable else ""
+        line.append(f"\n      help: {finding.hint}{fix_note}", style="dim")
+    return line
+
+
+def summary_line(report: Report) -> Text:
+    counts = report.summary()
+    failed = len(report.failed_targets)
+    targets = counts["targets"]
+    total = counts["error"] + counts["warning"] + counts["info"]
+    text = Text()
+    if total == 0 and not failed:
+        text.append("All checks passed!", style="bold green")
+        text.append(f" ({_plural(targets, 'target')} audited)", style="dim")
+        return text
+    parts = [
+        (counts["error"], "error", STYLE[Severity.ERROR]),
+        (counts["warning"], "warning", STYLE[Severity.WARNING]),
+        (counts["info"], "info", STYLE[Severity.INFO]),
+    ]
+    text.append("Found ")
+    for index, (count, name, style) in enumerate(parts):
+        text.append(f"{count} {name}" + ("s" if count != 1 and name != "info" else ""), style=style if count else "")
+        text.append(", " if index < 2 else "")
+    text.append(f" in {_plural(targets, 'target')}")
+    if failed:
+        text.append(f" ({_plural(failed, 'target')} failed)", style=STYLE[Severity.ERROR])
+    fixable = sum(1 for f in report.findings if f.fixable)
+    if fixable:
+        text.append(f"; {fixable} fixable with `audit --fix`", style="dim")
+    text.append(".")
+    return text
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")

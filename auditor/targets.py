@@ -1,0 +1,86 @@
+"""What a TARGET string names, decided without importing anything (the contract's table of target forms)."""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from auditor.errors import TargetError
+
+FIXED_MANIFEST = "auditor-fixed.json"  # marks a folder written by --fix
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+_DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+class Kind(enum.Enum):
+    FILE = "file"  # path/model.py, every model in it and the source checks
+    FILE_MEMBER = "file-member"  # path/model.py:NAME
+    MODULE_MEMBER = "module-member"  # package.module:NAME
+    PROGRAM = "program"  # path/program.pt2
+    FIXED = "fixed"  # a folder written by --fix
+    PICKLE = "pickle"  # a pickled model: refused unless --trust-pickle
+
+
+@dataclass
+class Target:
+    """One thing to audit, with what the user or the config supplied for it."""
+
+    kind: Kind
+    text: str  # as the user wrote it, for messages
+    path: Path | None = None
+    module: str | None = None
+    name: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+
+
+def parse_target(text: str, *, exclude: list[str] | None = None, base: Path | None = None) -> list[Target]:
+    """Expand one TARGET into concrete targets (a directory becomes its Python files).
+
+    Raises TargetError for targets that cannot exist (missing file, unknown form).
+    """
+    raw = text
+    member: str | None = None
+    location = text
+    if ":" in text and not Path(text).exists():
+        location, member = text.rsplit(":", 1)
+        if not member.isidentifier():
+            raise TargetError(f"{raw}: {member!r} is not a Python name")
+    path = Path(location) if base is None or Path(location).is_absolute() else base / location
+    if member is not None and not location.endswith(".py") and _DOTTED.match(location) and not path.exists():
+        return [Target(Kind.MODULE_MEMBER, raw, module=location, name=member)]
+    if not path.exists():
+        raise TargetError(f"{location}: no such file or directory")
+    if path.is_dir():
+        if member is not None:
+            raise TargetError(f"{raw}: a directory takes no ':NAME'")
+        if (path / FIXED_MANIFEST).is_file():
+            return [Target(Kind.FIXED, raw, path=path)]
+        return [Target(Kind.FILE, str(p), path=p) for p in python_files(path, exclude or [])]
+    suffix = path.suffix.lower()
+    if suffix == ".py":
+        if member is not None:
+            return [Target(Kind.FILE_MEMBER, raw, path=path, name=member)]
+        return [Target(Kind.FILE, raw, path=path)]
+    if suffix == ".pt2":
+        return [Target(Kind.PROGRAM, raw, path=path)]
+    if suffix in PICKLE_SUFFIXES:
+        return [Target(Kind.PICKLE, raw, path=path, name=member)]
+    raise TargetError(f"{raw}: not a Python file, a .pt2 program or a directory")
+
+
+def python_files(folder: Path, exclude: list[str]) -> list[Path]:
+    """Every *.py below `folder`, skipping hidden folders and excluded names, in a stable order."""
+    found: list[Path] = []
+    for path in sorted(folder.rglob("*.py")):
+        parts = path.relative_to(folder).parts
+        if any(part.startswith(".") for part in parts[:-1]):
+            continue
+        if any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in exclude):
+            continue
+        found.append(path)
+    return found

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from typing import Iterator
+
+from auditor.findings import Finding, Severity
+from auditor.graph import ops
+from auditor.rule import GraphContext, Rule, register
+
+
+@register
+class BatchNormAfterActivation(Rule):
+    """
+    ## What it does
+    Flags conv/linear -> activation -> BatchNorm: a BatchNorm that normalizes the output of an activation
+    which itself follows a weight layer.
+
+    ## Why is this bad?
+    Batch normalization was designed to normalize the pre-activations of a layer (Ioffe & Szegedy): conv ->
+    BN -> activation keeps the activation's input zero-mean and unit-variance, which is what makes the
+    non-linearity well-behaved and training stable. Normalizing after a ReLU normalizes a half-rectified,
+    skewed distribution instead, and leaves the activation fed by unnormalized values.
+
+    ## Example
+    ```python
+    nn.Sequential(nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(128))
+    ```
+
+    ## Use instead
+    ```python
+    nn.Sequential(nn.Conv2d(64, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.ReLU())
+    ```
+
+    ## Fix
+    `--fix` moves the BatchNorm between the weight layer and the activation (its `num_features` stays valid,
+    since the activation does not change the shape). This changes what the model computes.
+
+    ## References
+    Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+    Shift", ICML 2015.
+    """
+
+    code = "NRM001"
+    name = "batchnorm-after-activation"
+    severity = Severity.WARNING
+    summary = "conv/linear -> activation -> BatchNorm"
+    fix_title = "Put the BatchNorm between the conv/linear and the activation"
+
+    def check(self, ctx: GraphContext) -> Iterator[Finding]:
+        for norm in ctx.graph.find(ops.BATCH_NORM):
+            for activation in ctx.graph.predecessors(norm, through=ops.TRANSPARENT | {ops.DROPOUT}):
+                if not ops.is_activation(activation.op):
+                    continue
+                layers = [p for p in ctx.graph.predecessors(activation) if p.is_(ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR)]
+                for layer in layers:
+                    yield self.finding(
+                        f"{norm.label()} normalizes the output of {activation.label()} after {layer.label()}; "
+                        "use conv/linear -> BatchNorm -> activation",
+                        at=norm,
+                    )

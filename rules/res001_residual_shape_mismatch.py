@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from typing import Iterator
+
+from auditor.findings import Finding, Severity
+from auditor.graph import ops
+from auditor.rule import GraphContext, Rule, register
+
+
+@register
+class ResidualShapeMismatch(Rule):
+    """
+    ## What it does
+    Flags an addition of a block's output and its input (a residual connection) whose operands have
+    different shapes: the forward pass fails there, or would need a shortcut projection.
+
+    ## Why is this bad?
+    A residual block computes F(x) + x. When F changes the number of channels or the spatial size (a stride),
+    x no longer has F(x)'s shape and the add raises. The identity branch must be adapted: option B of He et
+    al. projects it with a 1x1 convolution (with the block's stride) plus BatchNorm; option A, parameter-free,
+    subsamples it with the stride and zero-pads the extra channels (only when channels grow).
+
+    ## Example
+    ```python
+    def forward(self, x):            # conv1: 64 -> 128 channels, stride 2
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + x
+    ```
+
+    ## Use instead
+    ```python
+    self.shortcut = nn.Sequential(nn.Conv2d(64, 128, 1, stride=2, bias=False), nn.BatchNorm2d(128))
+    ...
+    return out + self.shortcut(x)
+    ```
+
+    ## Fix
+    `--fix` inserts a shortcut on the identity branch: a 1x1 convolution with the block's stride plus
+    BatchNorm (default), or with `--shortcut pad` the parameter-free zero-pad shortcut when only channels grow
+    (with spatial subsampling). For Linear features, a Linear projection. The fixed model runs where the
+    original failed; it has new parameters, so this changes the model.
+
+    ## References
+    He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016 (shortcut options A and B).
+    """
+
+    code = "RES001"
+    name = "residual-shape-mismatch"
+    severity = Severity.ERROR
+    summary = "an add of a block output and its input whose shapes differ"
+    fix_title = "Insert a projection shortcut (1x1 conv + BN, or zero-padding) on the identity branch"
+
+    def check(self, ctx: GraphContext) -> Iterator[Finding]:
+        for add in ctx.graph.find(ops.ADD):
+            if add.error is None:
+                continue
+            left, right = (add.input_shapes + [None, None])[:2]
+            owner = f"block `{add.module}`" if add.module else "the model"
+            yield self.finding(
+                f"residual add in {owner}: {add.error}; {shortcut_advice(left, right)}",
+                at=add,
+            )
+
+
+def shortcut_advice(branch: tuple[int, ...] | None, identity: tuple[int, ...] | None) -> str:
+    """What the identity branch needs to match the block's output."""
+    if branch is None or identity is None or len(branch) != len(identity):
+        return "make both operands the same shape"
+    if len(branch) == 2 or (len(branch) == 3 and branch[:-1] == identity[:-1]):
+        return f"project the identity with a Linear({identity[-1]}, {branch[-1]})"
+    channels_in, channels_out = identity[1], branch[1]
+    strides = [i // b if b and i % b == 0 else None for i, b in zip(identity[2:], branch[2:])]
+    stride = strides[0] if strides and all(s == strides[0] for s in strides) and strides[0] else None
+    if stride is None:
+        return "the spatial sizes do not divide; make both operands the same shape"
+    stride_text = f", stride {stride}" if stride != 1 else ""
+    advice = f"add a shortcut: 1x1 conv {channels_in}->{channels_out}{stride_text} + BatchNorm"
+    if channels_out > channels_in:
+        advice += f", or zero-pad {channels_out - channels_in} channels" + (f" after subsampling by {stride}" if stride != 1 else "")
+    return advice
