@@ -7,3 +7,15 @@ thin layer over the same engine. Importing this package does not import torch.
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from auditor.findings import Report
+
+
+def audit(model: Any, example_inputs: Any = None, **options: Any) -> Report:
+    """Audit a live `nn.Module`; see `auditor.api.audit`. (torch is imported on first call, not on import.)"""
+    from auditor.api import audit as _audit
+
+    return _audit(model, example_inputs, **options)

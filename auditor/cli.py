@@ -155,6 +155,11 @@ def _options(
         raise UsageError(f"--fail-on: {exc}") from None
     if device is not None and device not in ("cpu", "cuda"):
         raise UsageError(f"--device {device!r}: expected 'cpu' or 'cuda'")
+    if (device or config.device) == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is available here")
     return Options(
         selection=selection, settings=settings, fail_on=threshold, inputs=list(inputs or []), kwargs=_kwargs(kwargs),
         probe=probe, fix=fix_options, device=device or config.device, trust_pickle=trust_pickle, verbose=verbose,

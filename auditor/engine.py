@@ -90,7 +90,7 @@ class Engine:
 
         started = time.perf_counter()
         place_on_device(loaded, self.options.device)
-        graph, inputs = capture_model(loaded, self.options.inputs or loaded.inputs)
+        graph, inputs = capture_model(loaded, self.options.inputs or loaded.inputs, self.options.capture, loaded.example_inputs)
         result = TargetResult(target=loaded.label, capture=CaptureInfo(graph.method, len(graph), list(graph.notes)))
         findings = run_graph_rules(graph, self.options, result.capture.notes)
         result.findings = _kept(findings, self.options)

@@ -28,5 +28,6 @@ class Options:
     probe: bool = False
     fix: FixOptions | None = None
     device: str | None = None  # None: cuda when available
+    capture: tuple[str, ...] = ("fx", "export", "hooks")  # the methods to try, in order (--capture forces one)
     trust_pickle: bool = False
     verbose: bool = False

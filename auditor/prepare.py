@@ -12,17 +12,17 @@ import torch
 
 from auditor.capture import capture
 from auditor.capture.forward import ForwardFailure
-from auditor.errors import TargetError, UsageError
+from auditor.errors import TargetError
 from auditor.graph import AuditGraph
 from auditor.loading.inputs import InputSpec, infer_candidates, make_inputs, parse_spec, provided_inputs
 from auditor.loading.models import LoadedModel
 
 
 def place_on_device(loaded: LoadedModel, device: str | None) -> None:
-    """Move a model the tool built to the requested device (default: cuda when available)."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    loaded.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """Move a model the tool built to the requested device (default: cuda when available). A model handed
+    to the Python API stays where its owner put it."""
+    if loaded.owned:
+        loaded.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -32,21 +32,26 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
-def capture_model(loaded: LoadedModel, specs: list[str]) -> tuple[AuditGraph, tuple[Any, ...]]:
-    """The graph and the inputs it was captured with."""
+def capture_model(
+    loaded: LoadedModel, specs: list[str], methods: tuple[str, ...], given: tuple[Any, ...] | None = None
+) -> tuple[AuditGraph, tuple[Any, ...]]:
+    """The graph and the inputs it was captured with: `given` inputs, else --input specs, else the user's
+    example inputs, else inferred ones."""
     device = model_device(loaded.model)
+    if given is not None:
+        return _capture(loaded, given, device, "the given inputs", methods)
     if specs:
         parsed = [parse_spec(s) for s in specs]
-        return _capture(loaded, make_inputs(parsed, loaded.model), device, _shapes(parsed))
+        return _capture(loaded, make_inputs(parsed, loaded.model), device, _shapes(parsed), methods)
     provided = provided_inputs(loaded.model, loaded.namespace)
     if provided is not None:
         inputs, source = provided
-        return _capture(loaded, inputs, device, source)
+        return _capture(loaded, inputs, device, source, methods)
     candidates = infer_candidates(loaded.model)
     first_failure: ForwardFailure | None = None
     for tried in candidates:
         try:
-            graph, inputs = _capture(loaded, make_inputs(tried, loaded.model), device, _shapes(tried), raise_forward=True)
+            graph, inputs = _capture(loaded, make_inputs(tried, loaded.model), device, _shapes(tried), methods, raise_forward=True)
         except ForwardFailure as failure:
             first_failure = first_failure or failure
             continue
@@ -57,11 +62,12 @@ def capture_model(loaded: LoadedModel, specs: list[str]) -> tuple[AuditGraph, tu
 
 
 def _capture(
-    loaded: LoadedModel, inputs: tuple[Any, ...], device: torch.device, described: str, raise_forward: bool = False
+    loaded: LoadedModel, inputs: tuple[Any, ...], device: torch.device, described: str, methods: tuple[str, ...],
+    raise_forward: bool = False,
 ) -> tuple[AuditGraph, tuple[Any, ...]]:
     moved = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in inputs)
     try:
-        return capture(loaded.model, moved, loaded.sites), moved
+        return capture(loaded.model, moved, loaded.sites, methods), moved
     except ForwardFailure as failure:
         if raise_forward:
             raise

@@ -114,12 +114,9 @@ def _first_consumers(model: nn.Module) -> list[tuple[str, nn.Module | None]] | N
             return None
         first = next((m for m in model.modules() if _specs_for(m)), None)
         return [("x", first)]
-    consumers: list[tuple[str, nn.Module | None]] = []
-    for node in gm.graph.nodes:
-        if node.op != "placeholder" or node.name not in _required_forward_args(model):
-            continue
-        consumers.append((node.name, _consumer_module(gm, node)))
-    return consumers or None
+    required = _required_forward_args(model)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"][: len(required)]
+    return [(name, _consumer_module(gm, node)) for name, node in zip(required, placeholders)] or None
 
 
 def _consumer_module(gm: Any, start: Any) -> nn.Module | None:

@@ -33,6 +33,8 @@ class LoadedModel:
     sites: dict[str, Site]
     namespace: ModuleType | None = None  # the module it came from (where `example_inputs()` may live)
     inputs: list[str] = field(default_factory=list)  # input specs attached to the target (config, fixed folder)
+    owned: bool = True  # built by the tool (may be moved to a device); False for a model handed to the API
+    example_inputs: tuple[Any, ...] | None = None  # inputs handed to the API
 
 
 @dataclass

@@ -95,13 +95,14 @@ def _assignment_lines(cls: type) -> dict[str, Site]:
         return {}
     found: dict[str, Site] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+        if isinstance(node, ast.FunctionDef) and node.name == "__init__" and node.args.args:
+            self_name = node.args.args[0].arg
             for stmt in ast.walk(node):
                 if not isinstance(stmt, (ast.Assign, ast.AnnAssign)) or _is_none(stmt.value):
                     continue
                 targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
                 for target in targets:
-                    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self":
+                    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == self_name:
                         found.setdefault(target.attr, (filename, first + stmt.lineno - 1))
     return found
 

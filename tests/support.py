@@ -1,0 +1,69 @@
+"""Shared test helpers: run the engine in-process, read `# expect:` marks from fixtures, run the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from auditor.engine import Engine
+from auditor.findings import Report, TargetResult
+from auditor.options import Options
+from auditor.rule import default_settings
+from auditor.selection import Selection
+from auditor.targets import parse_target
+
+TESTS = Path(__file__).parent
+FIXTURES = TESTS / "fixtures"
+EXPECT = re.compile(r"#\s*expect:\s*(?P<codes>[A-Z0-9, ]+)")
+HEADER = re.compile(r"^#\s*(?P<key>capture|select|input):\s*(?P<value>.+)$", re.MULTILINE)
+
+
+def options(**overrides: Any) -> Options:
+    """Options as the CLI builds them with no config: every rule, default settings."""
+    settings = default_settings()
+    settings.update(overrides.pop("settings", {}))
+    selection = Selection(select=overrides.pop("select", ["ALL"]), ignore=overrides.pop("ignore", []))
+    return Options(selection=selection, settings=settings, **overrides)
+
+
+def run(*targets: str | Path, **overrides: Any) -> Report:
+    """Audit targets in-process, as `audit TARGET...` would (target strings or paths)."""
+    engine = Engine(options(**overrides))
+    parsed = [t for text in targets for t in parse_target(str(text))]
+    return Report(engine.run(parsed))
+
+
+def model_results(report: Report) -> list[TargetResult]:
+    """The results of models (not the per-file source results)."""
+    return [r for r in report.results if ":" in r.target or r.capture is not None]
+
+
+def expected_marks(path: Path) -> set[tuple[str, int]]:
+    """(code, line) for every `# expect: CODE[, CODE]` comment in a fixture file."""
+    marks = set()
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        match = EXPECT.search(line)
+        if match:
+            marks.update((code.strip(), number) for code in match.group("codes").split(",") if code.strip())
+    return marks
+
+
+def fixture_header(path: Path) -> dict[str, list[str]]:
+    """Header comments of a fixture: `# capture: fx hooks`, `# select: DRO001`, `# input: 2,3,8,8 long:2,16`."""
+    found: dict[str, list[str]] = {}
+    for match in HEADER.finditer(path.read_text()):
+        key, value = match.group("key"), match.group("value")
+        words = value.split() if key == "input" else value.replace(",", " ").split()
+        found.setdefault(key, []).extend(words)
+    return found
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    """Run the installed `audit` command in a subprocess (for exit codes, stdout/stderr separation)."""
+    full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
+    command = [sys.executable, "-m", "auditor", *args]
+    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
