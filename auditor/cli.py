@@ -18,7 +18,7 @@ from auditor import __version__
 from auditor.config import Config, find_pyproject, load_config, validate_settings
 from auditor.errors import UsageError
 from auditor.findings import Report, Severity
-from auditor.options import FixOptions, Options
+from auditor.options import CAPTURE_METHODS, FixOptions, Options
 from auditor.report import FORMATS
 from auditor.selection import Selection, is_valid_selector
 
@@ -61,6 +61,7 @@ def audit(
     device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda when available).", show_default=False)] = None,
     clip_norm: Annotated[Optional[float], typer.Option("--clip-norm", help="With --probe: the gradient-clipping threshold to evaluate.", show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="With --probe: write the per-layer chart to this PNG (needs matplotlib).", show_default=False)] = None,
+    capture_method: Annotated[Optional[str], typer.Option("--capture", help="Force one capture method: fx, export or hooks (default: the first that works, in that order).", show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled models (.pt/.pth), which runs any code they contain.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only findings; no summary or progress.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Capture notes, timings, and tracebacks for failures.")] = False,
@@ -71,6 +72,8 @@ def audit(
     try:
         config = _config(config_file)
         options = _options(config, inputs, kwargs, probe, fix, out, force, shortcut, diff, output_format, select, ignore, fail_on, device, clip_norm, plot, trust_pickle, verbose)
+        if capture_method is not None:
+            options.capture = _capture_methods(capture_method)
         target_list = _targets(targets, config)
     except UsageError as exc:
         err.print(f"audit: error: {exc}", style="red", highlight=False, markup=False)
@@ -123,6 +126,7 @@ def _options(
     shortcut: str, diff: bool, output_format: str, select: list[str] | None, ignore: list[str] | None,
     fail_on: str | None, device: str | None, clip_norm: float | None, plot: Path | None, trust_pickle: bool, verbose: bool,
 ) -> Options:
+    from auditor.specs import parse_spec
     from auditor.rule import all_rules, default_settings
 
     if output_format not in FORMATS:
@@ -153,6 +157,8 @@ def _options(
         threshold = Severity.parse(fail_on) if fail_on else config.fail_on
     except ValueError as exc:
         raise UsageError(f"--fail-on: {exc}") from None
+    for spec in inputs or []:
+        parse_spec(spec)  # malformed specs stop the run before any target is loaded
     if device is not None and device not in ("cpu", "cuda"):
         raise UsageError(f"--device {device!r}: expected 'cpu' or 'cuda'")
     if (device or config.device) == "cuda":
@@ -166,8 +172,15 @@ def _options(
     )
 
 
+def _capture_methods(method: str) -> tuple[str, ...]:
+    if method not in CAPTURE_METHODS:
+        raise UsageError(f"--capture {method!r}: expected one of {', '.join(CAPTURE_METHODS)}")
+    return (method,)
+
+
 def _targets(targets: list[str] | None, config: Config) -> list[Any]:
     from auditor.config import TargetConfig
+    from auditor.specs import parse_spec
 
     if targets:
         return [TargetConfig(target=t) for t in targets]
@@ -176,6 +189,8 @@ def _targets(targets: list[str] | None, config: Config) -> list[Any]:
     base = config.path.parent if config.path else Path.cwd()
     resolved = []
     for entry in config.targets:
+        for spec in entry.inputs:
+            parse_spec(spec)
         location, sep, member = entry.target.rpartition(":") if ":" in entry.target else (entry.target, "", "")
         path = base / location
         text = f"{path}{sep}{member}" if (path.exists() or location.endswith(".py")) else entry.target

@@ -9,6 +9,8 @@ from typing import Any
 from auditor.findings import Severity
 from auditor.selection import Selection
 
+CAPTURE_METHODS = ("fx", "export", "hooks")
+
 
 @dataclass
 class FixOptions:
@@ -28,6 +30,6 @@ class Options:
     probe: bool = False
     fix: FixOptions | None = None
     device: str | None = None  # None: cuda when available
-    capture: tuple[str, ...] = ("fx", "export", "hooks")  # the methods to try, in order (--capture forces one)
+    capture: tuple[str, ...] = CAPTURE_METHODS  # the methods to try, in order (--capture forces one)
     trust_pickle: bool = False
     verbose: bool = False

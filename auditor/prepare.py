@@ -14,8 +14,9 @@ from auditor.capture import capture
 from auditor.capture.forward import ForwardFailure
 from auditor.errors import TargetError
 from auditor.graph import AuditGraph
-from auditor.loading.inputs import InputSpec, infer_candidates, make_inputs, parse_spec, provided_inputs
+from auditor.loading.inputs import infer_candidates, make_inputs, provided_inputs
 from auditor.loading.models import LoadedModel
+from auditor.specs import InputSpec, parse_spec
 
 
 def place_on_device(loaded: LoadedModel, device: str | None) -> None:

@@ -18,8 +18,8 @@ from auditor.capture.common import Site
 from auditor.errors import first_line
 from auditor.capture.forward import ForwardFailure
 from auditor.graph import AuditGraph
+from auditor.options import CAPTURE_METHODS
 
-METHODS = ("fx", "export", "hooks")
 _NOISY_LOGGERS = ("torch._subclasses.fake_tensor", "torch._dynamo", "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes")
 
 
@@ -27,7 +27,7 @@ class CaptureError(Exception):
     """No method could capture the model."""
 
 
-def capture(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site], methods: tuple[str, ...] = METHODS) -> AuditGraph:
+def capture(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site], methods: tuple[str, ...] = CAPTURE_METHODS) -> AuditGraph:
     """The graph of `model` on `inputs` by the first method that works.
 
     Raises ForwardFailure when the model itself fails on these inputs (seen in a real forward pass), and

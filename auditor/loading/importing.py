@@ -91,7 +91,7 @@ def _import_errors(path: Path | None, name: str | None = None) -> Iterator[None]
     except ModuleNotFoundError as exc:
         if path is None and exc.name and name and name.startswith(exc.name):
             raise TargetError(f"{name}: no module named {exc.name!r}") from exc
-        raise TargetError(f"{_where(exc, what)}: {type(exc).__name__}: {exc}") from exc
+        raise TargetError(f"{_where(exc, what)}: ModuleNotFoundError while importing: {first_line(exc)}") from exc
     except SystemExit as exc:
         raise TargetError(f"{what}: exited with {exc.code!r} while being imported") from exc
     except Exception as exc:  # noqa: BLE001 - whatever the user's module raises at import

@@ -7,49 +7,17 @@ engine takes the first one the model runs on.
 from __future__ import annotations
 
 import inspect
-import re
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from auditor.errors import TargetError, UsageError, first_line
+from auditor.errors import TargetError, first_line
+from auditor.specs import InputSpec
 
-_DTYPES = {
-    "float32": torch.float32, "float": torch.float32, "float16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "float64": torch.float64, "double": torch.float64, "int64": torch.int64,
-    "long": torch.int64, "int32": torch.int32, "int": torch.int32, "int16": torch.int16, "int8": torch.int8,
-    "uint8": torch.uint8, "bool": torch.bool,
-}
-_SPEC = re.compile(r"^(?:(?P<dtype>[a-z0-9]+):)?(?P<dims>\d+(?:,\d+)*)$")
 BATCH = 2
 SEQUENCE = 16
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    dtype: str
-    shape: tuple[int, ...]
-
-    def __str__(self) -> str:
-        dims = ",".join(str(d) for d in self.shape)
-        return dims if self.dtype == "float32" else f"{self.dtype}:{dims}"
-
-
-def parse_spec(text: str) -> InputSpec:
-    """`[DTYPE:]D0,D1,...`, e.g. `2,3,224,224` or `long:2,128`. Malformed specs are usage errors."""
-    match = _SPEC.match(text.strip().replace(" ", ""))
-    if match is None:
-        raise UsageError(f"--input {text!r}: expected [DTYPE:]D0,D1,... such as 2,3,224,224 or long:2,128")
-    dtype = match.group("dtype") or "float32"
-    if dtype not in _DTYPES:
-        raise UsageError(f"--input {text!r}: unknown dtype {dtype!r} (known: {', '.join(sorted(_DTYPES))})")
-    shape = tuple(int(d) for d in match.group("dims").split(","))
-    if any(d == 0 for d in shape):
-        raise UsageError(f"--input {text!r}: dimensions must be positive")
-    return InputSpec(_canonical(dtype), shape)
 
 
 def make_inputs(specs: list[InputSpec], model: nn.Module, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -57,7 +25,7 @@ def make_inputs(specs: list[InputSpec], model: nn.Module, seed: int = 0) -> tupl
     generator = torch.Generator().manual_seed(seed)
     tensors = []
     for spec in specs:
-        dtype = _DTYPES[spec.dtype]
+        dtype = getattr(torch, spec.dtype)
         if dtype.is_floating_point:
             tensors.append(torch.randn(spec.shape, generator=generator).to(dtype))
         elif dtype == torch.bool:
@@ -114,6 +82,8 @@ def _first_consumers(model: nn.Module) -> list[tuple[str, nn.Module | None]] | N
             return None
         first = next((m for m in model.modules() if _specs_for(m)), None)
         return [("x", first)]
+    if _specs_for(model):  # the model is itself one layer (nn.Linear, nn.LSTM...)
+        return [("x", model)]
     required = _required_forward_args(model)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"][: len(required)]
     return [(name, _consumer_module(gm, node)) for name, node in zip(required, placeholders)] or None
@@ -175,10 +145,6 @@ def _specs_for(module: nn.Module | None) -> list[InputSpec]:
     if isinstance(module, nn.GroupNorm):
         return [InputSpec(f32, (BATCH, module.num_channels, n, n)) for n in (32, 64, 224)]
     return []
-
-
-def _canonical(dtype: str) -> str:
-    return str(_DTYPES[dtype]).replace("torch.", "")
 
 
 def _as_tuple(value: Any) -> tuple[Any, ...]:

@@ -23,7 +23,7 @@ def _annotation(finding: Finding) -> str:
         if finding.line:
             properties.append(f"line={finding.line}")
     properties.append(f"title={_property(f'{finding.code} {finding.rule}')}")
-    module = f" [{finding.module}]" if finding.module else ""
+    module = f" [{finding.module or '<root>'}]" if finding.module is not None else ""
     return f"::{_COMMAND[finding.severity]} {','.join(properties)}::{_data(finding.message + module)}"
 
 

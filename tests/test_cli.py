@@ -1,0 +1,131 @@
+"""The command line as users and scripts drive it: exit codes, stdout vs stderr, options, config, subcommands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from auditor.cli import audit_app, rules_app
+from support import FIXTURES, cli
+
+MODELS = FIXTURES / "models"
+CLEAN = str(FIXTURES / "rules" / "clean_mlp.py")
+FAULTY = str(FIXTURES / "rules" / "dro001_modules.py")
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(audit_app, list(args), env={"NO_COLOR": "1", "COLUMNS": "200"})
+
+
+def test_exit_codes_follow_fail_on():
+    assert invoke(CLEAN).exit_code == 0
+    assert invoke(FAULTY).exit_code == 0  # warnings only, default --fail-on error
+    assert invoke(FAULTY, "--fail-on", "warning").exit_code == 1
+    assert invoke(str(MODELS / "build_error.py"), CLEAN).exit_code == 2
+
+
+def test_json_on_stdout_and_one_error_line_per_failed_target_on_stderr():
+    result = invoke("--format", "json", str(MODELS / "syntax_error.py"), FAULTY, "missing.py")
+    assert result.exit_code == 2
+    document = json.loads(result.stdout)
+    by_target = {r["target"]: r for r in document["results"]}
+    assert by_target["missing.py"]["error"] == "missing.py: no such file or directory"
+    assert {f["code"] for f in by_target[f"{FAULTY.split('/work/main/')[-1]}:Head"]["findings"]} == {"DRO001"}
+    errors = result.stderr.strip().splitlines()
+    assert errors == [
+        "audit: error: missing.py: missing.py: no such file or directory",
+        "audit: error: tests/fixtures/models/syntax_error.py: tests/fixtures/models/syntax_error.py:3: syntax error: expected ':'",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_verbose_adds_the_traceback():
+    result = invoke("--verbose", str(MODELS / "build_error.py"))
+    assert result.exit_code == 2
+    assert "Traceback (most recent call last)" in result.stderr and "ValueError: bad config" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--select", "XYZ999", CLEAN], "--select: unknown rule selector 'XYZ999'"),
+        (["--input", "2x3", CLEAN], "--input '2x3': expected [DTYPE:]D0,D1,..."),
+        (["--kwargs", "{depth: 1}", CLEAN], "--kwargs: not valid JSON"),
+        (["--format", "xml", CLEAN], "--format 'xml': expected one of text, json, sarif, github"),
+        (["--fix", CLEAN], "--fix needs --out DIR"),
+        (["--fail-on", "fatal", CLEAN], "--fail-on: unknown severity 'fatal'"),
+        (["--capture", "jit", CLEAN], "--capture 'jit': expected one of fx, export, hooks"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args, message):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"audit: error: {message}" or result.stderr.strip().startswith(f"audit: error: {message}")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_kwargs_and_inputs_reach_the_model():
+    result = invoke(f"{MODELS / 'needs_args.py'}:Net", "--kwargs", '{"depth": 2, "width": 8}', "--input", "3,8", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    [model] = [r for r in json.loads(result.stdout)["results"] if r["target"].endswith(":Net")]
+    assert model["status"] == "ok" and model["capture"]["nodes"] == 4
+
+
+def test_config_targets_run_when_no_target_is_given(tmp_path, monkeypatch):
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        class Net(nn.Module):
+            def __init__(self, width):
+                super().__init__()
+                self.body = nn.Sequential(nn.Linear(width, width), nn.Dropout(0.5), nn.Sigmoid())
+
+            def forward(self, x):
+                return self.body(x)
+    """))
+    (tmp_path / "pyproject.toml").write_text(textwrap.dedent("""
+        [tool.auditor]
+        fail-on = "warning"
+        targets = [{ target = "net.py:Net", kwargs = { width = 4 }, input = ["2,4"] }]
+    """))
+    monkeypatch.chdir(tmp_path)
+    result = invoke()
+    assert result.exit_code == 1, result.stderr
+    assert "net.py:7 warning DRO001 [body.1]" in result.stdout
+    monkeypatch.chdir(tmp_path.parent)
+    assert invoke().exit_code == 2
+
+
+def test_rules_and_explain():
+    listing = runner.invoke(rules_app, ["rules"])
+    assert listing.exit_code == 0 and "DRO001" in listing.stdout and "residual-shape-mismatch" in listing.stdout
+    records = json.loads(runner.invoke(rules_app, ["rules", "--format", "json"]).stdout)
+    assert {"code": "RES001", "name": "residual-shape-mismatch", "severity": "error", "fixable": True} .items() <= records[[r["code"] for r in records].index("RES001")].items()
+    explained = runner.invoke(rules_app, ["explain", "dropout-before-activation"])
+    assert explained.exit_code == 0
+    for section in ("## What it does", "## Why is this bad?", "## Example", "## Use instead", "## Fix", "## References"):
+        assert section in explained.stdout
+    unknown = runner.invoke(rules_app, ["explain", "XYZ001"])
+    assert unknown.exit_code == 2 and "unknown rule 'XYZ001'" in unknown.stderr
+
+
+def test_end_to_end_subprocess_and_no_torch_import_for_plain_files(tmp_path):
+    plain = tmp_path / "utils.py"
+    plain.write_text("def f(x):\n    return x + 1\n")
+    probe = (
+        "import sys\n"
+        "from auditor.cli import main\n"
+        f"sys.argv = ['audit', {str(plain)!r}]\n"
+        "try:\n    main()\n"
+        "except SystemExit as exit:\n    print('exit', exit.code, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "exit 0 False", done.stderr
+    version = cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == "auditor 0.1.0"

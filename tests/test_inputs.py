@@ -1,0 +1,102 @@
+"""Input specs and input resolution: --input, example_inputs(), example_input_array, inference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from auditor.errors import TargetError, UsageError
+from auditor.loading.inputs import infer_candidates, make_inputs
+from auditor.specs import InputSpec, parse_spec
+from support import FIXTURES, model_results, run
+
+MODELS = FIXTURES / "models"
+
+
+@pytest.mark.parametrize(
+    ("text", "spec"),
+    [
+        ("2,3,224,224", InputSpec("float32", (2, 3, 224, 224))),
+        ("long:2,128", InputSpec("int64", (2, 128))),
+        ("bfloat16:1,16", InputSpec("bfloat16", (1, 16))),
+        ("half:4", InputSpec("float16", (4,))),
+    ],
+)
+def test_parse_spec(text, spec):
+    assert parse_spec(text) == spec
+
+
+@pytest.mark.parametrize("text", ["", "2,,3", "2x3", "complex:2,3", "float32:", "2,0,3", "long:-1"])
+def test_malformed_spec_is_a_usage_error(text):
+    with pytest.raises(UsageError, match="--input"):
+        parse_spec(text)
+
+
+def test_integer_inputs_stay_below_the_smallest_embedding_table():
+    model = nn.ModuleDict({"a": nn.Embedding(7, 4), "b": nn.Embedding(100, 4)})
+    [tokens] = make_inputs([parse_spec("long:64,64")], model)
+    assert tokens.dtype == torch.int64 and int(tokens.max()) < 7 and int(tokens.min()) >= 0
+    [bits] = make_inputs([parse_spec("long:64")], nn.Linear(2, 2))
+    assert set(bits.tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize(
+    ("model", "first"),
+    [
+        (nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), (2, 3, 224, 224)),
+        (nn.Sequential(nn.Conv2d(1, 8, 3)), (2, 1, 28, 28)),
+        (nn.Sequential(nn.Conv1d(4, 8, 3)), (2, 4, 128)),
+        (nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), (2, 784)),
+        (nn.Sequential(nn.Embedding(30, 8)), (2, 16)),
+        (nn.LSTM(5, 7, batch_first=True), (2, 16, 5)),
+        (nn.GRU(5, 7), (16, 2, 5)),
+        (nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2, enable_nested_tensor=False), (2, 16, 16)),
+    ],
+)
+def test_inference_from_the_first_layer(model, first):
+    assert infer_candidates(model)[0][0].shape == first
+
+
+def test_inference_through_a_sequence_model():
+    report = run(MODELS / "sequence.py")
+    tagger, time_major = model_results(report)
+    assert tagger.status == time_major.status == "ok"
+    assert any("input inferred as int64:2,16" in note for note in tagger.capture.notes)
+    assert any("input inferred as 16,2,6" in note for note in time_major.capture.notes)
+
+
+def test_inferred_sizes_are_tried_until_one_runs():
+    class LeNetish(nn.Module):  # its Linear only fits a 32x32 input
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 5)
+            self.fc = nn.Linear(6 * 28 * 28, 10)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1))
+
+    import auditor
+
+    [result] = auditor.audit(LeNetish()).results
+    assert any("input inferred as 2,3,32,32" in note for note in result.capture.notes)
+
+
+def test_example_input_array_is_used():
+    [result] = model_results(run(MODELS / "lightning_style.py"))
+    assert result.status == "ok" and result.capture.nodes == 3
+
+
+def test_multiple_inputs_without_specs_are_explained():
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 3)
+
+        def forward(self, x, mask):
+            return self.a(x) * mask
+
+    with pytest.raises(TargetError, match="cannot infer input 'mask'"):
+        import auditor
+
+        auditor.audit(TwoInputs())

@@ -1,0 +1,98 @@
+"""The machine formats: the contract's JSON, SARIF 2.1.0 as GitHub code scanning reads it, GitHub annotations,
+and the text report."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from rich.console import Console
+
+from auditor.findings import AppliedFix, CaptureInfo, Finding, Report, Severity, TargetResult
+from auditor.report import renderer
+from auditor.report.text import print_report
+from auditor.rule import all_rules
+
+FINDING = Finding(
+    code="DRO001", rule="dropout-before-activation", severity=Severity.WARNING,
+    message="Dropout `head.drop` feeds ReLU `head.act`; apply dropout after the activation",
+    module="head.drop", node="head_drop", file="models/net.py", line=14, fixable=True, hint="Move the dropout after the activation",
+)
+ROOT_FINDING = Finding(code="RES001", rule="residual-shape-mismatch", severity=Severity.ERROR, message="100% bad: a, b\nnext", module="", node="add", file="models/net.py", line=30)
+UNLOCATED = Finding(code="NRM001", rule="batchnorm-after-activation", severity=Severity.INFO, message="m", module=None)
+
+
+def report() -> Report:
+    return Report([
+        TargetResult("models/net.py:Net", capture=CaptureInfo("fx", 57), findings=[FINDING, ROOT_FINDING], fixes=[AppliedFix("DRO001", "head.drop", "moved after head.act")]),
+        TargetResult("models/net.py", findings=[UNLOCATED]),
+        TargetResult("models/broken.py", status="error", error="models/broken.py:3: syntax error: invalid syntax"),
+    ])
+
+
+def test_json_has_every_contract_field():
+    document = json.loads(renderer("json")(report()))
+    assert document["version"] == 1 and document["tool"] == {"name": "auditor", "version": "0.1.0"}
+    first = document["results"][0]
+    assert first["target"] == "models/net.py:Net" and first["status"] == "ok"
+    assert first["capture"] == {"method": "fx", "nodes": 57, "notes": []}
+    assert first["findings"][0] == {
+        "code": "DRO001", "rule": "dropout-before-activation", "severity": "warning",
+        "message": "Dropout `head.drop` feeds ReLU `head.act`; apply dropout after the activation",
+        "module": "head.drop", "node": "head_drop", "file": "models/net.py", "line": 14, "fixable": True,
+    }
+    assert first["fixes"] == [{"code": "DRO001", "module": "head.drop", "action": "moved after head.act", "safe": False}]
+    assert first["probes"] == {}
+    failed = document["results"][2]
+    assert failed["status"] == "error" and failed["error"].startswith("models/broken.py:3")
+    assert document["summary"] == {"targets": 3, "error": 1, "warning": 1, "info": 1}
+
+
+def test_sarif_is_structurally_what_github_code_scanning_reads():
+    document = json.loads(renderer("sarif")(report()))
+    assert document["version"] == "2.1.0" and document["$schema"].endswith("sarif-2.1.0.json")
+    [run] = document["runs"]
+    driver = run["tool"]["driver"]
+    assert driver["name"] == "auditor" and driver["version"] == "0.1.0"
+    ids = [r["id"] for r in driver["rules"]]
+    assert ids == sorted(r.code for r in all_rules())
+    for descriptor in driver["rules"]:
+        assert descriptor["shortDescription"]["text"] and descriptor["fullDescription"]["text"] and descriptor["help"]["text"]
+        assert descriptor["defaultConfiguration"]["level"] in ("error", "warning", "note")
+    levels = [r["level"] for r in run["results"]]
+    assert levels == ["warning", "error", "note"]
+    for result in run["results"]:
+        assert driver["rules"][result["ruleIndex"]]["id"] == result["ruleId"]
+        assert result["message"]["text"]
+        [location] = result["locations"]
+        physical = location["physicalLocation"]
+        assert not physical["artifactLocation"]["uri"].startswith("/")
+        assert physical["region"]["startLine"] >= 1
+    assert run["results"][0]["locations"][0]["logicalLocations"] == [{"fullyQualifiedName": "head.drop", "kind": "module"}]
+    assert run["results"][2]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "models/net.py"
+    assert run["invocations"][0]["executionSuccessful"] is False
+
+
+def test_github_annotations_escape_data_and_properties():
+    lines = renderer("github")(report()).splitlines()
+    assert lines[0] == "::warning file=models/net.py,line=14,title=DRO001 dropout-before-activation::" + FINDING.message + " [head.drop]"
+    assert lines[1] == "::error file=models/net.py,line=30,title=RES001 residual-shape-mismatch::100%25 bad: a, b%0Anext [<root>]"
+    assert lines[2] == "::notice title=NRM001 batchnorm-after-activation::m"
+    assert lines[3].startswith("::error title=audit::models/broken.py: models/broken.py:3")
+
+
+def test_text_report_groups_by_target_with_locations_and_summary():
+    buffer = io.StringIO()
+    print_report(report(), Console(file=buffer, no_color=True, width=200, soft_wrap=True))
+    text = buffer.getvalue()
+    assert "models/net.py:Net  fx, 57 nodes" in text
+    error_at = text.index("models/net.py:30 error RES001 [<root>]")
+    assert error_at < text.index("models/net.py:14 warning DRO001 [head.drop] Dropout `head.drop` feeds ReLU")
+    assert "help: Move the dropout after the activation (fixable with --fix)" in text
+    assert text.rstrip().endswith("Found 1 error, 1 warning, 1 info in 3 targets (1 target failed); 1 fixable with `audit --fix`.")
+
+
+def test_text_report_for_a_clean_run():
+    buffer = io.StringIO()
+    print_report(Report([TargetResult("a.py")]), Console(file=buffer, no_color=True, width=200))
+    assert buffer.getvalue().strip() == "All checks passed! (1 target audited)"
