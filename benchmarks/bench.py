@@ -1,0 +1,109 @@
+"""Time `audit` against what it costs just to build the model and run it once, each in a fresh process.
+
+    python benchmarks/bench.py            # markdown table on stdout
+    python benchmarks/bench.py --repeat 5
+
+"plain" is a process that imports torch, builds the model and runs one eval forward pass (what any use of the
+model pays); "forward" is that pass alone; all process times are wall-clock from outside the process; "audit" and "audit --probe" are the CLI end to end. The in-process columns
+split one audit into capture (trace + shape pass) and the graph rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+CASES = {
+    "ResNet-50 (2x3x224x224)": ("resnet50", "2,3,224,224"),
+    "Transformer 6x512 (long:2,128)": ("transformer", "long:2,128"),
+}
+
+PLAIN = """
+import sys, time, json
+started = time.perf_counter()
+import torch
+sys.path.insert(0, {here!r})
+import models
+from auditor.loading.inputs import make_inputs
+from auditor.specs import parse_spec
+model = getattr(models, {name!r})().eval()
+inputs = make_inputs([parse_spec({spec!r})], model)
+forward_started = time.perf_counter()
+with torch.no_grad():
+    model(*inputs)
+done = time.perf_counter()
+print(json.dumps({{"total": done - started, "forward": done - forward_started}}))
+"""
+
+PHASES = """
+import sys, time, json
+sys.path.insert(0, {here!r})
+from auditor.engine import run_graph_rules
+from auditor.loading.models import ModelLoader
+from auditor.prepare import capture_model
+from auditor.options import Options
+from auditor.rule import default_settings
+from auditor.targets import parse_target
+[target] = parse_target({target!r})
+[loaded] = ModelLoader().load(target)
+started = time.perf_counter()
+graph, inputs = capture_model(loaded, [{spec!r}], ("fx", "export", "hooks"))
+captured = time.perf_counter()
+run_graph_rules(graph, Options(settings=default_settings()), [])
+ruled = time.perf_counter()
+print(json.dumps({{"capture": captured - started, "rules": ruled - captured, "method": graph.method, "nodes": len(graph)}}))
+"""
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=False, capture_output=True)
+    return time.perf_counter() - started
+
+
+def python_json(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    rows = []
+    for label, (name, spec) in CASES.items():
+        target = f"{HERE / 'models.py'}:{name}"
+        plain_code = PLAIN.format(here=str(HERE), name=name, spec=spec)
+        plain = [python_json(plain_code) for _ in range(args.repeat)]
+        plain_wall = [timed([sys.executable, "-c", plain_code]) for _ in range(args.repeat)]
+        audit = [timed([sys.executable, "-m", "auditor", target, "-i", spec, "-q"]) for _ in range(args.repeat)]
+        probe = [timed([sys.executable, "-m", "auditor", target, "-i", spec, "-q", "--probe"]) for _ in range(args.repeat)]
+        phases = [python_json(PHASES.format(here=str(HERE), target=target, spec=spec)) for _ in range(args.repeat)]
+        plain_total = statistics.median(plain_wall)
+        rows.append((
+            label,
+            plain_total,
+            statistics.median(p["forward"] for p in plain),
+            statistics.median(audit),
+            statistics.median(probe),
+            statistics.median(p["capture"] for p in phases),
+            statistics.median(p["rules"] for p in phases),
+            f"{phases[0]['method']}, {phases[0]['nodes']} nodes",
+        ))
+    print("| model | plain: import+build+forward | forward alone | `audit` | `audit --probe` | capture | rules | graph |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, plain_total, forward, audit, probe, capture, rules, graph in rows:
+        print(
+            f"| {label} | {plain_total:.2f} s | {forward:.2f} s | {audit:.2f} s ({audit / plain_total:.1f}x) | "
+            f"{probe:.2f} s ({probe / plain_total:.1f}x) | {capture:.2f} s | {rules * 1000:.0f} ms | {graph} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
