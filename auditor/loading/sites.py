@@ -74,6 +74,8 @@ def static_site(model: nn.Module, qualname: str) -> Site | None:
 
 
 def _class_site(cls: type) -> Site | None:
+    if cls.__module__.startswith("torch."):
+        return None  # a bare torch container: its source says nothing about the user's model
     try:
         _, line = inspect.getsourcelines(cls)
         return display_path(inspect.getsourcefile(cls) or ""), line
