@@ -23,17 +23,21 @@ from auditor.report import FORMATS
 from auditor.selection import Selection, is_valid_selector
 
 EPILOG = "Other commands: `audit rules` lists every rule; `audit explain CODE` explains one."
-audit_app = typer.Typer(add_completion=False, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
-rules_app = typer.Typer(add_completion=False, rich_markup_mode=None)
+audit_app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
+rules_app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. A bug of the tool's still ends in one line (the traceback with --verbose)."""
     argv = sys.argv[1:]
-    if argv and argv[0] in ("rules", "explain"):
-        rules_app(args=argv, prog_name="audit")
-    else:
-        audit_app(args=argv, prog_name="audit")
+    app = rules_app if argv and argv[0] in ("rules", "explain") else audit_app
+    try:
+        app(args=argv, prog_name="audit")
+    except Exception as exc:  # noqa: BLE001 - last resort: never a bare traceback
+        if "--verbose" in argv or "-v" in argv:
+            raise
+        sys.stderr.write(f"audit: internal error: {type(exc).__name__}: {exc} (rerun with --verbose for the traceback)\n")
+        sys.exit(2)
 
 
 def _version(value: bool) -> None:
