@@ -6,19 +6,35 @@ from auditor.findings import Finding, Severity
 from auditor.graph import ops
 from auditor.rule import GraphContext, Rule, register
 
+from auditor_rules._shared import is_live_dropout
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from auditor.findings import AppliedFix
+    from auditor.fixing import FixContext
+
+
+# Activations whose value at 0 is not 0: a dropped unit does not stay dropped.
+_NONZERO_AT_ZERO = {"sigmoid": "0.5", "hardsigmoid": "0.5", "softplus": "log 2", "logsigmoid": "-log 2"}
+
 
 @register
 class DropoutBeforeActivation(Rule):
     """
     ## What it does
-    Flags a dropout whose output feeds an activation (`Dropout -> ReLU`, `F.dropout` then `torch.tanh`, ...).
+    Flags a dropout whose output feeds an activation (`Dropout -> ReLU`, `F.dropout` then `torch.tanh`, ...),
+    looking through reshapes. The message says which case it is: for the ReLU family the order is a matter of
+    convention, for other activations it changes the function (same severity: both are worth fixing). A
+    dropout with p = 0 is ignored.
 
     ## Why is this bad?
     Dropout belongs after the activation. For the ReLU family (ReLU, LeakyReLU, PReLU) both orders compute the
     same function, because these activations are positively homogeneous with f(0) = 0; the finding is then about
     convention and the wasted work of dropping units the activation would zero anyway. For sigmoid, tanh,
-    GELU, SiLU, softplus and the like the order changes the function: a dropped unit becomes f(0) (0.5 for
-    sigmoid), not 0, and the 1/(1-p) rescaling is distorted by the non-linearity.
+    GELU, SiLU, softplus and the like the order changes the function: where f(0) is not 0 a dropped unit
+    becomes f(0) (0.5 for sigmoid), not 0; and since none of them is positively homogeneous, the 1/(1-p)
+    rescaling of the kept units is distorted by the non-linearity (tanh saturates them, GELU bends them).
 
     ## Example
     ```python
@@ -46,14 +62,34 @@ class DropoutBeforeActivation(Rule):
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
         for dropout in ctx.graph.find(ops.DROPOUT):
+            if not is_live_dropout(dropout):
+                continue
             for activation in ctx.graph.successors(dropout):
                 if not ops.is_activation(activation.op):
                     continue
                 if activation.op in ops.RELU_FAMILY:
                     effect = "same function either way for the ReLU family; the order is convention and wasted work"
+                elif activation.op in _NONZERO_AT_ZERO:
+                    effect = (
+                        f"the order changes the function: dropped units become {activation.op}(0) = "
+                        f"{_NONZERO_AT_ZERO[activation.op]}, not 0"
+                    )
                 else:
-                    effect = f"the order changes the function: dropped units become {activation.op}(0), not 0"
+                    effect = (
+                        f"the order changes the function: {activation.op} is not positively homogeneous, so the "
+                        "1/(1-p) scaling of the kept units is distorted"
+                    )
                 yield self.finding(
                     f"{dropout.label()} feeds {activation.label()}; apply dropout after the activation ({effect})",
                     at=dropout,
                 )
+
+    def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
+        """Move the dropout after the activation (and after a BatchNorm and activation that directly follow)."""
+        dropout = ctx.node(finding)
+        activation = next((a for a in ctx.graph.successors(dropout) if ops.is_activation(a.op)), None)
+        if activation is None:
+            return None
+        path = ctx.settle_path(activation)
+        ctx.move_after(dropout, path[-1])
+        return ctx.fixed(finding, f"{ctx.chain(dropout, path)} => {ctx.chain(path, dropout)}")

@@ -6,13 +6,19 @@ from auditor.findings import Finding, Severity
 from auditor.graph import ops
 from auditor.rule import GraphContext, Rule, register
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from auditor.findings import AppliedFix
+    from auditor.fixing import FixContext
+
 
 @register
 class BatchNormAfterActivation(Rule):
     """
     ## What it does
     Flags conv/linear -> activation -> BatchNorm: a BatchNorm that normalizes the output of an activation
-    which itself follows a weight layer.
+    which itself follows a weight layer (looking through reshapes, dropout and pooling in between).
 
     ## Why is this bad?
     Batch normalization was designed to normalize the pre-activations of a layer (Ioffe & Szegedy): conv ->
@@ -47,7 +53,7 @@ class BatchNormAfterActivation(Rule):
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
         for norm in ctx.graph.find(ops.BATCH_NORM):
-            for activation in ctx.graph.predecessors(norm, through=ops.TRANSPARENT | {ops.DROPOUT}):
+            for activation in ctx.graph.predecessors(norm, through=ops.TRANSPARENT | {ops.DROPOUT, ops.POOL}):
                 if not ops.is_activation(activation.op):
                     continue
                 layers = [p for p in ctx.graph.predecessors(activation) if p.is_(ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR)]
@@ -57,3 +63,20 @@ class BatchNormAfterActivation(Rule):
                         "use conv/linear -> BatchNorm -> activation",
                         at=norm,
                     )
+
+    def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
+        """Move the BatchNorm to right after the conv/linear, before the activation."""
+        norm = ctx.node(finding)
+        for activation in ctx.graph.predecessors(norm, through=ops.TRANSPARENT | {ops.DROPOUT, ops.POOL}):
+            if not ops.is_activation(activation.op):
+                continue
+            layers = [p for p in ctx.graph.predecessors(activation) if p.is_(ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR)]
+            if not layers:
+                continue
+            features = norm.attrs.get("num_features")
+            feeding = activation.tensor_inputs[0].shape if activation.tensor_inputs else None
+            if feeding is None or len(feeding) < 2 or (isinstance(features, int) and feeding[1] != features):
+                ctx.cannot(f"{norm.label()} normalizes {features} features, but {activation.label()} receives {feeding}")
+            ctx.move_before(norm, activation)
+            return ctx.fixed(finding, f"{ctx.chain(layers[0], activation, norm)} => {ctx.chain(layers[0], norm, activation)}")
+        return None

@@ -6,6 +6,14 @@ from auditor.findings import Finding, Severity
 from auditor.graph import ops
 from auditor.rule import GraphContext, Rule, register
 
+from auditor_rules._shared import block_name, residual_roles, shape_text, source_label
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from auditor.findings import AppliedFix
+    from auditor.fixing import FixContext
+
 
 @register
 class ResidualShapeMismatch(Rule):
@@ -50,15 +58,52 @@ class ResidualShapeMismatch(Rule):
     fix_title = "Insert a projection shortcut (1x1 conv + BN, or zero-padding) on the identity branch"
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
-        for add in ctx.graph.find(ops.ADD):
-            if add.error is None:
+        for node in ctx.graph.nodes:
+            if node.error is None or node.op not in (ops.ADD, ops.SUB, ops.MUL, ops.DIV):
                 continue
-            left, right = (add.input_shapes + [None, None])[:2]
-            owner = f"block `{add.module}`" if add.module else "the model"
+            owner = block_name(ctx.graph, node.module)
+            operands = node.tensor_inputs
+            if len(operands) != 2:
+                yield self.finding(f"`{node.target}` in {owner} fails: {node.error}", at=node)
+                continue
+            if node.op not in (ops.ADD, ops.SUB):
+                # Not a residual, but the forward pass fails here and no other rule says so.
+                first, second = operands
+                yield self.finding(
+                    f"`{node.target}` in {owner} fails: {first.label()} {shape_text(first.shape)} and "
+                    f"{second.label()} {shape_text(second.shape)} cannot be combined; "
+                    "make both operands the same shape",
+                    at=node,
+                )
+                continue
+            identity, branch = residual_roles(ctx.graph, operands[0], operands[1])
+            if identity is None:
+                first, second = operands
+                yield self.finding(
+                    f"add in {owner}: {first.label()} {shape_text(first.shape)} and {second.label()} "
+                    f"{shape_text(second.shape)} cannot be added; make both operands the same shape",
+                    at=node,
+                )
+                continue
             yield self.finding(
-                f"residual add in {owner}: {add.error}; {shortcut_advice(left, right)}",
-                at=add,
+                f"residual add in {owner}: the branch from {source_label(ctx.graph, branch)} "
+                f"{shape_text(branch.shape)} and the identity from {source_label(ctx.graph, identity)} {shape_text(identity.shape)} differ; "
+                f"{shortcut_advice(branch.shape, identity.shape)}",
+                at=node,
             )
+
+
+
+    def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
+        """Insert a shortcut on the identity operand: 1x1 conv + BN (default), zero-pad (`--shortcut pad`),
+        or a Linear projection for features."""
+        merge = ctx.node(finding)
+        if merge.op not in (ops.ADD, ops.SUB) or len(merge.tensor_inputs) != 2:
+            ctx.cannot("only a residual add (or subtraction) of two values can get a shortcut")
+        identity, branch = residual_roles(ctx.graph, *merge.tensor_inputs)
+        if identity is None:
+            ctx.cannot("neither operand is computed from the other, so there is no identity branch to adapt")
+        return ctx.fixed(finding, ctx.insert_shortcut(merge, identity, branch))
 
 
 def shortcut_advice(branch: tuple[int, ...] | None, identity: tuple[int, ...] | None) -> str:

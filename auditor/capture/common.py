@@ -52,12 +52,19 @@ def call_node(name: str, op_name: str, target: str, owner: str | None, args: Ite
     op, inplace = ops.op_for_name(op_name)
     node = Node(name=name, kind=CALL, op=op, target=target, module=owner)
     positional = ops.positional_names(op)
+    tensor_args: list[str] = []  # the named arguments that received a tensor (a weight, a bias...), not a literal
     for index, value in enumerate(args):
-        if index < len(positional) and _is_literal(value, is_value):
-            node.attrs[positional[index]] = value
+        if index < len(positional):
+            if _is_literal(value, is_value):
+                node.attrs[positional[index]] = value
+            else:
+                tensor_args.append(positional[index])
     for key, value in kwargs.items():
         if _is_literal(value, is_value):
             node.attrs[key] = value
+        else:
+            tensor_args.append(key)
+    node.meta["tensor_args"] = tensor_args
     node.inplace = inplace or bool(node.attrs.get("inplace", False))
     return node
 

@@ -110,17 +110,20 @@ class _Recorder(TorchFunctionMode):
 
         return hook
 
-    def post_hook(self, qualname: str, module: nn.Module) -> Callable[..., None]:
-        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+    def post_hook(self, qualname: str, module: nn.Module) -> Callable[..., Any]:
+        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
             call = self.calls.pop()
             if not (call.recorded and call.leaf):
-                return
-            self.leaf_depth -= 1
+                return None
             site = self.sites.get(qualname) or call.site
             node = module_node(self._name(qualname), qualname, module, type(module).__name__, site)
+            if not node.inplace:
+                output = _fresh(output, (args, kwargs))  # still inside the leaf: the alias is not recorded
+            self.leaf_depth -= 1
             node.inputs = call.inputs
             node.meta["call_site"] = call.site
             self._bind(node, output)
+            return output
 
         return hook
 
@@ -157,6 +160,8 @@ class _Recorder(TorchFunctionMode):
         if not sources or not any(True for _ in _tensors(result)):
             return result
         node = self._call(name, func, args, kwargs, user_frame(depth=2), self.owner())
+        if not node.inplace:
+            result = _fresh(result, (args, kwargs))
         self._bind(node, result)
         return result
 
@@ -166,6 +171,17 @@ class _Recorder(TorchFunctionMode):
         if site is not None:
             node.file, node.line = site
         return node
+
+
+def _fresh(result: Any, inputs: Any) -> Any:
+    """An op that hands back its input tensor itself (eval-mode dropout, nn.Identity, `x.contiguous()`) gets a
+    fresh alias of it instead, so that later readers of the input are not taken for readers of this op."""
+    if isinstance(result, torch.Tensor) and any(result is t for t in _tensors(inputs)):
+        try:
+            return result.view_as(result)
+        except RuntimeError:
+            return result
+    return result
 
 
 def _function_name(func: Any) -> str:

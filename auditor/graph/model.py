@@ -118,6 +118,18 @@ class AuditGraph:
         """The nodes that produced `node`'s tensor inputs, looking through ops in `through`."""
         return _walk(node, lambda n: n.tensor_inputs, set(through))
 
+    def depends_on(self, node: Node, other: Node) -> bool:
+        """Whether `node`'s value is computed from `other`'s (`other` is an ancestor of `node`)."""
+        stack, seen = list(node.tensor_inputs), set()
+        while stack:
+            n = stack.pop()
+            if n is other:
+                return True
+            if id(n) not in seen:
+                seen.add(id(n))
+                stack.extend(n.tensor_inputs)
+        return False
+
     def link(self) -> None:
         """Rebuild users from inputs (captures fill inputs only) and resolve in-place aliasing."""
         _resolve_inplace(self.nodes)

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from typing import Iterator
+
+from auditor.findings import Finding, Severity
+from auditor.graph import Node, ops
+from auditor.rule import GraphContext, Rule, register
+
+from auditor_rules._shared import is_live_dropout
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from auditor.findings import AppliedFix
+    from auditor.fixing import FixContext
+
+# What a dropout's noise survives on its way to a BatchNorm: reshapes, pooling, padding, resampling,
+# concatenation (DenseNet's dense connections) and the weight layers themselves, which mix it but keep it.
+_CARRIERS = ops.TRANSPARENT | {ops.POOL, ops.PAD, ops.UPSAMPLE, ops.CAT, ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR}
+
+
+@register
+class DropoutBeforeBatchNorm(Rule):
+    """
+    ## What it does
+    Flags a dropout whose output reaches a BatchNorm, directly or through linear/conv layers, pooling,
+    reshapes and concatenations, with no non-linearity or other normalization in between. A dropout with
+    p = 0 is ignored.
+
+    ## Why is this bad?
+    In training, BatchNorm's running variance is estimated from activations that carry dropout's noise (units
+    zeroed, the rest scaled by 1/(1-p)), and the linear layers in between pass that extra variance on. At
+    evaluation dropout is the identity, so the variance BatchNorm divides by no longer matches the data it
+    normalizes: the "variance shift" of Li et al., which measurably hurts accuracy. Dropout is only safe after
+    the last BatchNorm (or with a variance-stable form of dropout).
+
+    ## Example
+    ```python
+    self.block = nn.Sequential(
+        nn.Linear(256, 256), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(),
+    )
+    ```
+
+    ## Use instead
+    ```python
+    self.block = nn.Sequential(
+        nn.Linear(256, 256), nn.ReLU(),
+        nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.5),
+    )
+    ```
+
+    ## Fix
+    `--fix` moves the dropout after the BatchNorm it reaches (when it feeds the norm directly). This changes
+    what the model computes in training. When a weight layer sits in between, move the dropout after the last
+    BatchNorm of the network by hand.
+
+    ## References
+    Li, Chen, Hu, Yang, "Understanding the Disharmony between Dropout and Batch Normalization by Variance
+    Shift", CVPR 2019.
+    """
+
+    code = "DRO002"
+    name = "dropout-before-batchnorm"
+    severity = Severity.WARNING
+    summary = "dropout feeding a BatchNorm (variance shift at eval)"
+    fix_title = "Move the dropout after the BatchNorm"
+
+    def check(self, ctx: GraphContext) -> Iterator[Finding]:
+        for dropout in ctx.graph.find(ops.DROPOUT):
+            if not is_live_dropout(dropout):
+                continue
+            for norm, between in _norms_reached(dropout):
+                route = ""
+                layers = [n for n in between if n.op in (ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR)]
+                if layers:
+                    route = " through " + ", ".join(n.label() for n in layers)
+                yield self.finding(
+                    f"{dropout.label()} feeds {norm.label()}{route}: the norm's running variance is estimated "
+                    "with dropout noise and is wrong at eval (variance shift); apply dropout after the last BatchNorm",
+                    at=dropout,
+                )
+
+    def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
+        """Move the dropout after the BatchNorm it feeds (and after the activation that follows the norm)."""
+        dropout = ctx.node(finding)
+        reached = _norms_reached(dropout)
+        if not reached:
+            return None
+        if len(reached) > 1:
+            ctx.cannot("the dropout reaches several BatchNorms: move it after the last one by hand")
+        norm, between = reached[0]
+        mixing = [n for n in between if n.op in (ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR, ops.CAT)]
+        if mixing:
+            ctx.cannot(f"{mixing[0].label()} sits between the dropout and {norm.label()}: move the dropout after "
+                       "the last BatchNorm of the network by hand")
+        path = ctx.settle_path(norm)
+        ctx.move_after(dropout, path[-1])
+        return ctx.fixed(finding, f"{ctx.chain(dropout, between, path)} => {ctx.chain(between, path, dropout)}")
+
+
+def _norms_reached(dropout: Node) -> list[tuple[Node, list[Node]]]:
+    """The BatchNorms a dropout's output reaches, each with the nodes in between (first path found)."""
+    found: list[tuple[Node, list[Node]]] = []
+    seen: set[int] = set()
+    stack: list[tuple[Node, list[Node]]] = [(u, []) for u in reversed(dropout.users)]
+    while stack:
+        n, path = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.op == ops.BATCH_NORM:
+            found.append((n, path))
+        elif n.op in _CARRIERS:
+            stack.extend((u, path + [n]) for u in reversed(n.users))
+    return found

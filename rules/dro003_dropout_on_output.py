@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from typing import Iterator
+
+from auditor.findings import Finding, Severity
+from auditor.graph import ops
+from auditor.rule import GraphContext, Rule, register
+
+from auditor_rules._shared import is_live_dropout
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from auditor.findings import AppliedFix
+    from auditor.fixing import FixContext
+
+
+@register
+class DropoutOnOutput(Rule):
+    """
+    ## What it does
+    Flags a dropout whose output is the model's output, directly or through reshapes (`flatten`, `view`,
+    `squeeze`, indexing). A dropout with p = 0 is ignored.
+
+    ## Why is this bad?
+    Dropout regularizes by dropping *hidden* units so that no unit can rely on another. Applied to the
+    output it zeroes logits or predictions themselves and rescales the rest by 1/(1-p): the loss sees a
+    corrupted prediction in training (a zeroed logit is not "no evidence", it is a specific score), and the
+    scale of the outputs differs between training and evaluation. Nothing downstream can learn to compensate.
+
+    ## Example
+    ```python
+    self.head = nn.Sequential(nn.Linear(512, 10), nn.Dropout(0.2))
+    ```
+
+    ## Use instead
+    ```python
+    self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(512, 10))
+    ```
+
+    ## Fix
+    `--fix` removes the dropout. To keep the regularization, put a dropout before the last layer instead.
+
+    ## References
+    Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting", JMLR 2014
+    (dropout is applied to hidden and input units, never to the output).
+    """
+
+    code = "DRO003"
+    name = "dropout-on-output"
+    severity = Severity.WARNING
+    summary = "dropout applied to the model's output"
+    fix_title = "Remove the dropout on the output"
+
+    def check(self, ctx: GraphContext) -> Iterator[Finding]:
+        output = ctx.graph.output
+        if output is None:
+            return
+        for node in ctx.graph.predecessors(output):
+            if node.op == ops.DROPOUT and is_live_dropout(node):
+                yield self.finding(
+                    f"{node.label()} is applied to the model's output: it corrupts the "
+                    "predictions in training; remove it, or move it before the last layer",
+                    at=node,
+                )
+
+    def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
+        """Remove the dropout on the output."""
+        dropout = ctx.node(finding)
+        before = ctx.graph.predecessors(dropout)[:1]
+        ctx.remove(dropout)
+        return ctx.fixed(finding, f"{ctx.chain(before, dropout)} -> output => {ctx.chain(before) or 'input'} -> output")

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from auditor.findings import Finding, Severity
+from auditor.graph import Node, ops
+from auditor.rule import GraphContext, Rule, register
+
+from auditor_rules._shared import downstream, ends_branch
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from auditor.findings import AppliedFix
+    from auditor.fixing import FixContext
+
+# Relative spread below which entries (or units) count as identical: random inits are ~1.0 on this scale.
+_TOLERANCE = 1e-3
+_CHECKED = frozenset({ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR, ops.BILINEAR, ops.EMBEDDING, ops.RNN, ops.ATTENTION})
+
+
+@register
+class ConstantInit(Rule):
+    """
+    ## What it does
+    Flags a weight tensor of a conv, linear, bilinear, embedding, recurrent or attention layer whose entries
+    are all (nearly) the same, zero included, or whose output units all have identical weights. Biases and
+    normalization weights are not checked (BatchNorm's gamma = 1 and zero biases are the standard init), nor
+    an embedding's padding row.
+
+    Deliberate constant inits stay silent: the last layer of a residual or gated branch (feeding an add or a
+    product: zero-init of Goyal et al. and Fixup, ControlNet's zero convolutions), the network's last layer
+    (a zero-init classifier or regression head: each output unit gets its own error signal from the loss, so
+    its rows part at the first step), layers with a single output unit (nothing to be symmetric with), and
+    frozen weights.
+
+    ## Why is this bad?
+    Units of a layer that start with identical incoming weights compute the same value and receive gradients
+    that differ only through the weights downstream of them. When those are identical too (the usual cause is
+    a loop that applies `nn.init.constant_` or `zeros_` to every layer) the units stay identical forever: the
+    layer behaves as if it had one unit, whatever its width. Even when something downstream differs, training
+    starts from a degenerate, rank-one point. Random init exists to break this symmetry.
+
+    ## Example
+    ```python
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.constant_(m.weight, 0.01)
+    ```
+
+    ## Use instead
+    ```python
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    ```
+
+    ## Fix
+    `--fix` re-initializes the weight randomly (seeded): a conv/linear weight with He or Xavier init for the
+    activation that follows, other layers with their type's own `reset_parameters()`. This changes the
+    model's weights.
+
+    ## References
+    Goodfellow, Bengio, Courville, "Deep Learning", MIT Press 2016, section 8.4 (the need to break symmetry);
+    Goyal et al., "Accurate, Large Minibatch SGD", 2017 and Zhang, Dauphin, Ma, "Fixup Initialization",
+    ICLR 2019 (deliberate zero init of residual branches).
+    """
+
+    code = "INI003"
+    name = "constant-init"
+    severity = Severity.ERROR
+    summary = "a weight tensor with (near) identical entries: symmetry is never broken"
+    fix_title = "Re-initialize the weight randomly"
+
+    def check(self, ctx: GraphContext) -> Iterator[Finding]:
+        import torch
+
+        seen: set[int] = set()
+        for node in ctx.graph.nodes:
+            if node.op not in _CHECKED or not node.is_module or id(node.obj) in seen:
+                continue
+            seen.add(id(node.obj))
+            for name, weight in _weights(node):
+                with torch.no_grad():
+                    problem = _symmetry(node, weight.detach().float())
+                if problem is None or _deliberate(node):
+                    continue
+                consequence = "every token starts with the same vector" if node.op == ops.EMBEDDING else (
+                    "its units start identical and symmetry is not broken"
+                )
+                yield self.finding(f"{node.label()} {name} {problem}: {consequence}; initialize it randomly", at=node)
+
+    def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
+        """Re-initialize randomly (seeded): conv/linear weights with He or Xavier for the activation that
+        follows, other layers with their type's own `reset_parameters()`."""
+        node = ctx.node(finding)
+        if not node.is_module:
+            return None
+        if node.op in (ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR, ops.BILINEAR):
+            order = {id(n): i for i, n in enumerate(ctx.graph.nodes)}
+            activation = min(downstream(node).activations, key=lambda n: order.get(id(n), 0), default=None)
+            scheme = ctx.reinit(node.module, "weight", activation)
+            return ctx.fixed(finding, f"constant weight => {scheme}")
+        ctx.reset_parameters(node.module)
+        return ctx.fixed(finding, f"constant weights => {node.module_type}'s default random init (reset_parameters)")
+
+
+def _weights(node: Node) -> list[tuple[str, Any]]:
+    """The weight matrices of a layer worth checking (not biases), as (name, tensor)."""
+    found = []
+    for name, param in sorted(node.params.items()):
+        if "bias" in name or param.dim() < 2 or param.numel() < 2:
+            continue
+        if param.is_meta or not param.is_floating_point() or not param.requires_grad:
+            continue
+        found.append((name, param))
+    return found
+
+
+def _symmetry(node: Node, weight: Any) -> str | None:
+    """How the weight's entries or units are identical, or None when they are not."""
+    if node.op == ops.EMBEDDING:
+        padding = node.attrs.get("padding_idx")
+        if isinstance(padding, int) and weight.shape[0] > 1:
+            keep = [i for i in range(weight.shape[0]) if i != padding % weight.shape[0]]
+            weight = weight[keep]
+    unit_dim = 1 if node.op == ops.CONV_TRANSPOSE else 0
+    units = weight.movedim(unit_dim, 0).flatten(1)
+    # Cheap rejections first (a random weight fails them at once): two units that differ already rule out
+    # identical units, and entries that differ within the first unit rule out a constant tensor.
+    first = units[0]
+    first_scale = float(first.abs().mean())
+    first_spread = float(first.max() - first.min())
+    if units.shape[0] > 1 and float((units[1] - first).abs().max()) > 2 * _TOLERANCE * first_scale + 1e-12:
+        return None
+    scale = float(weight.abs().mean())
+    if first_spread <= 2 * _TOLERANCE * first_scale + 1e-12:
+        low, high = weight.aminmax()
+        if float(high - low) <= _TOLERANCE * scale:
+            value = float(weight.flatten()[0])
+            return f"has all {weight.numel()} entries equal to {value:.4g}"
+    if node.op in (ops.EMBEDDING, ops.RNN, ops.ATTENTION) or units.shape[0] < 2:
+        return None
+    if float((units - first).abs().max()) <= _TOLERANCE * scale:
+        return f"has {units.shape[0]} output units with identical weights"
+    return None
+
+
+def _deliberate(node: Node) -> bool:
+    """A constant init that is a known technique: a branch's last layer (zero-init residual), the head,
+    or a single output unit."""
+    if node.op in (ops.RNN, ops.ATTENTION, ops.EMBEDDING):
+        return False
+    if node.shape is not None and len(node.shape) >= 2:
+        width = node.shape[1] if node.op in (ops.CONV, ops.CONV_TRANSPOSE) else node.shape[-1]
+        if width == 1:
+            return True
+    after = downstream(node)
+    if after.norms:
+        return False  # a norm after identical units keeps them identical (and divides by a zero variance)
+    return ends_branch(after) or (after.reaches_output and not after.weights)

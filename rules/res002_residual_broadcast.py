@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from typing import Iterator
+
+from auditor.findings import Finding, Severity
+from auditor.graph import PARAM, Node, ops
+from auditor.rule import GraphContext, Rule, register
+
+from auditor_rules._shared import block_name, residual_roles, shape_text, source_label
+
+# Layers whose output width is a constructor argument: a size-1 dim they produce where the other operand of a
+# residual add is wider is a wrong width (`out_channels=1`), not a deliberate broadcast.
+_WIDTH_MAKERS = frozenset({ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR, ops.BILINEAR, ops.RNN, ops.ATTENTION})
+
+
+@register
+class ResidualBroadcast(Rule):
+    """
+    ## What it does
+    Flags a residual add (one operand is computed from the other) that silently broadcasts: the branch
+    has a size-1 dim made by a layer's width, such as a convolution with one output channel added to a
+    64-channel input ([B, 1, H, W] + [B, 64, H, W]) or a Linear to 1 feature added to [B, D]; or the sum is
+    larger than both operands ([B, D] + [B, 1, D] gives [B, B, D]).
+
+    Deliberate broadcasts stay silent: operands that are not a block's input and output (a time or class
+    embedding, an attention mask), size-1 dims made on purpose by pooling, a reduction, `unsqueeze`/`None`
+    indexing or `view` (global context added to every position), and broadcasting over the batch (positional
+    embeddings).
+
+    ## Why is this bad?
+    Broadcasting never fails, so a residual block whose branch has the wrong width still runs: every channel
+    of the input receives the same single-channel update, and the block can only learn a fraction of what it
+    was meant to. With mismatched ranks the sum even grows a dimension, and the error surfaces (if at all)
+    far away in the loss. A residual connection needs F(x) and x to have the same shape.
+
+    ## Example
+    ```python
+    self.branch = nn.Conv2d(64, 1, 3, padding=1)       # meant 64 output channels
+    def forward(self, x):
+        return x + self.branch(x)                       # [B, 1, H, W] broadcast over 64 channels
+    ```
+
+    ## Use instead
+    ```python
+    self.branch = nn.Conv2d(64, 64, 3, padding=1)
+    ```
+
+    ## Fix
+    Give the branch the identity's shape (fix the layer's width, or the missing `unsqueeze`). No automatic
+    fix: which side is wrong is the author's call.
+
+    ## References
+    He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016 (the identity shortcut
+    requires F(x) and x of the same dimensions); NumPy/PyTorch broadcasting semantics.
+    """
+
+    code = "RES002"
+    name = "residual-broadcast"
+    severity = Severity.ERROR
+    summary = "an add that silently broadcasts one operand to a larger shape"
+
+    def check(self, ctx: GraphContext) -> Iterator[Finding]:
+        graph = ctx.graph
+        for add in graph.find(ops.ADD):
+            operands = [i for i in add.tensor_inputs if i.kind != PARAM]
+            if add.error is not None or len(operands) != 2 or add.shape is None:
+                continue
+            a, b = operands
+            if a.shape is None or b.shape is None or a.shape == b.shape:
+                continue
+            identity, branch = residual_roles(graph, a, b)
+            if identity is None:
+                continue  # not a block's input and output: a mask, a conditioning embedding...
+            owner = block_name(graph, add.module)
+            if add.shape not in (a.shape, b.shape):
+                yield self.finding(
+                    f"residual add in {owner} broadcasts the branch from {source_label(graph, branch)} "
+                    f"{shape_text(branch.shape)} and the identity from {source_label(graph, identity)} "
+                    f"{shape_text(identity.shape)} to {shape_text(add.shape)}, larger than both; "
+                    "make both operands the same shape",
+                    at=add,
+                )
+                continue
+            small = a if a.shape != add.shape else b
+            for dim in _broadcast_dims(small.shape, add.shape):
+                origin = _singleton_origin(small, dim)
+                if not _is_width_dim(origin, dim):
+                    continue  # made size 1 on purpose (pooling, a reduction, unsqueeze, view)
+                role = "branch" if small is branch else "identity"
+                wide = identity if small is branch else branch
+                other = "identity" if small is branch else "branch"
+                yield self.finding(
+                    f"residual add in {owner} broadcasts the {role} from {source_label(graph, small)} "
+                    f"{shape_text(small.shape)} over dim {dim % len(add.shape)} of the {other} from "
+                    f"{source_label(graph, wide)} {shape_text(wide.shape)}: {origin.label()} "
+                    f"produces 1 where {add.shape[dim]} are needed; give both operands the same shape",
+                    at=add,
+                )
+                break
+
+
+def _broadcast_dims(small: tuple[int, ...], result: tuple[int, ...]) -> list[int]:
+    """Dims (negative, right-aligned) where `small` has size 1 and the sum is larger, ignoring the batch dim
+    and dims `small` lacks (broadcasting over the batch is how positional embeddings are added)."""
+    dims = []
+    for offset in range(1, len(small) + 1):
+        index = len(result) - offset
+        if index == 0:
+            break  # the batch dim
+        if small[-offset] == 1 and result[-offset] > 1:
+            dims.append(-offset)
+    return dims
+
+
+def _singleton_origin(node: Node, dim: int) -> Node:
+    """The node that made dim `dim` size 1, following inputs of the same rank that are already size 1 there."""
+    for _ in range(256):
+        rank = len(node.shape or ())
+        carried = [
+            i for i in node.tensor_inputs
+            if i.kind != PARAM and i.shape is not None and len(i.shape) == rank and i.shape[dim] == 1
+        ]
+        if not carried:
+            return node
+        node = carried[0]
+    return node
+
+
+def _is_width_dim(node: Node, dim: int) -> bool:
+    """Whether `dim` of the node's output is the width its constructor chose (a conv's channels, a Linear's
+    features)."""
+    if node.op not in _WIDTH_MAKERS or not node.shape:
+        return False
+    rank = len(node.shape)
+    width_dim = 1 if node.op in (ops.CONV, ops.CONV_TRANSPOSE) else rank - 1
+    return dim % rank == width_dim

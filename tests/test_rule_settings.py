@@ -1,0 +1,37 @@
+"""Rule thresholds come from settings (`[tool.auditor.settings]`): changing one changes what fires."""
+
+from __future__ import annotations
+
+from support import FIXTURES, run
+
+RULES = FIXTURES / "rules"
+
+
+def _codes(path, **overrides) -> list[tuple[str, int | None]]:
+    report = run(path, capture=("fx",), **overrides)
+    return sorted((f.code, f.line) for r in report.results for f in r.findings)
+
+
+def test_max_plain_depth_setting() -> None:
+    path = RULES / "res003_plain.py"
+    assert [c for c, _ in _codes(path, inputs=["2,4,4,4"], select=["RES003"])] == ["RES003"]
+    assert _codes(path, inputs=["2,4,4,4"], select=["RES003"], settings={"max-plain-depth": 22}) == []
+    deeper = _codes(RULES / "res003_clean.py", inputs=["2,4,4,4"], select=["RES003"], settings={"max-plain-depth": 10})
+    assert [c for c, _ in deeper] == ["RES003"]  # the plain 20-layer stack, not the residual one
+
+
+def test_init_scale_settings() -> None:
+    path = RULES / "ini001_scale.py"
+    assert _codes(path, inputs=["2,64"], select=["INI001"])
+    quiet = {"init-run-drift": 1e9, "init-gross-ratio": 100.0}
+    assert _codes(path, inputs=["2,64"], select=["INI001"], settings=quiet) == []
+    longer_runs = {"init-run-length": 9}
+    lines = {line for _, line in _codes(path, inputs=["2,64"], select=["INI001"], settings=longer_runs)}
+    gross = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "fc2 = nn.Linear(256" in text)
+    assert lines == {gross}  # only the gross outlier: no run is 9 layers long
+
+
+def test_orthogonal_tolerance_setting() -> None:
+    path = RULES / "ini002_recurrent.py"
+    assert len(_codes(path, inputs=["long:2,6"], select=["INI002"])) == 2
+    assert _codes(path, inputs=["long:2,6"], select=["INI002"], settings={"orthogonal-tolerance": 10.0}) == []

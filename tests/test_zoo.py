@@ -1,0 +1,72 @@
+"""Real model zoos, audited as users would (`audit torchvision.models:resnet50 --kwargs '{"weights": null}'`):
+every model must capture, and no error-severity finding is allowed (an error on a torchvision or timm model is
+a bug of the rule until shown otherwise). Warnings and infos are printed per model for a person to judge.
+
+Opt-in: `pip install -e .[zoo]`, then `pytest tests/test_zoo.py --run-zoo -s`. Weights are never downloaded
+(`weights=None`, `pretrained=False`). `ZOO_CAPTURE=hooks` (or fx, export, or a comma list) forces a capture
+method instead of the default fx -> export -> hooks chain.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from auditor.findings import Severity
+from support import model_results, run
+
+pytestmark = pytest.mark.zoo
+
+IMAGE = ["1,3,224,224"]
+
+TORCHVISION = [
+    "resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "mobilenet_v3_small", "densenet121", "efficientnet_b0",
+    "convnext_tiny", "vit_b_16", "swin_t", "regnet_y_400mf", "shufflenet_v2_x0_5", "squeezenet1_0",
+    "alexnet", "googlenet", "mnasnet0_5", "resnext50_32x4d",
+]
+TIMM = [
+    "resnet26d", "efficientnet_b0", "convnext_atto", "vit_tiny_patch16_224", "deit_tiny_patch16_224",
+    "mobilenetv3_small_050", "levit_128s", "regnetx_002", "mixer_s16_224", "poolformer_s12",
+    "nf_resnet26", "resmlp_12_224", "cait_xxs24_224", "ghostnet_100", "repvgg_a0", "hrnet_w18_small",
+    "mobilevit_xxs",
+]
+
+
+def _captures() -> dict[str, tuple[str, ...]]:
+    forced = os.environ.get("ZOO_CAPTURE")
+    return {"capture": tuple(forced.split(","))} if forced else {}
+
+
+def _audit(target: str, kwargs: dict, label: str) -> None:
+    started = time.perf_counter()
+    report = run(target, kwargs=kwargs, inputs=IMAGE, **_captures())
+    seconds = time.perf_counter() - started
+    models = model_results(report)
+    assert models, f"{label}: nothing audited"
+    for result in models:
+        assert result.status == "ok", f"{label}: {result.error}"
+        capture = result.capture
+        method, nodes = (capture.method, capture.nodes) if capture else ("?", 0)
+        print(f"\n== {label}: {method}, {nodes} nodes, {seconds:.1f}s")
+        for note in capture.notes if capture else []:
+            print(f"   note: {note}")
+        for f in result.findings:
+            print(f"   {f.code} {f.severity} [{f.module}] {f.message}")
+    errors = [f for r in models for f in r.findings if f.severity >= Severity.ERROR]
+    assert not errors, "\n".join(f"{f.code} [{f.module}] {f.message}" for f in errors)
+    failed_rules = [n for r in models for n in (r.capture.notes if r.capture else []) if n.startswith("rule ")]
+    assert not failed_rules, failed_rules
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_model(name: str) -> None:
+    pytest.importorskip("torchvision")
+    _audit(f"torchvision.models:{name}", {"weights": None}, f"torchvision {name}")
+
+
+@pytest.mark.parametrize("name", TIMM)
+def test_timm_model(name: str) -> None:
+    pytest.importorskip("timm")
+    _audit("timm:create_model", {"model_name": name, "pretrained": False}, f"timm {name}")
