@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from auditor.api import FixResult
     from auditor.findings import Report
 
 
@@ -19,3 +20,11 @@ def audit(model: Any, example_inputs: Any = None, **options: Any) -> Report:
     from auditor.api import audit as _audit
 
     return _audit(model, example_inputs, **options)
+
+
+def fix(model: Any, example_inputs: Any = None, **options: Any) -> FixResult:
+    """Fix a copy of a live `nn.Module` (as `audit --fix`); returns the fixed module and the report of what
+    changed and what remains (`model, report = auditor.fix(net, x)`). See `auditor.api.fix`."""
+    from auditor.api import fix as _fix
+
+    return _fix(model, example_inputs, **options)

@@ -1,4 +1,4 @@
-"""The Python API on live models: `auditor.audit(model, example_inputs)`.
+"""The Python API on live models: `auditor.audit(model, example_inputs)` and `auditor.fix(model, example_inputs)`.
 
 The same engine as the CLI, on a model the caller built. The model is never moved or modified; its train/eval
 state is restored after the capture. Failures raise `TargetError` instead of becoming error results.
@@ -7,16 +7,18 @@ state is restored after the capture. Failures raise `TargetError` instead of bec
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 import torch.nn as nn
 
 from auditor.engine import Engine
 from auditor.errors import TargetError
-from auditor.findings import Report
+from auditor.findings import AppliedFix, Report
 from auditor.loading.models import LoadedModel
 from auditor.loading.sites import CreationSites
-from auditor.options import Options
+from auditor.options import FixOptions, Options
 from auditor.rule import default_settings
 from auditor.selection import Selection
 
@@ -37,6 +39,81 @@ def audit(
     if result.status != "ok":
         raise TargetError(result.error or "audit failed")
     return Report([result])
+
+
+@dataclass
+class FixResult:
+    """What `auditor.fix` returns: the fixed module (a new object; the caller's model is untouched), the report
+    of its re-audit with the fixes applied, and where it was written (with `out`). Unpacks as
+    `model, report = auditor.fix(...)`."""
+
+    model: nn.Module
+    report: Report
+    fixed_path: str | None = None
+
+    @property
+    def fixes(self) -> list[AppliedFix]:
+        return [f for r in self.report.results for f in r.fixes]
+
+    def __iter__(self) -> Iterator[Any]:
+        yield self.model
+        yield self.report
+
+
+def fix(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    shortcut: str = "conv",
+    seed: int = 0,
+    select: Iterable[str] | None = None,
+    ignore: Iterable[str] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> FixResult:
+    """Fix what can be fixed in a copy of `model` (as `audit --fix`): returns the fixed module and the report
+    (`report.results[0].fixes` lists each change and whether it keeps outputs; `findings` what remains).
+    `out`: also write the fixed model as a self-contained folder (refused if it exists, unless `force`).
+    `shortcut`: RES001's shortcut, "conv" (1x1 conv + BN) or "pad" (parameter-free). Re-inits are seeded
+    with `seed`. Raises TargetError when the model cannot be captured or the fix fails."""
+    if shortcut not in ("conv", "pad"):
+        raise ValueError(f"shortcut={shortcut!r}: expected 'conv' or 'pad'")
+    out_path = Path(out) if out is not None else None
+    if out_path is not None and out_path.exists() and not force:
+        raise FileExistsError(f"{out_path} already exists; pass force=True to replace it")
+    options = api_options(select, ignore, settings, fix=FixOptions(out=out_path, force=force, shortcut=shortcut, seed=seed))
+    engine = Engine(options)
+    loaded = live_model(model, example_inputs)
+    loaded.origin = _class_origin(model)
+    try:
+        result = engine.audit_loaded(loaded)
+    except BaseException:
+        engine.discard_fixes()
+        raise
+    engine.commit_fixes()
+    if result.status != "ok":
+        raise TargetError(result.error or "fix failed")
+    return FixResult(engine.last_fixed, Report([result]), result.fixed_path)
+
+
+def _class_origin(model: nn.Module) -> dict[str, Any] | None:
+    """How a fixed folder can build a live model's class again (models torch.fx cannot trace are written as
+    weights plus this): only for a top-level class whose constructor needs no arguments."""
+    import inspect
+
+    cls = type(model)
+    if cls.__module__.split(".")[0] == "torch":
+        return None
+    try:
+        file = inspect.getsourcefile(cls)
+        required = [p for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
+                    if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    except (TypeError, ValueError, OSError):
+        return None
+    if file is None or required or "." in cls.__qualname__:
+        return None
+    return {"file": str(Path(file).resolve()), "module": cls.__module__, "name": cls.__qualname__, "kwargs": {}}
 
 
 def api_options(select: Iterable[str] | None, ignore: Iterable[str] | None, settings: dict[str, Any] | None, **extra: Any) -> Options:

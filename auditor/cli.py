@@ -79,11 +79,15 @@ def audit(
         if capture_method is not None:
             options.capture = _capture_methods(capture_method)
         target_list = _targets(targets, config)
+        if options.fix is not None and options.fix.out is not None:
+            _check_out(options.fix.out, [t.target for t in target_list])
     except UsageError as exc:
         err.print(f"audit: error: {exc}", style="red", highlight=False, markup=False)
         raise typer.Exit(2) from None
     report = _run(target_list, options, config, err, quiet or output_format != "text")
-    _emit(report, output_format, quiet, verbose)
+    _emit(report, output_format, quiet, verbose, diff=options.fix is not None and options.fix.diff)
+    if options.plot is not None:
+        _plot(report, options.plot, err)
     for result in report.failed_targets:
         err.print(f"audit: error: {result.target}: {result.error}", style="red", highlight=False, markup=False)
         if result.traceback:
@@ -108,15 +112,31 @@ def _run(targets: list[Any], options: Options, config: Config, err: Console, sil
         return Report(errors + engine.run(parsed))
 
 
-def _emit(report: Report, output_format: str, quiet: bool, verbose: bool) -> None:
+def _emit(report: Report, output_format: str, quiet: bool, verbose: bool, diff: bool = False) -> None:
     if output_format == "text":
         from auditor.report.text import print_report
 
-        print_report(report, Console(highlight=False, soft_wrap=True), quiet=quiet, verbose=verbose)
+        print_report(report, Console(highlight=False, soft_wrap=True), quiet=quiet, verbose=verbose, diff=diff)
         return
     from auditor.report import renderer
 
     sys.stdout.write(renderer(output_format)(report) + "\n")
+    if diff:  # stdout holds the document: the generated code's diff goes to stderr
+        for result in report.results:
+            if result.fix_diff:
+                sys.stderr.write(result.fix_diff)
+
+
+def _plot(report: Report, path: Path, err: Console) -> None:
+    from auditor.report.plot import write_chart
+
+    try:
+        written = write_chart(report, path)
+    except OSError as exc:
+        err.print(f"audit: error: --plot {path}: {exc}", style="red", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    if not written:
+        err.print(f"audit: note: --plot {path}: no probe results to chart", highlight=False, markup=False)
 
 
 def _config(config_file: Path | None) -> Config:
@@ -143,17 +163,23 @@ def _options(
     )
     settings = validate_settings(config.settings, default_settings(), f"in {config.path}" if config.path else "")
     if clip_norm is not None:
+        if not probe:
+            raise UsageError("--clip-norm needs --probe")
+        if not clip_norm > 0:
+            raise UsageError(f"--clip-norm {clip_norm}: expected a positive number")
         settings["clip-norm"] = clip_norm
     if plot is not None:
         if not probe:
             raise UsageError("--plot needs --probe")
-        settings["plot"] = str(plot)
+        _require_matplotlib()
     fix_options = None
     if fix:
         if out is None:
             raise UsageError("--fix needs --out DIR (the user's files are never modified)")
         if shortcut not in ("conv", "pad"):
             raise UsageError(f"--shortcut {shortcut!r}: expected 'conv' or 'pad'")
+        if out.exists() and not force:
+            raise UsageError(f"--out {out}: already exists; pass --force to replace it")
         fix_options = FixOptions(out=out, force=force, shortcut=shortcut, diff=diff)
     elif out is not None or diff:
         raise UsageError("--out and --diff go with --fix")
@@ -172,8 +198,29 @@ def _options(
             raise UsageError("--device cuda: no CUDA device is available here")
     return Options(
         selection=selection, settings=settings, fail_on=threshold, inputs=list(inputs or []), kwargs=_kwargs(kwargs),
-        probe=probe, fix=fix_options, device=device or config.device, trust_pickle=trust_pickle, verbose=verbose,
+        probe=probe, plot=plot, fix=fix_options, device=device or config.device, trust_pickle=trust_pickle, verbose=verbose,
     )
+
+
+def _require_matplotlib() -> None:
+    """--plot is checked before any model runs: a missing optional dependency should not cost a probe run."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib, which is not installed: pip install 'auditor[plot]' (or matplotlib)")
+
+
+def _check_out(out: Path, targets: list[str]) -> None:
+    """--fix never writes over what it audits: --out may not be, or contain, a target's file or folder."""
+    resolved = out.resolve()
+    for text in targets:
+        location = text.rsplit(":", 1)[0] if ":" in text and not Path(text).exists() else text
+        path = Path(location)
+        if not path.exists():
+            continue
+        target = path.resolve()
+        if target == resolved or resolved in target.parents:
+            raise UsageError(f"--out {out}: would replace the audited {location}; write the fixed model elsewhere")
 
 
 def _capture_methods(method: str) -> tuple[str, ...]:
@@ -252,7 +299,10 @@ def list_rules(
     table.add_column("what it flags")
     for r in rules:
         table.add_row(r.code, r.name, str(r.severity), "yes" if r.fixable else "", r.scope, r.summary)
-    Console(highlight=False).print(table)
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=200)  # piped: one row per rule, no wrapping
+    console.print(table)
 
 
 @rules_app.command("explain")

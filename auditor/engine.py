@@ -15,11 +15,12 @@ from auditor.errors import TargetError, first_line
 from auditor.findings import CaptureInfo, Finding, TargetResult
 from auditor.locations import display_path
 from auditor.options import Options
-from auditor.rule import GraphContext, rules_in_scope
+from auditor.rule import GraphContext, ProbeContext, run_rules
 from auditor.source import check_source, may_define_models, parse
 from auditor.targets import Kind, Target
 
 if TYPE_CHECKING:
+    from auditor.fixing.writer import OutputFolder
     from auditor.graph import AuditGraph
     from auditor.loading.models import LoadedModel, ModelLoader
 
@@ -33,6 +34,9 @@ class Engine:
         self.options = options
         self.progress = progress or (lambda _: None)
         self._loader: ModelLoader | None = None
+        self._output: OutputFolder | None = None  # --fix --out: the staged folders, moved into place by commit_fixes
+        self._staged: list[tuple[TargetResult, Path]] = []
+        self.last_fixed: Any = None  # the last fixed model (auditor.fix returns it)
 
     @property
     def loader(self) -> ModelLoader:
@@ -44,9 +48,14 @@ class Engine:
 
     def run(self, targets: Iterable[Target]) -> list[TargetResult]:
         results: list[TargetResult] = []
-        for target in targets:
-            self.progress(target.text)
-            results.extend(self.audit_target(target))
+        try:
+            for target in targets:
+                self.progress(target.text)
+                results.extend(self.audit_target(target))
+        except BaseException:
+            self.discard_fixes()
+            raise
+        self.commit_fixes()
         return results
 
     def audit_target(self, target: Target) -> list[TargetResult]:
@@ -76,8 +85,11 @@ class Engine:
         except (OSError, UnicodeDecodeError) as exc:
             return [_error(label, f"{label}: cannot be read: {first_line(exc)}", exc, self.options)]
         source = TargetResult(target=label)
-        findings = check_source(label, text, tree, self.options.selection, self.options.settings)
+        notes: list[str] = []
+        findings = check_source(label, text, tree, self.options, notes)
         source.findings = _kept(findings, self.options)
+        if notes:  # a source rule crashed: a bug of the tool's, shown rather than hidden
+            source.status, source.error = "error", "; ".join(notes)
         source.seconds = time.perf_counter() - started
         if not may_define_models(tree):
             return [source]
@@ -93,9 +105,57 @@ class Engine:
         graph, inputs = capture_model(loaded, self.options.inputs or loaded.inputs, self.options.capture, loaded.example_inputs)
         result = TargetResult(target=loaded.label, capture=CaptureInfo(graph.method, len(graph), list(graph.notes)))
         findings = run_graph_rules(graph, self.options, result.capture.notes)
+        if self.options.probe:
+            findings += run_probes(loaded.model, inputs, graph, self.options, result)
         result.findings = _kept(findings, self.options)
+        if self.options.fix is not None:
+            self._fix(loaded, graph, inputs, result)
         result.seconds = time.perf_counter() - started
         return result
+
+    # --- --fix ------------------------------------------------------------------------------------------------
+    def _fix(self, loaded: LoadedModel, graph: AuditGraph, inputs: tuple[Any, ...], result: TargetResult) -> None:
+        """Fix a copy of the model, stage its folder and re-audit it (auditor/fixing). A failure makes this
+        result an error but keeps its findings."""
+        from auditor.fixing.run import failure_message, fix_result
+
+        try:
+            fixed, folder = fix_result(self, loaded, graph, inputs, result, self._output_folder())
+        except Exception as exc:  # noqa: BLE001 - any failure of --fix is this target's error, not the run's
+            result.status = "error"
+            result.error, result.traceback = failure_message(exc, self.options.verbose)
+            return
+        self.last_fixed = fixed.model
+        if folder is not None:
+            self._staged.append((result, folder))
+
+    def _output_folder(self) -> OutputFolder | None:
+        if self._output is None and self.options.fix is not None and self.options.fix.out is not None:
+            from auditor.fixing.writer import OutputFolder
+
+            self._output = OutputFolder(self.options.fix.out, force=self.options.fix.force)
+        return self._output
+
+    def commit_fixes(self) -> None:
+        """Move the staged fixed models to --out in one step and record where each went."""
+        if self._output is None:
+            return
+        staged, self._staged = self._staged, []
+        try:
+            final = self._output.commit()
+        except Exception as exc:  # noqa: BLE001 - the output folder could not be written
+            for result, _ in staged:
+                result.status, result.error = "error", f"--fix: writing {self._output.out} failed: {first_line(exc)}"
+            return
+        for result, folder in staged:
+            if folder in final:
+                result.fixed_path = display_path(str(final[folder]))
+                _relocate(result, display_path(str(folder)), result.fixed_path)
+
+    def discard_fixes(self) -> None:
+        if self._output is not None:
+            self._output.cleanup()
+        self._staged = []
 
     def _audit_program(self, target: Target) -> TargetResult:
         from auditor.capture.export import load_program
@@ -107,6 +167,10 @@ class Engine:
             raise TargetError(f"{target.text}: not a loadable torch.export program: {first_line(exc)}") from exc
         result = TargetResult(target=target.text, capture=CaptureInfo(graph.method, len(graph), list(graph.notes)))
         result.findings = _kept(run_graph_rules(graph, self.options, result.capture.notes), self.options)
+        if self.options.fix is not None:
+            result.capture.notes.append("fix: a saved torch.export program has no model code to fix; run --fix on the code that builds it")
+        if self.options.probe:
+            result.capture.notes.append("probes skipped: a saved program has no runnable model")
         return result
 
     def _guarded(self, label: str, work: Callable[[], Any]) -> Any:
@@ -127,19 +191,32 @@ class Engine:
 
 
 def run_graph_rules(graph: AuditGraph, options: Options, notes: list[str]) -> list[Finding]:
-    """Every enabled graph rule over one graph. A rule that crashes is noted, not fatal (unless --verbose)."""
-    ctx = GraphContext(graph=graph, settings=options.settings)
-    findings: list[Finding] = []
-    for rule in rules_in_scope("graph"):
-        if not options.selection.enabled(rule.code, rule.name):
-            continue
-        try:
-            findings.extend(rule.check(ctx))
-        except Exception as exc:  # noqa: BLE001 - a bug in one rule must not hide the others' findings
-            if options.verbose:
-                raise
-            notes.append(f"rule {rule.code} failed internally: {type(exc).__name__}: {first_line(exc)}")
-    return findings
+    """Every enabled graph rule over one graph."""
+    return run_rules("graph", GraphContext(graph=graph, settings=options.settings), options.selection, notes, options.verbose)
+
+
+def run_probes(model: Any, inputs: tuple[Any, ...], graph: AuditGraph, options: Options, result: TargetResult) -> list[Finding]:
+    """Measure the model (`auditor.probes`, on a copy), keep the numbers in `result.probes`, and run the probe
+    rules on them. The probes' own notes join the capture notes."""
+    from auditor.probes import run_probes as measure
+
+    measurements = measure(model, inputs, graph, options.settings)
+    result.probes = measurements.to_json()
+    notes = result.capture.notes if result.capture is not None else []
+    notes.extend(measurements.notes)
+    ctx = ProbeContext(graph=graph, measurements=measurements, settings=options.settings)
+    return run_rules("probe", ctx, options.selection, notes, options.verbose)
+
+
+def _relocate(result: TargetResult, old: str, new: str) -> None:
+    """Findings located in a staged fixed model (introduced by a fix) point into its final folder."""
+    from dataclasses import replace
+
+    prefix = old.rstrip("/") + "/"
+    result.findings = [
+        replace(f, file=new.rstrip("/") + "/" + f.file[len(prefix):]) if f.file and f.file.startswith(prefix) else f
+        for f in result.findings
+    ]
 
 
 def _kept(findings: list[Finding], options: Options) -> list[Finding]:

@@ -87,6 +87,7 @@ class TargetResult:
     probes: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     traceback: str | None = None  # with --verbose, for a failed target
+    fix_diff: str | None = None  # --fix --diff: unified diff of the generated code before/after (text output only)
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {"target": self.target, "status": self.status}

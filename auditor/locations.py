@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -21,35 +22,47 @@ def _torch_dir() -> str | None:
     return os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 
-def first_user_site(frames: Iterable[tuple[str, int]], skip: Callable[[int], bool] | None = None) -> Site | None:
+def _is_passed_over(filename: str, torch_dir: str | None) -> bool:
+    """torch's own frames and synthetic ones (fx's generated code, `<frozen importlib>`)."""
+    return filename.startswith("<") or (torch_dir is not None and filename.startswith(torch_dir))
+
+
+def first_user_site(frames: Iterable[Site]) -> Site | None:
     """The first (file, line) of `frames` (innermost first) outside torch, or None when the tool's own code
-    comes first: then no user code was involved. `skip(index)` rejects further frames by position."""
+    comes first: then no user code was involved."""
     torch_dir = _torch_dir()
-    for index, (filename, line) in enumerate(frames):
+    for filename, line in frames:
         if filename.startswith(_TOOL_DIR):
             return None
-        synthetic = filename.startswith("<")
-        in_torch = torch_dir is not None and filename.startswith(torch_dir)
-        if not (synthetic or in_torch or (skip is not None and skip(index))):
+        if not _is_passed_over(filename, torch_dir):
             return display_path(filename), line
     return None
 
 
 def user_frame(skip: Callable[[FrameType], bool] | None = None, depth: int = 1) -> Site | None:
-    """The user's (file, line) among the live caller frames, as `first_user_site` decides."""
-    frames: list[FrameType] = []
+    """The user's (file, line) among the live callers of the function calling this (`depth` frames up), as
+    `first_user_site` decides; `skip` rejects further frames (e.g. a constructor's own `__init__` chain)."""
+    torch_dir = _torch_dir()
     frame: FrameType | None = sys._getframe(depth)
     while frame is not None:
-        frames.append(frame)
+        filename = frame.f_code.co_filename
+        if filename.startswith(_TOOL_DIR):
+            return None
+        if not _is_passed_over(filename, torch_dir) and not (skip is not None and skip(frame)):
+            return display_path(filename), frame.f_lineno
         frame = frame.f_back
-    rejected = (lambda i: skip(frames[i])) if skip is not None else None
-    return first_user_site(((f.f_code.co_filename, f.f_lineno) for f in frames), rejected)
+    return None
 
 
 def display_path(filename: str) -> str:
     """Paths as users and CI annotations want them: relative to the working directory when inside it."""
+    return _relative(filename, os.getcwd())
+
+
+@functools.lru_cache(maxsize=1024)
+def _relative(filename: str, cwd: str) -> str:
     path = Path(filename)
     try:
-        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+        return path.resolve().relative_to(Path(cwd).resolve()).as_posix()
     except (ValueError, OSError):
         return str(path)

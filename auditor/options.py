@@ -14,10 +14,11 @@ CAPTURE_METHODS = ("fx", "export", "hooks")
 
 @dataclass
 class FixOptions:
-    out: Path
+    out: Path | None  # None: fix in memory only (the Python API without `out`)
     force: bool = False
     shortcut: str = "conv"  # RES001 shortcut: "conv" (1x1 conv + BN) or "pad" (parameter-free zero padding)
     diff: bool = False
+    seed: int = 0  # re-inits and new layers are drawn from generators seeded with this
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Options:
     inputs: list[str] = field(default_factory=list)  # --input specs, one per positional forward argument
     kwargs: dict[str, Any] = field(default_factory=dict)
     probe: bool = False
+    plot: Path | None = None  # with probe: write the per-layer chart to this PNG (needs matplotlib)
     fix: FixOptions | None = None
     device: str | None = None  # None: cuda when available
     capture: tuple[str, ...] = CAPTURE_METHODS  # the methods to try, in order (--capture forces one)

@@ -16,9 +16,11 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Protocol
 
+from auditor.errors import first_line
 from auditor.findings import Finding, Severity
 
 if TYPE_CHECKING:
+    from auditor.selection import Selection
     from auditor.graph import AuditGraph, Node
 
 SCOPES = ("graph", "source", "probe")
@@ -137,6 +139,66 @@ class SourceContext:
         return self.settings[name]
 
 
+# How `--probe` runs (not thresholds: those are the probe rules' own settings), under [tool.auditor.settings].
+PROBE_SETTINGS: dict[str, Any] = {
+    "probe-passes": 2,  # float32 forward/backward passes of the gradient probe
+    "probe-steps": 3,  # mixed-precision training steps (GradScaler, unscale_, clipping); the clip statistics
+    "probe-seed": 0,  # seeds the synthetic batches, labels and dropout
+}
+
+
+@dataclass
+class Location:
+    """A place a finding can point at that is not a graph node: a module and the user's line."""
+
+    name: str | None
+    module: str | None
+    file: str | None
+    line: int | None
+
+
+@dataclass
+class ProbeContext:
+    """What a probe rule sees: the graph, what `--probe` measured on the model, and the effective settings."""
+
+    graph: AuditGraph | None
+    measurements: Any  # auditor.probes.Measurements (not imported here: it would import torch)
+    settings: dict[str, Any]
+
+    def setting(self, name: str) -> Any:
+        return self.settings[name]
+
+    def output_node(self) -> Located | None:
+        """Where a whole-model finding points: the node that produces the model's output."""
+        output = self.graph.output if self.graph is not None else None
+        producers = self.graph.predecessors(output) if output is not None else []
+        return producers[0] if producers else None
+
+    def locate(self, module: str | None, site: tuple[str, int] | None = None) -> Located | None:
+        """Where a finding about `module` (and the forward line `site` of one of its calls) points: the graph node
+        of that call, else the module's own node, else its nearest atomic ancestor's (a Linear inside an opaque
+        nn.TransformerEncoderLayer), else the bare module and line. Pass `module=` to `finding` as well, so the
+        finding names the exact module even when it points at an ancestor's node."""
+        nodes = self.graph.nodes if self.graph is not None else []
+        if site is not None:
+            same_line = [n for n in nodes if (n.file, n.line) == tuple(site) and n.kind == "call"]
+            owned = [n for n in same_line if n.module == module]
+            if owned or same_line:
+                return (owned or same_line)[0]
+        if module is not None:
+            name = module
+            while True:
+                found = next((n for n in nodes if n.kind == "module" and n.module == name), None)
+                if found is not None:
+                    return found
+                if not name:
+                    break
+                name = name.rpartition(".")[0]
+        if site is not None:
+            return Location(None, module, site[0], site[1])
+        return None
+
+
 _REGISTRY: dict[str, Rule] = {}
 _loaded = False
 
@@ -166,6 +228,22 @@ def rules_in_scope(scope: str) -> list[Rule]:
     return [r for r in all_rules() if r.scope == scope]
 
 
+def run_rules(scope: str, ctx: Any, selection: Selection, notes: list[str], verbose: bool = False) -> list[Finding]:
+    """The enabled rules of one scope on one context. A rule that crashes is noted, not fatal (unless verbose):
+    a bug in one rule must not hide the others' findings."""
+    findings: list[Finding] = []
+    for rule in rules_in_scope(scope):
+        if not selection.enabled(rule.code, rule.name):
+            continue
+        try:
+            findings.extend(rule.check(ctx))
+        except Exception as exc:  # noqa: BLE001
+            if verbose:
+                raise
+            notes.append(f"rule {rule.code} failed internally: {type(exc).__name__}: {first_line(exc)}")
+    return findings
+
+
 def find_rule(code_or_name: str) -> Rule | None:
     key = code_or_name.strip()
     for rule in all_rules():
@@ -175,8 +253,8 @@ def find_rule(code_or_name: str) -> Rule | None:
 
 
 def default_settings() -> dict[str, Any]:
-    """Every setting any rule declares, with its default."""
-    merged: dict[str, Any] = {}
+    """Every setting any rule declares, with its default, and the probe run's own (`PROBE_SETTINGS`)."""
+    merged: dict[str, Any] = dict(PROBE_SETTINGS)
     for rule in all_rules():
         merged.update(rule.settings)
     return merged

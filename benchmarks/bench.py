@@ -5,7 +5,8 @@
 
 "plain" is a process that imports torch, builds the model and runs one eval forward pass (what any use of the
 model pays); "forward" is that pass alone; all process times are wall-clock from outside the process; "audit" and "audit --probe" are the CLI end to end. The in-process columns
-split one audit into capture (trace + shape pass) and the graph rules.
+split one audit into capture (trace + shape pass) and the graph rules, and compare the probes (`run_probes`) with
+one plain training step (forward + backward in training mode, warm).
 """
 
 from __future__ import annotations
@@ -57,7 +58,20 @@ graph, inputs = capture_model(loaded, [{spec!r}], ("fx", "export", "hooks"))
 captured = time.perf_counter()
 run_graph_rules(graph, Options(settings=default_settings()), [])
 ruled = time.perf_counter()
-print(json.dumps({{"capture": captured - started, "rules": ruled - captured, "method": graph.method, "nodes": len(graph)}}))
+import torch
+from auditor.probes import run_probes
+model = loaded.model.train()
+steps = []
+for _ in range(3):  # one plain training step (forward + backward), warm, best of 3
+    step_started = time.perf_counter()
+    model(*inputs).float().logsumexp(-1).sum().backward()
+    steps.append(time.perf_counter() - step_started)
+model.zero_grad(set_to_none=True)
+probe_started = time.perf_counter()
+run_probes(model, inputs, graph, default_settings())
+probed = time.perf_counter()
+print(json.dumps({{"capture": captured - started, "rules": ruled - captured, "method": graph.method, "nodes": len(graph),
+                  "probe": probed - probe_started, "step": min(steps)}}))
 """
 
 
@@ -95,13 +109,16 @@ def main() -> None:
             statistics.median(p["capture"] for p in phases),
             statistics.median(p["rules"] for p in phases),
             f"{phases[0]['method']}, {phases[0]['nodes']} nodes",
+            statistics.median(p["probe"] for p in phases),
+            statistics.median(p["step"] for p in phases),
         ))
-    print("| model | plain: import+build+forward | forward alone | `audit` | `audit --probe` | capture | rules | graph |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for label, plain_total, forward, audit, probe, capture, rules, graph in rows:
+    print("| model | plain: import+build+forward | forward alone | `audit` | `audit --probe` | capture | rules | graph | probes | one training step |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, plain_total, forward, audit, probe, capture, rules, graph, probes, step in rows:
         print(
             f"| {label} | {plain_total:.2f} s | {forward:.2f} s | {audit:.2f} s ({audit / plain_total:.1f}x) | "
-            f"{probe:.2f} s ({probe / plain_total:.1f}x) | {capture:.2f} s | {rules * 1000:.0f} ms | {graph} |"
+            f"{probe:.2f} s ({probe / plain_total:.1f}x) | {capture:.2f} s | {rules * 1000:.0f} ms | {graph} | "
+            f"{probes:.2f} s ({probes / step:.1f} steps) | {step:.2f} s |"
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -85,24 +85,35 @@ def describe_value(value: Any) -> tuple[tuple[int, ...] | None, str | None]:
     return tuple(int(d) for d in tensor.shape), str(tensor.dtype).replace("torch.", "")
 
 
-def first_tensor(value: Any) -> torch.Tensor | None:
+def iter_tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a nested value (tuples, lists, dicts such as Hugging Face outputs), in order."""
     if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (list, tuple)):
+        yield value
+    elif isinstance(value, (list, tuple)):
         for item in value:
-            found = first_tensor(item)
-            if found is not None:
-                return found
-    if isinstance(value, dict):
-        return first_tensor(list(value.values()))
-    return None
+            yield from iter_tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from iter_tensors(item)
+
+
+def first_tensor(value: Any) -> torch.Tensor | None:
+    return next(iter_tensors(value), None)
+
+
+def call_label(func: Any, name: str) -> str:
+    """How an intercepted call reads in messages: `Tensor.relu_` for methods, else as `function_label`."""
+    qualname = getattr(func, "__qualname__", "") or ""
+    if qualname.startswith(("TensorBase.", "Tensor.")):
+        return f"Tensor.{name}"
+    return function_label(func)
 
 
 def function_label(fn: Any) -> str:
     """How a called function reads in messages: `F.relu`, `torch.cat`, `operator.add`."""
     module = getattr(fn, "__module__", None) or ""
     name = getattr(fn, "__name__", repr(fn))
-    if module == "torch.nn.functional":
+    if module in ("torch.nn.functional", "torch._C._nn"):  # F.linear and friends are bound from torch._C._nn
         return f"F.{name}"
     if module.startswith("torch") or module == "" or module is None:
         return f"torch.{name}"

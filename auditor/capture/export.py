@@ -8,6 +8,8 @@ FakeTensor in each node's `meta["val"]`; rules run before any decomposition (whi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from typing import Any
 
@@ -24,7 +26,8 @@ _CONTAINERS = ("torch.nn.modules.container.",)
 
 
 def capture_export(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site]) -> AuditGraph:
-    program = torch.export.export(model, inputs, strict=False)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        program = torch.export.export(model, inputs, strict=False)  # a failed attempt prints its partial graph
     return convert_program(program, model, sites)
 
 

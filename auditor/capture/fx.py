@@ -59,7 +59,12 @@ class _ShapeRecorder(fx.Interpreter):
 
 def capture_fx(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site]) -> AuditGraph:
     """Trace, run once for shapes, and convert to the audit graph. Raises on trace or forward failure."""
-    gm = trace(model)
+    return capture_traced(trace(model), inputs, sites, model)
+
+
+def capture_traced(gm: fx.GraphModule, inputs: tuple[Any, ...], sites: dict[str, Site], model: nn.Module | None = None) -> AuditGraph:
+    """The audit graph of an already traced GraphModule (without tracing it again, which would lose the
+    nodes' owning modules and user lines): `--fix` re-reads the graph it rewrites this way."""
     recorder = _ShapeRecorder(gm)
     with torch.no_grad():
         recorder.run(*inputs)
@@ -71,7 +76,7 @@ def capture_fx(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site]
         node.error = recorder.failures.get(fx_node)
         node.meta["fx_node"] = fx_node
         nodes[fx_node] = node
-    graph = AuditGraph(list(nodes.values()), method="fx", model=model, meta={"graph_module": gm})
+    graph = AuditGraph(list(nodes.values()), method="fx", model=model if model is not None else gm, meta={"graph_module": gm})
     graph.link()
     return graph
 

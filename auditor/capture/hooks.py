@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from auditor.capture.common import Site, call_node, describe_value, function_label, is_leaf, module_node
+from auditor.capture.common import Site, call_label, call_node, describe_value, is_leaf, iter_tensors, module_node
 from auditor.capture.forward import ForwardFailure, is_recoverable, mismatch_message
 from auditor.graph import INPUT, OUTPUT, AuditGraph, Node
 from auditor.locations import user_frame
@@ -74,7 +74,7 @@ class _Recorder(TorchFunctionMode):
         return base if count == 0 else f"{base}_{count}"
 
     def _bind(self, node: Node, value: Any) -> None:
-        for tensor in _tensors(value):
+        for tensor in iter_tensors(value):
             self.producer[id(tensor)] = node
             self.alive.append(tensor)
         node.shape, node.dtype = describe_value(value)
@@ -82,7 +82,7 @@ class _Recorder(TorchFunctionMode):
 
     def _sources(self, *values: Any) -> list[Node]:
         found: list[Node] = []
-        for tensor in _tensors(values):
+        for tensor in iter_tensors(values):
             node = self.producer.get(id(tensor))
             if node is not None and all(node is not f for f in found):
                 found.append(node)
@@ -146,7 +146,7 @@ class _Recorder(TorchFunctionMode):
         try:
             result = func(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - recovered (shape mismatch of an add) or reported with its site
-            tensors = list(_tensors(args))
+            tensors = list(iter_tensors(args))
             site = user_frame(depth=2)
             owner = self.owner()
             if is_recoverable(name) and len(tensors) == 2:
@@ -155,9 +155,9 @@ class _Recorder(TorchFunctionMode):
                 node.error = mismatch_message(tensors[0], tensors[1])
                 self._bind(node, result)
                 return result
-            raise ForwardFailure(name, _label(func, name), owner, site, exc) from exc
+            raise ForwardFailure(name, call_label(func, name), owner, site, exc) from exc
         sources = self._sources(args, kwargs)
-        if not sources or not any(True for _ in _tensors(result)):
+        if not sources or not any(True for _ in iter_tensors(result)):
             return result
         node = self._call(name, func, args, kwargs, user_frame(depth=2), self.owner())
         if not node.inplace:
@@ -166,7 +166,7 @@ class _Recorder(TorchFunctionMode):
         return result
 
     def _call(self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], site: Site | None, owner: str) -> Node:
-        node = call_node(self._name(name.strip("_") or "call"), name, _label(func, name), owner, args, kwargs, lambda v: isinstance(v, torch.Tensor))
+        node = call_node(self._name(name.strip("_") or "call"), name, call_label(func, name), owner, args, kwargs, lambda v: isinstance(v, torch.Tensor))
         node.inputs = self._sources(args, kwargs)
         if site is not None:
             node.file, node.line = site
@@ -176,7 +176,7 @@ class _Recorder(TorchFunctionMode):
 def _fresh(result: Any, inputs: Any) -> Any:
     """An op that hands back its input tensor itself (eval-mode dropout, nn.Identity, `x.contiguous()`) gets a
     fresh alias of it instead, so that later readers of the input are not taken for readers of this op."""
-    if isinstance(result, torch.Tensor) and any(result is t for t in _tensors(inputs)):
+    if isinstance(result, torch.Tensor) and any(result is t for t in iter_tensors(inputs)):
         try:
             return result.view_as(result)
         except RuntimeError:
@@ -189,21 +189,3 @@ def _function_name(func: Any) -> str:
     if name == "__get__":  # a property such as Tensor.T
         name = getattr(getattr(func, "__self__", None), "__name__", name)
     return name
-
-
-def _label(func: Any, name: str) -> str:
-    qualname = getattr(func, "__qualname__", "") or ""
-    if qualname.startswith(("TensorBase.", "Tensor.")):
-        return f"Tensor.{name}"
-    return function_label(func)
-
-
-def _tensors(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)

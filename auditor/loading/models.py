@@ -35,6 +35,7 @@ class LoadedModel:
     inputs: list[str] = field(default_factory=list)  # input specs attached to the target (config, fixed folder)
     owned: bool = True  # built by the tool (may be moved to a device); False for a model handed to the API
     example_inputs: tuple[Any, ...] | None = None  # inputs handed to the API
+    origin: dict[str, Any] | None = None  # how to build it again (--fix of untraceable models): file/module, name, kwargs
 
 
 @dataclass
@@ -65,7 +66,7 @@ class ModelLoader:
                 namespace = import_dotted(target.module)
             return [self._load_member(namespace, target, target.text)]
         if target.kind is Kind.FIXED:
-            return [self._load_fixed(target)]
+            return self._load_fixed(target)
         if target.kind is Kind.PICKLE:
             return [self._load_pickle(target)]
         raise TargetError(f"{target.text}: cannot be loaded as a model")
@@ -80,7 +81,8 @@ class ModelLoader:
         label = display_path(str(target.path))
         kept = _drop_submodule_classes(built)
         return [
-            LoadedModel(f"{label}:{c.name}", model, self.sites.for_model(model), namespace, list(target.inputs))
+            LoadedModel(f"{label}:{c.name}", model, self.sites.for_model(model), namespace, list(target.inputs),
+                        origin=_origin(namespace, c.name, {} if isinstance(c.obj, nn.Module) else _accepted(c.obj, target.kwargs)))
             for c, model in kept
         ]
 
@@ -136,17 +138,30 @@ class ModelLoader:
             raise TargetError(f"{label}: {name} is a {type(obj).__name__}, not a model, class or factory")
         with self.sites.recording():
             model = self._build(candidate, label.rsplit(":", 1)[0])
-        return LoadedModel(label, model, self.sites.for_model(model), namespace, list(target.inputs))
+        return LoadedModel(label, model, self.sites.for_model(model), namespace, list(target.inputs),
+                           origin=_origin(namespace, name, dict(target.kwargs), by_file=target.kind is Kind.FILE_MEMBER))
 
     # --- saved models -----------------------------------------------------------------------------------------
-    def _load_fixed(self, target: Target) -> LoadedModel:
+    def _load_fixed(self, target: Target) -> list[LoadedModel]:
+        """A folder written by `--fix`: its manifest names the module and factory (one model), or lists the
+        model folders inside it (several). Inputs: --input, else the manifest's, else the folder's
+        `example_inputs()` (the inputs the audit used)."""
         assert target.path is not None
-        manifest = json.loads((target.path / FIXED_MANIFEST).read_text())
+        where = display_path(str(target.path))
+        try:
+            manifest = json.loads((target.path / FIXED_MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise TargetError(f"{where}: unreadable {FIXED_MANIFEST}: {first_line(exc)}") from exc
+        if "models" in manifest:
+            return [m for name in manifest["models"]
+                    for m in self._load_fixed(Target(Kind.FIXED, str(target.path / name), path=target.path / name, inputs=list(target.inputs)))]
+        if not isinstance(manifest, dict) or "module" not in manifest or "factory" not in manifest:
+            raise TargetError(f"{where}: {FIXED_MANIFEST} names no module and factory")
         member = Target(Kind.FILE_MEMBER, target.text, path=target.path / manifest["module"], name=manifest["factory"],
                         inputs=list(target.inputs) or list(manifest.get("inputs", [])))
         loaded = self.load(member)[0]
-        loaded.label = display_path(str(target.path))
-        return loaded
+        loaded.label = where
+        return [loaded]
 
     def _load_pickle(self, target: Target) -> LoadedModel:
         assert target.path is not None
@@ -168,6 +183,13 @@ class ModelLoader:
         if not isinstance(obj, nn.Module):
             raise TargetError(f"{where}: holds a {type(obj).__name__}, not an nn.Module")
         return LoadedModel(where, obj, self.sites.for_model(obj), None, list(target.inputs))
+
+
+def _origin(namespace: ModuleType, name: str, kwargs: dict[str, Any], by_file: bool = True) -> dict[str, Any]:
+    """Where a model comes from, for a fixed folder that must build it again from the user's code: its file
+    (a path target), else its importable module (`package.module:NAME`)."""
+    path = getattr(namespace, "__file__", None) if by_file else None
+    return {"file": str(Path(path).resolve()) if path else None, "module": namespace.__name__, "name": name, "kwargs": kwargs}
 
 
 def _drop_submodule_classes(built: list[tuple[_Candidate, nn.Module]]) -> list[tuple[_Candidate, nn.Module]]:

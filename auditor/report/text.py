@@ -13,17 +13,20 @@ from auditor.findings import Finding, Report, Severity, TargetResult
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
 
-def print_report(report: Report, console: Console, *, quiet: bool = False, verbose: bool = False) -> None:
+def print_report(report: Report, console: Console, *, quiet: bool = False, verbose: bool = False, diff: bool = False) -> None:
     for result in report.results:
         if result.status != "ok":
             continue  # failed targets are reported on stderr by the CLI
-        if result.findings or (verbose and not quiet):
-            _print_result(result, console, verbose=verbose)
+        if result.findings or (verbose and not quiet) or (result.probes and not quiet) or result.fixes or result.fixed_path:
+            _print_result(result, console, verbose=verbose, quiet=quiet, diff=diff)
     if not quiet:
+        fixes = fix_summary_line(report)
+        if fixes is not None:
+            console.print(fixes)
         console.print(summary_line(report))
 
 
-def _print_result(result: TargetResult, console: Console, *, verbose: bool) -> None:
+def _print_result(result: TargetResult, console: Console, *, verbose: bool, quiet: bool = False, diff: bool = False) -> None:
     header = Text(result.target, style="bold")
     if result.capture is not None:
         header.append(f"  {result.capture.method}, {result.capture.nodes} nodes", style="dim")
@@ -33,9 +36,42 @@ def _print_result(result: TargetResult, console: Console, *, verbose: bool) -> N
     if verbose and result.capture is not None:
         for note in result.capture.notes:
             console.print(Text(f"  note: {note}", style="dim"))
+    if not quiet:
+        _print_applied(result, console, verbose=verbose)
     for finding in sorted(result.findings, key=lambda f: (-f.severity, f.file or "", f.line or 0, f.code)):
         console.print(finding_text(finding))
+    if result.probes and not quiet:
+        from auditor.report.probes import print_probes
+
+        print_probes(result.probes, console)
+    if not quiet:
+        _print_written(result, console, diff=diff)
     console.print()
+
+
+def _print_applied(result: TargetResult, console: Console, *, verbose: bool) -> None:
+    """--fix: each change (code, module, before => after, safety) and why others were not made."""
+    for fix in result.fixes:
+        line = Text("  fixed ", style="green")
+        line.append(fix.code, style="bold")
+        line.append(f" [{fix.module or '<root>'}]", style="magenta")
+        line.append(f" {fix.action}")
+        line.append(" (safe: outputs verified unchanged)" if fix.safe else " (changes behaviour)", style="dim")
+        console.print(line)
+    if result.capture is not None and not verbose:  # with --verbose every note is printed above
+        for note in result.capture.notes:
+            if note.startswith("fix: "):
+                console.print(Text(f"  note: {note[5:]}", style="dim"))
+
+
+def _print_written(result: TargetResult, console: Console, *, diff: bool) -> None:
+    """--fix: where the fixed model went and what its re-audit left (the findings listed above)."""
+    if result.fixed_path is not None:
+        remaining = len(result.findings)
+        after = "nothing remains" if not remaining else f"{remaining} finding{'s' if remaining != 1 else ''} remain{'s' if remaining == 1 else ''}"
+        console.print(Text(f"  wrote {result.fixed_path} (loaded, ran on the example inputs and re-audited: {after})", style="bold"))
+    if diff and result.fix_diff:
+        console.print(Text(result.fix_diff.rstrip("\n")))
 
 
 def finding_text(finding: Finding) -> Text:
@@ -53,6 +89,20 @@ def finding_text(finding: Finding) -> Text:
         fix_note = " (fixable with --fix)" if finding.fixable else ""
         line.append(f"\n      help: {finding.hint}{fix_note}", style="dim")
     return line
+
+
+def fix_summary_line(report: Report) -> Text | None:
+    """With --fix: how many fixes, how many keep outputs, how many fixed models were written."""
+    fixes = [f for r in report.results for f in r.fixes]
+    written = sum(1 for r in report.results if r.fixed_path)
+    if not fixes and not written:
+        return None
+    safe = sum(1 for f in fixes if f.safe)
+    text = Text(f"Applied {_plural(len(fixes), 'fix')}", style="bold green")
+    if fixes:
+        text.append(f" ({safe} keeping outputs, {len(fixes) - safe} changing behaviour)")
+    text.append(f" and wrote {_plural(written, 'fixed model')}; the findings listed are what remains.")
+    return text
 
 
 def summary_line(report: Report) -> Text:
@@ -85,4 +135,4 @@ def summary_line(report: Report) -> Text:
 
 
 def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
+    return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith("x") else "s")

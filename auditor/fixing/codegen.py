@@ -1,0 +1,528 @@
+"""Generate a self-contained `model.py` from a rewritten GraphModule: torch.nn constructors plus fx's forward.
+
+Only torch.nn atoms are leaves of the tool's captures, so every submodule the forward calls can be rebuilt from
+its class and hyper-parameters; every constructor is checked by building it and comparing its structure, repr
+and parameter shapes with the live module. The forward is fx's own code generation (`python_code`), and its
+globals must come from torch or the standard library: the file imports nothing but torch.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import inspect
+import keyword
+import math
+import re
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from auditor.fixing.rewrite import CannotFix
+
+_SKIP_ARGS = {"device", "dtype", "_weight", "_freeze", "factory_kwargs"}
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_STANDARD_GLOBALS = {
+    "torch": "import torch",
+    "fx_pytree": "import torch.fx._pytree as fx_pytree",
+    "pytree": "import torch.utils._pytree as pytree",
+    "device": "from torch import device",
+    "NoneType": "NoneType = type(None)",
+    "inf": 'inf = float("inf")',
+    "nan": 'nan = float("nan")',
+}
+_SAFE_ROOTS = {"torch", "operator", "_operator", "math", "builtins", "functools", "typing", "collections", "numbers"}
+
+
+class Code(str):
+    """Source text inserted as is (a nested constructor)."""
+
+
+# --- module constructors -------------------------------------------------------------------------------------
+
+
+def torch_class(module: nn.Module) -> type:
+    """The module's own class when it is torch.nn's, else its nearest torch.nn base (a user subclass that keeps
+    a torch.nn atom's forward, as the captures' leaf rule allows)."""
+    for cls in type(module).__mro__:
+        if cls.__module__.startswith(("torch.nn.", "torch.ao.nn.")):
+            return cls
+    raise CannotFix(f"`{type(module).__name__}` is not a torch.nn module")
+
+
+def class_expression(cls: type) -> str:
+    if getattr(nn, cls.__name__, None) is cls:
+        return f"nn.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def constructor(module: nn.Module) -> str:
+    """`nn.Conv2d(3, 16, kernel_size=(3, 3), ...)`-style source that rebuilds `module` (weights aside).
+    Raises CannotFix when no constructor call reproduces it."""
+    cls = torch_class(module)
+    special = _SPECIAL.get(cls.__name__)
+    given = special(module) if special is not None else {}
+    kwargs = {**_generic_arguments(cls, module, skip=set(given)), **given}
+    text = f"{class_expression(cls)}({', '.join(f'{k}={literal(v)}' for k, v in kwargs.items())})"
+    _check_rebuilt(module, text)
+    return text
+
+
+def _generic_arguments(cls: type, module: nn.Module, skip: set[str]) -> dict[str, Any]:
+    """Constructor arguments read back from same-named attributes (`in_channels`, `eps`, `bias` as a flag)."""
+    try:
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return {}
+    found: dict[str, Any] = {}
+    for p in parameters:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in _SKIP_ARGS or p.name in skip:
+            continue
+        if not hasattr(module, p.name):
+            if p.default is p.empty:
+                raise CannotFix(f"cannot tell the `{p.name}` argument of {cls.__name__}")
+            continue
+        value = getattr(module, p.name)
+        if p.name == "bias" and (value is None or isinstance(value, torch.Tensor)):
+            value = value is not None
+        if isinstance(value, torch.Size):
+            value = tuple(value)
+        if not _is_literal(value):
+            if p.default is p.empty:
+                raise CannotFix(f"cannot write the `{p.name}` argument of {cls.__name__} ({type(value).__name__})")
+            continue
+        if p.default is not p.empty and type(value) is type(p.default) and value == p.default:
+            continue
+        found[p.name] = value
+    return found
+
+
+def _rnn(module: nn.Module) -> dict[str, Any]:
+    keys = ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional"]
+    if isinstance(module, nn.RNN):
+        keys.append("nonlinearity")
+    if isinstance(module, nn.LSTM):
+        keys.append("proj_size")
+    return {k: getattr(module, k) for k in keys}
+
+
+def _attention(module: nn.Module) -> dict[str, Any]:
+    return {
+        "embed_dim": module.embed_dim, "num_heads": module.num_heads, "dropout": module.dropout,
+        "bias": module.in_proj_bias is not None, "add_bias_kv": module.bias_k is not None,
+        "add_zero_attn": module.add_zero_attn, "kdim": module.kdim, "vdim": module.vdim, "batch_first": module.batch_first,
+    }
+
+
+def _transformer_layer(module: nn.Module) -> dict[str, Any]:
+    activation = module.activation
+    if activation is torch.nn.functional.relu:
+        act: Any = "relu"
+    elif activation is torch.nn.functional.gelu:
+        act = "gelu"
+    elif isinstance(activation, nn.Module):
+        act = Code(constructor(activation))
+    else:
+        raise CannotFix(f"cannot write the activation {activation!r} of {type(module).__name__}")
+    return {
+        "d_model": module.self_attn.embed_dim, "nhead": module.self_attn.num_heads,
+        "dim_feedforward": module.linear1.out_features, "dropout": module.dropout.p, "activation": act,
+        "layer_norm_eps": module.norm1.eps, "batch_first": module.self_attn.batch_first,
+        "norm_first": module.norm_first, "bias": module.linear1.bias is not None,
+    }
+
+
+def _transformer_stack(module: nn.Module) -> dict[str, Any]:
+    layer_key = "encoder_layer" if isinstance(module, nn.TransformerEncoder) else "decoder_layer"
+    found: dict[str, Any] = {
+        layer_key: Code(constructor(module.layers[0])),
+        "num_layers": len(module.layers),
+        "norm": Code(constructor(module.norm)) if module.norm is not None else None,
+    }
+    if isinstance(module, nn.TransformerEncoder):
+        found["enable_nested_tensor"] = module.enable_nested_tensor
+        found["mask_check"] = module.mask_check
+    return found
+
+
+_SPECIAL: dict[str, Callable[[nn.Module], dict[str, Any]]] = {
+    "RNN": _rnn, "LSTM": _rnn, "GRU": _rnn,
+    "MultiheadAttention": _attention,
+    "TransformerEncoderLayer": _transformer_layer, "TransformerDecoderLayer": _transformer_layer,
+    "TransformerEncoder": _transformer_stack, "TransformerDecoder": _transformer_stack,
+}
+
+
+def _check_rebuilt(module: nn.Module, text: str) -> None:
+    """Build the constructor and compare it with the live module: structure, repr and parameter shapes."""
+    try:
+        rebuilt = eval(text, {"nn": nn, "torch": torch, "inf": math.inf, "nan": math.nan})  # noqa: S307 - our own text
+    except Exception as exc:  # noqa: BLE001
+        raise CannotFix(f"cannot rebuild {type(module).__name__} with `{text}`: {type(exc).__name__}: {exc}") from exc
+    if _structure(rebuilt) != _structure(module):
+        raise CannotFix(f"`{text}` does not rebuild {type(module).__name__} faithfully (its settings differ)")
+
+
+def _structure(module: nn.Module) -> list[tuple[Any, ...]]:
+    parts: list[tuple[Any, ...]] = []
+    for name, sub in module.named_modules():
+        parts.append((name, torch_class(sub).__name__ if not isinstance(sub, _CONTAINERS) else type(sub).__name__, sub.extra_repr()))
+    for name, tensor in module.state_dict().items():
+        parts.append((name, tuple(tensor.shape)))
+    return parts
+
+
+def literal(value: Any) -> str:
+    if isinstance(value, Code):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return 'float("nan")'
+        if math.isinf(value):
+            return 'float("inf")' if value > 0 else 'float("-inf")'
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        items = ", ".join(literal(v) for v in value)
+        if isinstance(value, tuple):
+            return f"({items},)" if len(value) == 1 else f"({items})"
+        return f"[{items}]"
+    if isinstance(value, torch.dtype):
+        return str(value)
+    return repr(value)
+
+
+def _is_literal(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_is_literal(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str, Code, torch.dtype))
+
+
+# --- the model file ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSource:
+    """What `render_model` needs besides the GraphModule."""
+
+    class_name: str
+    origin: str  # the audited target, for the docstring
+    summary: list[str] = field(default_factory=list)  # one line per applied fix
+    has_inputs_file: bool = False
+    input_specs: list[str] = field(default_factory=list)
+
+
+def attribute_lines(gm: fx.GraphModule) -> tuple[list[str], list[str]]:
+    """`_attach(self, NAME, VALUE)` lines that rebuild every submodule, parameter and buffer of `gm`, and
+    notes about modules rebuilt as their torch.nn base class."""
+    called = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+    lines: list[str] = []
+    notes: list[str] = []
+    leaves: list[str] = []
+    for name, module in gm.named_modules():
+        if any(name.startswith(leaf + ".") for leaf in leaves):
+            continue  # built by its leaf's constructor
+        if name:
+            if name in called or not _is_container(module):
+                text = constructor(module)
+                if type(module) is not torch_class(module):
+                    notes.append(f"`{name}` ({type(module).__name__}) is rebuilt as its torch.nn base {torch_class(module).__name__}")
+                leaves.append(name)
+                lines.append(f"_attach(self, {name!r}, {text})")
+                continue
+            kind = type(module).__name__ if isinstance(module, _CONTAINERS) else "Module"
+            lines.append(f"_attach(self, {name!r}, nn.{kind}())")
+        prefix = f"{name}." if name else ""
+        for pname, param in module._parameters.items():
+            if param is not None:
+                lines.append(f"_attach(self, {prefix + pname!r}, nn.Parameter({_empty(param)}))")
+        for bname, buffer in module._buffers.items():
+            if buffer is not None:
+                persistent = bname not in module._non_persistent_buffers_set
+                flag = "" if persistent else ", persistent=False"
+                lines.append(f"_attach(self, {prefix + bname!r}, {_empty(buffer)}, buffer=True{flag})")
+    return lines, notes
+
+
+def _is_container(module: nn.Module) -> bool:
+    return type(module) is nn.Module or isinstance(module, _CONTAINERS) or isinstance(module, fx.GraphModule)
+
+
+def _empty(tensor: torch.Tensor) -> str:
+    return f"torch.empty({literal(tuple(tensor.shape))}, dtype={tensor.dtype})"
+
+
+def forward_source(gm: fx.GraphModule, notes: list[str] | None = None) -> tuple[str, list[str]]:
+    """The forward's source (indented for a class body) and the module-level lines it needs: imports of its
+    globals, then fx's own top-level statements (`torch.fx.wrap(...)` of functions it keeps as leaves)."""
+    code = gm.graph.python_code(root_module="self")
+    src = textwrap.dedent(code.src).strip("\n")
+    start = re.search(r"^def forward\(", src, re.M)
+    prelude, src = (src[: start.start()].strip("\n"), src[start.start():]) if start else ("", src)
+    imports = ["import torch"]
+    for name, value in code.globals.items():
+        if not re.search(rf"\b{re.escape(name)}\b", src + prelude):
+            continue
+        line = _import_line(name, value, notes if notes is not None else [])
+        if line and line not in imports:
+            imports.append(line)
+    if prelude:
+        imports.append(prelude)
+    return textwrap.indent(src, "    "), imports
+
+
+def _installed(module_name: str) -> bool:
+    """Whether a module comes from an installed package (site-packages), not from the user's own files."""
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None) or ""
+    return any(part in path for part in ("site-packages", "dist-packages"))
+
+
+def _import_line(name: str, value: Any, notes: list[str]) -> str | None:
+    if name in _STANDARD_GLOBALS:
+        return _STANDARD_GLOBALS[name]
+    if getattr(builtins, name, None) is value:
+        return None
+    if inspect.ismodule(value):
+        root = value.__name__.split(".")[0]
+        if root not in _SAFE_ROOTS and root not in sys.stdlib_module_names:
+            if not _installed(value.__name__):
+                raise CannotFix(f"the forward uses your module `{value.__name__}`; the fixed model would not be self-contained")
+            notes.append(f"the fixed model imports `{value.__name__}` (package `{root}`), which its forward uses")
+        return f"import {value.__name__} as {name}" if value.__name__ != name else f"import {name}"
+    module_name = getattr(value, "__module__", None)
+    qualname = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
+    if not module_name or not qualname:
+        raise CannotFix(f"the forward uses `{name}` ({type(value).__name__}), which cannot be written as code")
+    root = module_name.split(".")[0]
+    if root not in _SAFE_ROOTS and root not in sys.stdlib_module_names:
+        if not _installed(module_name):
+            raise CannotFix(
+                f"the forward calls `{module_name}.{qualname}` from your code; the fixed model would not be "
+                "self-contained (it may import torch, the standard library and installed packages only)"
+            )
+        notes.append(f"the fixed model imports `{module_name}` (package `{root}`), which its forward calls")
+    if _resolve(module_name, qualname) is not value:
+        raise CannotFix(f"`{module_name}.{qualname}` cannot be imported back")
+    if "." in qualname:
+        return f"import {module_name}\n{name} = {module_name}.{qualname}"
+    return f"from {module_name} import {qualname}" + (f" as {name}" if name != qualname else "")
+
+
+def _resolve(module_name: str, qualname: str) -> Any:
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except (ImportError, AttributeError):
+        return None
+
+
+def class_name_for(name: str) -> str:
+    cleaned = re.sub(r"\W", "_", name) or "FixedModel"
+    if cleaned[0].isdigit() or keyword.iskeyword(cleaned) or cleaned in {"nn", "torch", "os"}:
+        cleaned = f"Fixed{cleaned}"
+    return cleaned
+
+
+def render_model(gm: fx.GraphModule, source: ModelSource) -> tuple[str, list[str]]:
+    """The text of `model.py` and notes for the user."""
+    attributes, notes = attribute_lines(gm)
+    forward, imports = forward_source(gm, notes)
+    ties = _ties(gm)
+    frozen = [n for n, p in gm.named_parameters() if not p.requires_grad]
+    eval_modules = [n for n, m in gm.named_modules() if not m.training]
+    changes = "\n".join(f"  - {line}" for line in source.summary) or "  (none: the model is unchanged)"
+    inputs_doc = (
+        "example_inputs() returns the inputs the audit ran it on (inputs.pt)."
+        if source.has_inputs_file
+        else f"example_inputs() makes inputs of the audited shapes ({' '.join(source.input_specs) or 'none'})."
+    )
+    header = f'''"""{source.class_name}, fixed by `audit --fix` (auditor) from {source.origin}.
+
+Changes:
+{changes}
+
+Self-contained: needs only torch; weights are in weights.pt next to this file (tensors only, loaded with
+weights_only=True). Load it from anywhere:
+
+    import sys; sys.path.insert(0, "path/to/this/folder")
+    import model; net = model.load_model()
+
+or audit it again with `audit path/to/this/folder`. {inputs_doc}
+"""
+'''
+    body = "\n".join(f"        {line}" for line in attributes) or "        pass"
+    text = f'''{header}
+import os
+
+{chr(10).join(imports)}
+import torch.nn as nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TIED = {ties!r}  # (parameter, the parameter it shares storage with)
+FROZEN = {frozen!r}  # parameters with requires_grad=False
+EVAL = {eval_modules!r}  # submodules that were in eval mode
+
+
+class {source.class_name}(nn.Module):
+    def __init__(self):
+        super().__init__()
+{body}
+
+{forward}
+
+
+def _attach(root, qualname, value, buffer=False, persistent=True):
+    """Register a submodule, parameter or buffer under its qualified name."""
+    path, _, name = qualname.rpartition(".")
+    owner = root.get_submodule(path) if path else root
+    if buffer:
+        owner.register_buffer(name, value, persistent=persistent)
+    elif isinstance(value, nn.Parameter):
+        owner.register_parameter(name, value)
+    else:
+        owner.add_module(name, value)
+
+
+def load_model(device="cpu"):
+    """The fixed model with its weights, on `device`."""
+    model = {source.class_name}()
+    state = torch.load(os.path.join(HERE, "weights.pt"), map_location=device, weights_only=True)
+    model.load_state_dict(state, assign=True)
+    for name, same_as in TIED:
+        _attach(model, name, model.get_parameter(same_as))
+    for name in FROZEN:
+        model.get_parameter(name).requires_grad_(False)
+    for name in EVAL:
+        model.get_submodule(name).training = False
+    for module in model.modules():
+        if isinstance(module, nn.RNNBase):
+            module.flatten_parameters()  # cuDNN wants the loaded weights in one chunk again
+    return model
+
+
+def build_model():
+    """The contract's factory name: the same as load_model()."""
+    return load_model()
+
+
+{_example_inputs_source(source)}
+'''
+    return text, notes
+
+
+def _example_inputs_source(source: ModelSource) -> str:
+    if source.has_inputs_file:
+        return '''def example_inputs():
+    """The inputs the audit ran this model on."""
+    return tuple(torch.load(os.path.join(HERE, "inputs.pt"), weights_only=True))
+'''
+    return f'''def example_inputs():
+    """Inputs of the shapes the audit used: {' '.join(source.input_specs)}."""
+    generator = torch.Generator().manual_seed(0)
+    specs = {[_spec_tuple(s) for s in source.input_specs]!r}
+    made = []
+    for dtype, shape in specs:
+        kind = getattr(torch, dtype)
+        if kind.is_floating_point:
+            made.append(torch.randn(shape, generator=generator).to(kind))
+        else:
+            made.append(torch.randint(0, 2, shape, generator=generator).to(kind))
+    return tuple(made)
+'''
+
+
+def _spec_tuple(spec: str) -> tuple[str, tuple[int, ...]]:
+    dtype, _, dims = spec.rpartition(":")
+    return dtype or "float32", tuple(int(d) for d in dims.split(","))
+
+
+def _ties(gm: fx.GraphModule) -> list[tuple[str, str]]:
+    first: dict[int, str] = {}
+    ties = []
+    for name, param in gm.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            ties.append((name, first[id(param)]))
+        else:
+            first[id(param)] = name
+    return ties
+
+
+
+# --- models torch.fx cannot trace: the user's code rebuilds them -------------------------------------------------
+
+
+def render_weights_loader(origin: dict[str, Any], dropped: list[str], target: str, summary: list[str], has_inputs: bool,
+                          input_specs: list[str]) -> str:
+    """`model.py` for a model whose code cannot be regenerated: import the user's source again (by file path,
+    else by module name), build the model as the audit did, remove the parameters a fix removed (a folded bias),
+    and load the fixed weights."""
+    changes = "\n".join(f"  - {line}" for line in summary) or "  (none: the weights are unchanged)"
+    source = ModelSource(class_name="", origin=target, has_inputs_file=has_inputs, input_specs=input_specs)
+    return f'''"""Fixed weights for {target}, written by `audit --fix` (auditor).
+
+Changes:
+{changes}
+
+torch.fx could not trace this model, so its code is not regenerated: load_model() imports your source again
+(ORIGIN below: that file must still exist), builds the model the way the audit did, and loads the fixed weights
+from weights.pt next to this file (tensors only). This folder can move; your source cannot.
+
+    import sys; sys.path.insert(0, "path/to/this/folder")
+    import model; net = model.load_model()
+"""
+
+import copy
+import importlib
+import importlib.util
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ORIGIN = {origin!r}
+DROPPED = {dropped!r}  # parameters the fixes removed (set to None after building)
+
+
+def _import_origin():
+    path = ORIGIN.get("file")
+    if path and os.path.isfile(path):
+        folder, parts = os.path.dirname(path), [os.path.splitext(os.path.basename(path))[0]]
+        while os.path.isfile(os.path.join(folder, "__init__.py")):
+            parts.insert(0, os.path.basename(folder))
+            folder = os.path.dirname(folder)
+        if len(parts) > 1:
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+            return importlib.import_module(".".join(parts))
+        spec = importlib.util.spec_from_file_location("_auditor_origin_" + parts[0], path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    if path:
+        raise FileNotFoundError(f"the model's source {{path}} is gone; this folder holds only its fixed weights")
+    return importlib.import_module(ORIGIN["module"])
+
+
+def load_model(device="cpu"):
+    """The model built from its source, with the fixed weights, on `device`."""
+    obj = getattr(_import_origin(), ORIGIN["name"])
+    model = copy.deepcopy(obj) if isinstance(obj, torch.nn.Module) else obj(**ORIGIN["kwargs"])
+    for name in DROPPED:
+        path, _, attr = name.rpartition(".")
+        owner = model.get_submodule(path) if path else model
+        owner.register_parameter(attr, None)
+    state = torch.load(os.path.join(HERE, "weights.pt"), map_location=device, weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device)
+
+
+{_example_inputs_source(source)}
+'''

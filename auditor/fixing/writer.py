@@ -1,0 +1,199 @@
+"""The fixed-model folder and the atomic `--out`.
+
+A fixed model is a folder (see `write_code_folder` / `write_weights_folder`):
+
+    model.py             generated code: the model's class, load_model(), example_inputs()
+    weights.pt           its state_dict, tensors only (torch.load(..., weights_only=True))
+    inputs.pt            the example inputs the audit ran it on (tensors only; omitted when large)
+    auditor-fixed.json   the manifest `audit DIR` loads: {"format", "module", "factory", "target", "kind", ...}
+    FIXES.md             what changed (code, module, before => after, safety) and what remains
+
+`--out` is written through a staging folder next to it and renamed into place at the end, so a failure leaves
+no half-written output; an existing `--out` is replaced only with `--force`. With one fixed model, `--out` is
+that model's folder; with several, `--out` holds one folder per model and a manifest listing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from auditor import __version__
+from auditor.errors import TargetError
+from auditor.findings import AppliedFix
+from auditor.targets import FIXED_MANIFEST
+
+FORMAT = 1
+INPUTS_LIMIT = 32 * 2**20  # bytes of example inputs worth keeping next to the model
+
+
+@dataclass
+class FolderContents:
+    """What goes into one fixed model's folder besides the code."""
+
+    target: str  # the audited target, as results name it
+    kind: str  # "code" (generated from the fx graph) or "weights" (the user's code rebuilds it)
+    fixes: list[AppliedFix] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    input_specs: list[str] = field(default_factory=list)
+    remaining: list[str] = field(default_factory=list)  # filled after the re-audit
+    diff: str | None = None
+
+
+def save_tensors(path: Path, tensors: dict[str, Any]) -> None:
+    import torch
+
+    torch.save({k: v.detach().cpu().clone() for k, v in tensors.items()}, path)
+
+
+def save_inputs(folder: Path, inputs: tuple[Any, ...]) -> bool:
+    """inputs.pt with the example inputs when they are plain tensors of reasonable size."""
+    import torch
+
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        return False
+    if sum(t.numel() * t.element_size() for t in inputs) > INPUTS_LIMIT:
+        return False
+    torch.save([t.detach().cpu().clone() for t in inputs], folder / "inputs.pt")
+    return True
+
+
+def write_manifest(folder: Path, contents: FolderContents, extra: dict[str, Any] | None = None) -> None:
+    manifest = {
+        "format": FORMAT,
+        "tool": f"auditor {__version__}",
+        "kind": contents.kind,
+        "module": "model.py",
+        "factory": "load_model",
+        "target": contents.target,
+        "input_specs": contents.input_specs,
+        "fixes": [f.to_json() for f in contents.fixes],
+        **(extra or {}),
+    }
+    (folder / FIXED_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def fixes_markdown(contents: FolderContents) -> str:
+    lines = [f"# Fixes applied by `audit --fix` to {contents.target}", ""]
+    if contents.fixes:
+        lines += ["| code | module | before => after | safety |", "| --- | --- | --- | --- |"]
+        for fix in contents.fixes:
+            safety = "safe: outputs verified unchanged" if fix.safe else "changes behaviour"
+            lines.append(f"| {fix.code} | `{fix.module or '<root>'}` | {fix.action.replace('|', '/')} | {safety} |")
+    else:
+        lines.append("No fix applied: the model is written unchanged.")
+    if contents.kind == "weights":
+        lines += ["", "This model could not be traced with torch.fx, so its code is not regenerated: `model.py` rebuilds",
+                  "it from your source file (which must stay where it is) and loads the fixed weights."]
+    if contents.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in contents.notes]
+    lines += ["", "## Re-audit of the fixed model", ""]
+    lines += [f"- {r}" for r in contents.remaining] or ["- nothing remains"]
+    if contents.diff:
+        lines += ["", "## Generated code, before => after", "", "```diff", contents.diff.rstrip("\n"), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_fixes(folder: Path, contents: FolderContents) -> None:
+    (folder / "FIXES.md").write_text(fixes_markdown(contents), encoding="utf-8")
+
+
+# --- the atomic --out ----------------------------------------------------------------------------------------
+
+
+class OutputFolder:
+    """Stages fixed models next to `--out` and moves them into place in one step at the end."""
+
+    def __init__(self, out: Path, force: bool = False) -> None:
+        self.out = Path(os.path.abspath(out))
+        self.force = force
+        self._staging: Path | None = None
+        self._staged: dict[str, Path] = {}  # name -> staged folder
+        self._created: list[Path] = []  # parent folders made for --out, removed again if nothing is written
+
+    def check(self) -> None:
+        if self.out.exists() and not self.force:
+            raise TargetError(f"--out {self.out}: already exists; pass --force to replace it")
+
+    def stage(self, label: str) -> Path:
+        """A fresh folder for one model inside the staging area."""
+        self.check()
+        if self._staging is None:
+            missing = [p for p in [self.out.parent, *self.out.parent.parents] if not p.exists()]
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self._created = missing
+            self._staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.auditor-", dir=self.out.parent))
+        name = _unique(folder_name(label), self._staged)
+        folder = self._staging / name
+        folder.mkdir()
+        self._staged[name] = folder
+        return folder
+
+    def discard(self, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        self._staged = {k: v for k, v in self._staged.items() if v != folder}
+
+    def commit(self) -> dict[Path, Path]:
+        """Move what was staged to `--out`; returns staged folder -> final folder. Nothing staged: nothing."""
+        if self._staging is None or not self._staged:
+            self.cleanup()
+            return {}
+        self.check()
+        staging = self._staging
+        if len(self._staged) == 1:
+            (staged,) = self._staged.values()
+            source, final = staged, {staged: self.out}
+        else:
+            (staging / FIXED_MANIFEST).write_text(
+                json.dumps({"format": FORMAT, "tool": f"auditor {__version__}", "models": sorted(self._staged)}, indent=2) + "\n",
+                encoding="utf-8",
+            )
+            source, final = staging, {v: self.out / k for k, v in self._staged.items()}
+        old: Path | None = None
+        if self.out.exists() or self.out.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent)) / "old"
+            os.replace(self.out, old)
+        try:
+            os.replace(source, self.out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, self.out)
+            raise
+        finally:
+            if old is not None:
+                shutil.rmtree(old.parent, ignore_errors=True)
+            self.cleanup()
+        return final
+
+    def cleanup(self) -> None:
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+        self._staged = {}
+        if not self.out.exists():
+            for folder in self._created:  # innermost first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        self._created = []
+
+
+def folder_name(label: str) -> str:
+    """`models/net.py:Net` -> `Net`; `net.py` -> `net`."""
+    name = label.rsplit(":", 1)[1] if ":" in label and not re.match(r"^[A-Za-z]:[\\/]", label) else Path(label).stem
+    return re.sub(r"[^\w.-]", "_", name).strip(".") or "model"
+
+
+def _unique(name: str, taken: dict[str, Path]) -> str:
+    if name not in taken:
+        return name
+    counter = 2
+    while f"{name}-{counter}" in taken:
+        counter += 1
+    return f"{name}-{counter}"

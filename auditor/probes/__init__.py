@@ -1,0 +1,239 @@
+"""Dynamic probes: run a deep copy of the model on a seeded surrogate task and measure what static rules cannot.
+
+`run_probes` is the one entry point. It measures, and never judges: the probe rules in `rules/` (scope
+"probe") read the `Measurements` and decide what is a finding. The user's model is never touched (deep copy;
+RNG states, grad mode and train/eval flags restored).
+
+Stages, each a small multiple of one training step:
+1. gradients (`gradients.py`, `watch.py`): `probe-passes` float32 forward/backward passes in training mode,
+   per weight layer gradient and activation statistics, every op's value range, where NaN/Inf first appear;
+2. precision (`precision.py`): autocast against float32 on one batch;
+3. training steps (`precision.train_steps`): `probe-steps` AMP steps with GradScaler, unscale_ and clipping,
+   whose gradient norms feed the clipping statistics (`clipping.py`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from auditor.errors import first_line
+from auditor.graph import AuditGraph
+from auditor.probes import clipping, precision
+from auditor.probes.gradients import LayerRecorder
+from auditor.probes.isolation import preserved, working_copy
+from auditor.probes.isolation import seed as seed_rng
+from auditor.probes.measurements import Clipping, LayerStats, Measurements, OpEvent, Precision
+from auditor.probes.surrogate import Task, primary_output
+from auditor.probes.watch import Watcher
+from auditor.rule import default_settings
+
+__all__ = ["Clipping", "LayerStats", "Measurements", "OpEvent", "Precision", "run_probes"]
+
+
+def run_probes(model: nn.Module, inputs: tuple[Any, ...], graph: AuditGraph | None, settings: dict[str, Any], *, strict: bool = False) -> Measurements:
+    """Measure `model` on `inputs` (the captured example inputs). A stage that fails becomes a note (or, with
+    `strict`, raises): the others still run."""
+    config = {**default_settings(), **settings}
+    started = time.perf_counter()
+    with preserved(model):
+        measurements = Measurements(device=_device(model).type, mode="train", loss="", passes=max(1, int(config["probe-passes"])))
+        try:
+            work = working_copy(model)
+        except Exception as exc:  # noqa: BLE001 - probes never run on the user's own model
+            if strict:
+                raise
+            measurements.skipped = f"the model cannot be deep-copied ({type(exc).__name__}: {first_line(exc)})"
+            measurements.notes.append(f"probes skipped: {measurements.skipped}")
+            return measurements
+        task = Task(inputs, graph, int(config["probe-seed"]))
+        stages = [
+            ("gradient probe", lambda: _gradients(work, task, measurements, config)),
+            ("mixed-precision probe", lambda: _precision(work, task, measurements, config)),
+        ]
+        for name, stage in stages:
+            try:
+                stage()
+            except ForwardFails as exc:
+                measurements.skipped = str(exc)
+                measurements.notes.append(f"probes skipped: {exc}")
+                break
+            except Exception as exc:  # noqa: BLE001 - one failed stage must not hide the others' numbers
+                if strict:
+                    raise
+                measurements.notes.append(f"{name} failed: {type(exc).__name__}: {first_line(exc)}")
+        measurements.loss = task.kind or ""
+    measurements.seconds = time.perf_counter() - started
+    return measurements
+
+
+class ForwardFails(Exception):
+    """The model's own forward fails on the inputs (in training and in eval mode): no probe can run."""
+
+
+# --- stage 1: gradients, signal, ranges, non-finite -------------------------------------------------------------
+def _gradients(work: nn.Module, task: Task, m: Measurements, config: dict[str, Any]) -> None:
+    seed = int(config["probe-seed"])
+    _check_state(work, m)
+    if m.non_finite is None and any(_is_float(t) and not bool(torch.isfinite(t).all()) for t in task.inputs):
+        m.non_finite = OpEvent("the example input", "", None, math.nan, detail="the example input itself contains NaN or Inf")
+        m.non_finite_where = "input"
+    work.train()
+    recorder = LayerRecorder(work)
+    watcher = Watcher(float(config["overflow-limit"])).attach(work)
+    grads: list[dict[str, tuple[float | None, float]]] = []
+    output_stds: list[float] = []
+    step_times: list[float] = []
+    batch0 = task.batch(0)
+    m.precision = Precision(autocast_dtype=_dtype_name(precision.autocast_dtype(_device(work).type)))
+    m.precision.input_max_abs = max((float(t.detach().abs().amax()) for t in batch0 if _is_float(t) and t.numel()), default=0.0)
+    try:
+        for index in range(m.passes):
+            batch = _requiring_grad(task.batch(index))
+            work.zero_grad(set_to_none=True)
+            recorder.start(batch)
+            watcher.reset_stack()
+            started = time.perf_counter()
+            output = _forward(work, batch, watcher, recorder, seed + index, m, index)
+            recorder.stop()
+            loss = task.loss(output, index)
+            loss.backward()
+            step_times.append(time.perf_counter() - started)
+            grads.append(recorder.grad_norms())
+            primary = primary_output(output)
+            if primary is not None and primary.numel() > 1:
+                output_stds.append(float(primary.detach().float().std()))
+            if m.non_finite is None:
+                where = _non_finite(primary, loss, work)
+                if where is not None:
+                    _locate(work, task, batch, index, watcher, where, m, seed, config)
+    finally:
+        recorder.remove()
+        watcher.detach()
+    m.layers = recorder.summary(grads)
+    m.output_std = sum(output_stds) / len(output_stds) if output_stds else None
+    m.step_seconds = min(step_times) if step_times else None
+    m.precision.max_abs, m.precision.max_abs_module = watcher.max_abs, watcher.max_abs_module
+    m.precision.overflow, m.precision.overflow_ops = watcher.overflow, watcher.overflow_count
+
+
+def _forward(work: nn.Module, batch: tuple[Any, ...], watcher: Watcher, recorder: LayerRecorder, seed: int, m: Measurements, index: int) -> Any:
+    """One watched forward; a model that cannot run in training mode on these inputs (BatchNorm with a batch of
+    one) is probed in eval mode, with a note."""
+    seed_rng(seed, _device(work))
+    try:
+        with watcher:
+            return work(*batch)
+    except Exception as exc:  # noqa: BLE001 - retried once in eval mode, else the stage fails
+        if index > 0 or m.mode != "train":
+            raise
+        work.eval()
+        m.mode = "eval"
+        m.notes.append(f"the model fails in training mode on these inputs ({first_line(exc)}); probed in eval mode")
+        recorder.passes.pop()
+        recorder.start(batch)
+        watcher.reset_stack()
+        seed_rng(seed, _device(work))
+        try:
+            with watcher:
+                return work(*batch)
+        except Exception:  # noqa: BLE001 - the model does not run at all: nothing to measure
+            m.mode = "train"
+            m.notes.pop()
+            raise ForwardFails(f"the model's forward fails on these inputs: {type(exc).__name__}: {first_line(exc)}") from exc
+
+
+def _check_state(work: nn.Module, m: Measurements) -> None:
+    """NaN or Inf already in a weight or buffer: nothing downstream can be finite."""
+    with torch.no_grad():
+        for kind, named in (("parameter", work.named_parameters()), ("buffer", work.named_buffers())):
+            for name, tensor in named:
+                if _is_float(tensor) and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+                    module = name.rpartition(".")[0]
+                    m.non_finite = OpEvent(f"{kind} `{name}`", module, None, float(tensor.detach().abs().amax()), detail=f"{kind} `{name}` contains NaN or Inf")
+                    m.non_finite_where = "weights"
+                    return
+
+
+def _non_finite(primary: torch.Tensor | None, loss: torch.Tensor, work: nn.Module) -> str | None:
+    with torch.no_grad():
+        if primary is not None and not bool(torch.isfinite(primary).all()):
+            return "output"
+        if not math.isfinite(float(loss)):
+            return "loss"
+        for p in work.parameters():
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                return "gradients"
+    return None
+
+
+def _locate(work: nn.Module, task: Task, batch: tuple[Any, ...], index: int, watcher: Watcher, where: str, m: Measurements, seed: int, config: dict[str, Any]) -> None:
+    """Name the first op that produced the non-finite value: from the forward pass just watched, or, when the
+    forward was finite, from a second pass on the same batch watching each op's backward."""
+    m.non_finite_where = where
+    if watcher.origin is not None:
+        m.non_finite = watcher.origin
+        return
+    if where == "gradients":
+        tracer = Watcher(float(config["overflow-limit"]), backward=True).attach(work)
+        try:
+            work.zero_grad(set_to_none=True)
+            again = _requiring_grad(task.batch(index))
+            seed_rng(seed + index, _device(work))
+            with tracer:
+                output = work(*again)
+            task.loss(output, index).backward()
+        finally:
+            tracer.detach()
+            work.zero_grad(set_to_none=True)
+        if tracer.backward_origin is not None:
+            m.non_finite = tracer.backward_origin
+            return
+        for name, p in reversed(list(work.named_parameters())):
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                module, _, _ = name.rpartition(".")
+                m.non_finite = OpEvent(f"gradient of `{name}`", module, None, math.inf, phase="backward")
+                return
+    m.non_finite = OpEvent("the model's forward", "", None, math.inf, detail=f"non-finite {where}; no single op could be named")
+
+
+# --- stages 2 and 3: mixed precision and clipping ---------------------------------------------------------------
+def _precision(work: nn.Module, task: Task, m: Measurements, config: dict[str, Any]) -> None:
+    device_type = _device(work).type
+    if precision.autocast_dtype(device_type) is None:
+        m.notes.append(f"mixed-precision probe skipped: no autocast dtype for device {device_type!r}")
+        return
+    if m.precision is None:
+        m.precision = Precision(autocast_dtype=_dtype_name(precision.autocast_dtype(device_type)))
+    seed = int(config["probe-seed"])
+    precision.compare(work, task, m.precision, device_type, float(config["amp-tolerance"]), seed)
+    work.train(m.mode == "train")
+    threshold = float(config["clip-norm"]) if float(config["clip-norm"]) > 0 else None
+    norms = precision.train_steps(work, task, m.precision, device_type, max(0, int(config["probe-steps"])), threshold or 1.0, seed)
+    m.clipping = clipping.summarize(norms, threshold)
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+def _device(model: nn.Module) -> torch.device:
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _requiring_grad(batch: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Float inputs as non-leaf tensors that require grad: the gradient reaching the data is measured, and a
+    model that modifies its input in place still can."""
+    return tuple(t.detach().requires_grad_(True).clone() if _is_float(t) else t for t in batch)
+
+
+def _is_float(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return str(dtype).replace("torch.", "") if dtype is not None else ""

@@ -1,0 +1,166 @@
+"""The gradient and signal probe at initialization: a few float32 forward/backward passes of the surrogate task,
+measuring per weight layer (in forward order) the weight gradient norm, the output's mean and std, and at the
+layer's input the signal's std and the norm of the gradient flowing back through it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from auditor.capture.common import is_leaf
+from auditor.probes.measurements import LayerStats
+from auditor.probes.surrogate import primary_output
+from auditor.probes.watch import tool_ops
+
+
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules that own a weight matrix themselves (Linear, Conv, Embedding, LSTM, MultiheadAttention, or a
+    user module with its own matrix and no submodules), by qualified name."""
+    found = {}
+    for qualname, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
+        if own and (is_leaf(module) or not any(True for _ in module.children())):
+            found[qualname] = module
+    return found
+
+
+@dataclass
+class _Call:
+    """The first call of one layer in one pass; tensors stay 0-d tensors until the pass ends (no syncs)."""
+
+    order: int
+    in_std: Any = None
+    in_grad_norm: Any = None
+    act_mean: Any = None
+    act_std: Any = None
+    raw_input: bool = False
+
+
+@dataclass
+class _Pass:
+    calls: dict[str, _Call] = field(default_factory=dict)
+
+
+class LayerRecorder:
+    """Forward hooks on the weight layers of the working copy; one `_Pass` per forward/backward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.layers = weight_layers(model)
+        self.passes: list[_Pass] = []
+        self.current: _Pass | None = None
+        self.raw_ids: set[int] = set()
+        self._handles: list[Any] = []
+        for qualname, module in self.layers.items():
+            self._handles.append(module.register_forward_pre_hook(self._pre(qualname), with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._post(qualname)))
+
+    def start(self, inputs: tuple[Any, ...]) -> None:
+        self.current = _Pass()
+        self.passes.append(self.current)
+        self.raw_ids = {id(t) for t in inputs if isinstance(t, torch.Tensor)}
+
+    def stop(self) -> None:
+        self.current = None
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _pre(self, qualname: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if self.current is None or qualname in self.current.calls:
+                return
+            call = _Call(order=len(self.current.calls))
+            self.current.calls[qualname] = call
+            tensor = _first_float((args, kwargs))
+            if tensor is None:
+                return
+            call.raw_input = id(tensor) in self.raw_ids
+            with torch.no_grad(), tool_ops():
+                call.in_std = tensor.detach().float().std() if tensor.numel() > 1 else None
+            if tensor.requires_grad:
+                def on_grad(grad: torch.Tensor, call: _Call = call) -> None:
+                    with torch.no_grad():
+                        call.in_grad_norm = grad.detach().float().norm()
+
+                tensor.register_hook(on_grad)
+
+        return hook
+
+    def _post(self, qualname: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            call = self.current.calls.get(qualname) if self.current is not None else None
+            if call is None or call.act_std is not None:
+                return
+            tensor = primary_output(output)
+            if tensor is None or tensor.numel() < 2:
+                return
+            with torch.no_grad(), tool_ops():
+                value = tensor.detach().float()
+                call.act_mean, call.act_std = value.mean(), value.std()
+
+        return hook
+
+    def grad_norms(self) -> dict[str, tuple[float | None, float]]:
+        """After a backward: (||grad||, ||weight||) over each layer's own parameters."""
+        norms: dict[str, tuple[float | None, float]] = {}
+        for qualname, module in self.layers.items():
+            params = [p for p in module.parameters(recurse=False)]
+            grads = [p.grad for p in params if p.grad is not None]
+            with torch.no_grad():
+                weight = math.sqrt(sum(float(p.detach().float().pow(2).sum()) for p in params))
+                grad = math.sqrt(sum(float(g.detach().float().pow(2).sum()) for g in grads)) if grads else None
+            norms[qualname] = (grad, weight)
+        return norms
+
+    def summary(self, grads: list[dict[str, tuple[float | None, float]]]) -> list[LayerStats]:
+        """Per layer, in the order of the first pass's calls, averaged over passes (layers never called are left
+        out)."""
+        if not self.passes:
+            return []
+        first = self.passes[0].calls
+        ordered = sorted(first, key=lambda name: first[name].order)
+        stats = []
+        for qualname in ordered:
+            module = self.layers[qualname]
+            calls = [p.calls[qualname] for p in self.passes if qualname in p.calls]
+            grad_values = [g[qualname][0] for g in grads if qualname in g]
+            stats.append(LayerStats(
+                module=qualname,
+                type=type(module).__name__,
+                grad_norm=_mean(grad_values),
+                weight_norm=grads[0][qualname][1] if grads and qualname in grads[0] else None,
+                act_mean=_mean([c.act_mean for c in calls]),
+                act_std=_mean([c.act_std for c in calls]),
+                in_std=_mean([c.in_std for c in calls]),
+                in_grad_norm=_mean([c.in_grad_norm for c in calls]),
+                raw_input=calls[0].raw_input,
+            ))
+        return stats
+
+
+def _mean(values: list[Any]) -> float | None:
+    """The mean over passes; a non-finite pass makes the mean non-finite (that is a finding of its own)."""
+    numbers = [float(v) for v in values if v is not None]
+    if not numbers:
+        return None
+    return sum(numbers) / len(numbers)
+
+
+def _first_float(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value if value.is_floating_point() else None
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            found = _first_float(item)
+            if found is not None:
+                return found
+    if isinstance(value, dict):
+        return _first_float(list(value.values()))
+    return None

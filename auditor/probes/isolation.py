@@ -1,0 +1,67 @@
+"""The probes never change the user's model or the process's random streams.
+
+They work on a deep copy; the random states (Python, NumPy, torch CPU and CUDA) and every module's training
+flag are saved before and put back after, whatever happens in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+import sys
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module) -> Iterator[None]:
+    """Restore the RNG states, grad mode and each module's train/eval flag on exit."""
+    states = _rng_states()
+    modes = [(m, m.training) for m in model.modules()]
+    grad_enabled = torch.is_grad_enabled()
+    try:
+        yield
+    finally:
+        _restore_rng(states)
+        for module, training in modes:
+            module.training = training
+        torch.set_grad_enabled(grad_enabled)
+
+
+def working_copy(model: nn.Module) -> nn.Module:
+    """A deep copy to measure on: its own parameters, buffers and gradients, nothing shared."""
+    clone = copy.deepcopy(model)
+    for parameter in clone.parameters():
+        parameter.grad = None
+    return clone
+
+
+def _rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        states["numpy"] = numpy.random.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    torch.set_rng_state(states["torch"])
+    if "numpy" in states:
+        sys.modules["numpy"].random.set_state(states["numpy"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def seed(value: int, device: torch.device) -> None:
+    """Seed dropout and the like for one pass: the CPU generator, and the CUDA ones when the model lives there.
+    Not `torch.manual_seed`: on a machine with a GPU it would also queue a seed for CUDA generators the user has
+    not initialized yet, which no restore could undo."""
+    torch.default_generator.manual_seed(value)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(value)

@@ -1,0 +1,209 @@
+"""TRN001-TRN002: training-script suggestions read from the source (no import, no torch)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Iterator
+
+from auditor.findings import Finding, Severity
+from auditor.rule import Rule, SourceContext, register
+from auditor_rules._training_code import Call, Imports, all_calls, calls_in, is_missing, literal, scopes
+
+WARMUP = re.compile(r"warm_?up", re.IGNORECASE)
+
+
+def _is_cross_entropy_loss(call: Call) -> bool:
+    resolved, name = call.resolved or "", call.name or ""
+    return call.last == "CrossEntropyLoss" and (resolved.startswith("torch.") or name.split(".")[0] == "nn")
+
+
+def _is_functional_cross_entropy(call: Call) -> bool:
+    return call.resolved == "torch.nn.functional.cross_entropy" or call.name in ("F.cross_entropy", "nn.functional.cross_entropy")
+
+
+@register
+class NoLabelSmoothing(Rule):
+    """
+    ## What it does
+    Flags a classification cross-entropy without label smoothing: `nn.CrossEntropyLoss()` built without
+    `label_smoothing`, or `F.cross_entropy(...)` in a training step (a function that calls `.backward()`) without
+    it. Losses with `ignore_index` (token-level language modeling, segmentation) are left alone: smoothing is not
+    the convention there.
+
+    ## Why is this bad?
+    One-hot targets push the logits of the right class toward infinity: the model becomes over-confident and
+    poorly calibrated, and generalizes a little worse. Mixing the target with the uniform distribution
+    (epsilon around 0.1) is a cheap, standard regularizer for classification. It is a suggestion, not an error:
+    it hurts knowledge distillation (a smoothed teacher transfers less) and is pointless when you need
+    calibrated probabilities from another method.
+
+    ## Example
+    ```python
+    criterion = nn.CrossEntropyLoss()
+    ```
+
+    ## Use instead
+    ```python
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    ```
+
+    ## Fix
+    No automatic fix: add `label_smoothing=0.1` (or disable this rule, e.g. for a distillation student).
+
+    ## References
+    Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016.
+    Muller, Kornblith, Hinton, "When Does Label Smoothing Help?", NeurIPS 2019.
+    """
+
+    code = "TRN001"
+    name = "no-label-smoothing"
+    severity = Severity.INFO
+    summary = "source: classification CrossEntropyLoss without label_smoothing"
+    scope = "source"
+
+    def check(self, ctx: SourceContext) -> Iterator[Finding]:
+        imports = Imports(ctx.tree)
+        for statements in scopes(ctx.tree):
+            calls = calls_in(statements, imports)
+            trains = any(c.last == "backward" and c.receiver is not None for c in calls)
+            for call in calls:
+                module_form = _is_cross_entropy_loss(call)
+                if not (module_form or (trains and _is_functional_cross_entropy(call))):
+                    continue
+                if call.has_star_kwargs or call.keyword("ignore_index") is not None:
+                    continue
+                smoothing = call.keyword("label_smoothing")
+                if smoothing is not None and (is_missing(literal(smoothing.value)) or literal(smoothing.value) != 0):
+                    continue
+                yield self.finding(
+                    f"`{call.name}(...)` without label smoothing; for classification, `label_smoothing=0.1` usually "
+                    "improves calibration and accuracy",
+                    file=ctx.path, line=call.node.lineno,
+                )
+
+
+# Schedules that decay from the start; the ones that ramp up by themselves (OneCycleLR, CyclicLR, LinearLR with a
+# start factor below 1, ConstantLR) or usually wrap a warm-up (SequentialLR, ChainedScheduler, LambdaLR) are not.
+DECAYING = frozenset({
+    "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "ReduceLROnPlateau",
+    "PolynomialLR",
+})
+RAMPING = frozenset({"OneCycleLR", "CyclicLR", "SequentialLR", "ChainedScheduler", "LambdaLR", "MultiplicativeLR", "ConstantLR"})
+ADAM = re.compile(r"^(Fused|Paged)?Adam(W)?(8bit|32bit)?$")
+
+
+def _is_torch_scheduler(call: Call, names: frozenset[str]) -> bool:
+    resolved = call.resolved or ""
+    return call.last in names and ("lr_scheduler" in resolved or resolved.startswith("torch.") or call.last == resolved)
+
+
+@register
+class NoLrWarmup(Rule):
+    """
+    ## What it does
+    Flags a script that trains with Adam or AdamW and a learning-rate schedule (`CosineAnnealingLR`, `StepLR`,
+    `ExponentialLR`, ... or a Hugging Face `get_*_schedule_with_warmup` with `num_warmup_steps=0`) but shows
+    no warm-up anywhere: no ramping scheduler (`LinearLR` starting below 1, `OneCycleLR`, `SequentialLR`,
+    `LambdaLR`) and no name mentioning warm-up.
+
+    ## Why is this bad?
+    Adam divides each step by a running estimate of the gradient's second moment, which is noisy over the
+    first steps; normalization statistics are not settled either. Starting at the full learning rate then
+    takes large, badly-directed steps that can destabilize training for good (the reason transformers are
+    trained with warm-up, and why large-batch SGD needs it too). A short linear ramp over the first few hundred
+    or thousand steps avoids it at no cost.
+
+    ## Example
+    ```python
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    ```
+
+    ## Use instead
+    ```python
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=500)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps - 500)
+    scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[500])
+    ```
+
+    ## Fix
+    No automatic fix: add a warm-up phase (or use RAdam, which rectifies the early steps by itself).
+
+    ## References
+    Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017.
+    Vaswani et al., "Attention Is All You Need", NeurIPS 2017.
+    Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond" (RAdam), ICLR 2020.
+    """
+
+    code = "TRN002"
+    name = "no-lr-warmup"
+    severity = Severity.INFO
+    summary = "source: Adam/AdamW with a schedule and no warm-up"
+    scope = "source"
+
+    def check(self, ctx: SourceContext) -> Iterator[Finding]:
+        imports = Imports(ctx.tree)
+        calls = all_calls(ctx.tree, imports)
+        adam = next((c for c in calls if ADAM.match(c.last)), None)
+        if adam is None:
+            return
+        schedules = [c for c in calls if _is_torch_scheduler(c, DECAYING) or _no_warmup_steps(c) or _decaying_linear(c)]
+        if not schedules or _has_warmup(ctx.tree, calls):
+            return
+        schedule = schedules[0]
+        yield self.finding(
+            f"{adam.last} (line {adam.node.lineno}) with `{schedule.name}` and no learning-rate warm-up: ramp the "
+            "rate up over the first steps (e.g. LinearLR(start_factor=0.01) then this schedule, in a SequentialLR)",
+            file=ctx.path, line=schedule.node.lineno,
+        )
+
+
+def _decaying_linear(call: Call) -> bool:
+    """`LinearLR(opt, start_factor=1.0, end_factor=0.1)` decays; the default start factor (1/3) ramps up."""
+    if not _is_torch_scheduler(call, frozenset({"LinearLR"})):
+        return False
+    start = call.keyword("start_factor")
+    value = literal(start.value) if start is not None else None
+    return isinstance(value, (int, float)) and value >= 1
+
+
+def _no_warmup_steps(call: Call) -> bool:
+    """A warm-up schedule asked for zero warm-up steps (`get_cosine_schedule_with_warmup(opt, 0, total)`)."""
+    if not WARMUP.search(call.last):
+        return False
+    steps = call.keyword("num_warmup_steps")
+    node = steps.value if steps is not None else (call.node.args[1] if len(call.node.args) > 1 else None)
+    return literal(node) == 0
+
+
+def _has_warmup(tree: ast.Module, calls: list[Call]) -> bool:
+    """A ramping scheduler, or any name, argument or attribute that mentions warm-up (except a zero one)."""
+    if any(_is_torch_scheduler(c, RAMPING) for c in calls):
+        return True
+    if any(_is_torch_scheduler(c, frozenset({"LinearLR"})) and not _decaying_linear(c) for c in calls):
+        return True
+    zero = {id(n) for c in calls if _no_warmup_steps(c) for n in ast.walk(c.node.func)}
+    for node in ast.walk(tree):
+        if id(node) in zero:
+            continue
+        for text in _identifiers(node):
+            if WARMUP.search(text):
+                if isinstance(node, ast.keyword) and literal(node.value) == 0:
+                    continue
+                return True
+    return False
+
+
+def _identifiers(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Name):
+        return [node.id]
+    if isinstance(node, ast.Attribute):
+        return [node.attr]
+    if isinstance(node, ast.keyword) and node.arg:
+        return [node.arg]
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, ast.arg):
+        return [node.arg]
+    return []

@@ -1,0 +1,352 @@
+"""`audit --fix` and `auditor.fix`: every fix, both shortcut kinds, the written folder (self-contained, relocatable,
+loadable by `audit DIR`), the verification of output-preserving fixes, overwrite refusal, atomic output, and
+that the user's file and model are never modified."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from typer.testing import CliRunner
+
+import auditor
+from auditor.cli import audit_app
+from auditor.loading.importing import import_file
+from auditor.options import FixOptions
+from auditor.rule import all_rules
+from auditor.targets import FIXED_MANIFEST
+from support import FIXTURES, expected_marks, fixture_header, model_results, run
+
+FIX = FIXTURES / "fix"
+FIXABLE_CODES = {r.code for r in all_rules() if r.fixable}
+RESNET = FIX / "resnet_block.py"
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(audit_app, list(args), env={"NO_COLOR": "1", "COLUMNS": "200"})
+
+
+def fixture_module(name: str):
+    return import_file(FIX / f"{name}.py")
+
+
+def eval_out(model: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(*inputs)
+    model.train(was)
+    return out
+
+
+def call_order(gm: torch.fx.GraphModule) -> list[str]:
+    return [str(n.target) for n in gm.graph.nodes if n.op == "call_module"]
+
+
+@pytest.fixture(scope="module")
+def resnet_cli(tmp_path_factory):
+    """One `audit resnet_block.py --fix --out OUT --format json` for the tests that inspect its output."""
+    out = tmp_path_factory.mktemp("resnet") / "fixed"
+    source = RESNET.read_bytes()
+    result = invoke(str(RESNET), "--fix", "--out", str(out), "--format", "json")
+    return out, result, source
+
+
+# --- the command line and the written folder -----------------------------------------------------------------
+
+
+def test_fix_writes_a_verified_self_contained_folder(resnet_cli):
+    out, result, source = resnet_cli
+    assert result.exit_code == 0, result.output
+    (model,) = [r for r in json.loads(result.stdout)["results"] if r["target"].endswith(":Net")]
+    assert model["status"] == "ok"
+    assert {f["code"]: f["safe"] for f in model["fixes"]} == {"RES001": False, "NRM001": False, "NRM002": True, "DRO001": False}
+    assert all(f["module"] and " => " in f["action"] for f in model["fixes"])
+    assert model["fixed_path"] and Path(model["fixed_path"]).resolve() == out.resolve()
+    assert model["findings"] == []  # the re-audit of the written model is clean
+    assert sorted(p.name for p in out.iterdir()) == ["FIXES.md", FIXED_MANIFEST, "inputs.pt", "model.py", "weights.pt"]
+    manifest = json.loads((out / FIXED_MANIFEST).read_text())
+    assert manifest["module"] == "model.py" and manifest["factory"] == "load_model" and manifest["kind"] == "code"
+    weights = torch.load(out / "weights.pt", weights_only=True)  # tensors only: no pickled modules
+    assert all(isinstance(v, torch.Tensor) for v in weights.values()) and "block.shortcut.0.weight" in weights
+    code = (out / "model.py").read_text()
+    imports = {line for line in code.splitlines() if line.startswith(("import ", "from "))}
+    assert imports == {"import os", "import torch", "import torch.nn as nn"}  # needs only torch
+    fixes_md = (out / "FIXES.md").read_text()
+    assert all(code in fixes_md for code in ("RES001", "NRM001", "NRM002", "DRO001")) and "nothing remains" in fixes_md
+    assert RESNET.read_bytes() == source  # the user's file is untouched
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_fixed_folder_is_relocatable_and_audit_dir_loads_it(resnet_cli, tmp_path):
+    out, _, _ = resnet_cli
+    moved = tmp_path / "elsewhere" / "net_fixed"
+    shutil.copytree(out, moved)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(moved)!r})
+        import model
+        net = model.load_model().eval()
+        print(tuple(net(*model.example_inputs()).shape))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("(2, 4)")
+    (result,) = run(moved).results
+    assert result.status == "ok" and result.capture is not None and result.capture.method == "fx"
+    assert result.findings == []
+
+
+def test_text_output_lists_each_change_and_diff(tmp_path):
+    result = invoke(str(RESNET), "--fix", "--out", str(tmp_path / "out"), "--diff", "--ignore", "NRM001")
+    assert result.exit_code == 0, result.output
+    assert "fixed RES001 [block]" in result.stdout and "(safe: outputs verified unchanged)" not in result.stdout
+    assert "fixed DRO001 [head.2] Dropout -> Tanh => Tanh -> Dropout (changes behaviour)" in result.stdout
+    assert "fixed NRM001" not in result.stdout  # --ignore keeps it out of the fixes too
+    assert "wrote " in result.stdout and "re-audited: nothing remains" in result.stdout
+    assert "--- before/model.py" in result.stdout and "+++ after/model.py" in result.stdout
+    assert "Applied 2 fixes (0 keeping outputs, 2 changing behaviour) and wrote 1 fixed model" in result.stdout
+    assert result.stdout.rstrip().endswith("All checks passed! (2 targets audited)")
+
+
+def test_a_model_that_still_fails_is_not_written(tmp_path):
+    out = tmp_path / "out"
+    result = invoke(str(RESNET), "--fix", "--out", str(out), "--select", "DRO,NRM")
+    assert result.exit_code == 2
+    assert "still fails on the example inputs" in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_overwrite_without_force(tmp_path):
+    target = str(FIXTURES / "rules" / "dro001_modules.py")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    refused = invoke(target, "--fix", "--out", str(out))
+    assert refused.exit_code == 2 and "already exists; pass --force" in refused.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+    forced = invoke(target, "--fix", "--out", str(out), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert not (out / "keep.txt").exists() and (out / FIXED_MANIFEST).is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fix"], "--fix needs --out"),
+        (["--fix", "--out", "x", "--shortcut", "wide"], "--shortcut 'wide'"),
+        (["--out", "x"], "--out and --diff go with --fix"),
+        (["--fix", "--out", str(FIX), "--force"], "would replace the audited"),
+    ],
+)
+def test_fix_usage_errors(args, message):
+    result = invoke(str(RESNET), *args)
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
+    import auditor.fixing.run as fix_run
+
+    def broken(path, tensors):
+        path.write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fix_run, "save_tensors", broken)
+    out = tmp_path / "new" / "parents" / "out"
+    (result,) = model_results(run(RESNET, fix=FixOptions(out=out)))
+    assert result.status == "error" and "disk full" in (result.error or "")
+    assert result.findings  # the audit's findings are still reported
+    assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.setattr(fix_run, "save_tensors", lambda path, tensors: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        run(RESNET, fix=FixOptions(out=out))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_models_get_one_folder_each(tmp_path):
+    out = tmp_path / "out"
+    results = model_results(run(FIX / "two_models.py", fix=FixOptions(out=out)))
+    assert {Path(r.fixed_path).name for r in results} == {"First", "Second"}
+    assert json.loads((out / FIXED_MANIFEST).read_text())["models"] == ["First", "Second"]
+    assert [f.code for r in results for f in r.fixes] == ["DRO001"]
+    reloaded = run(out).results
+    assert len(reloaded) == 2 and all(r.status == "ok" and not r.findings for r in reloaded)
+
+
+# --- each fix --------------------------------------------------------------------------------------------------
+
+
+def test_user_model_is_never_modified_and_res001_gets_a_conv_shortcut():
+    net = fixture_module("resnet_block").Net()
+    x = fixture_module("resnet_block").example_inputs()[0]
+    with pytest.raises(RuntimeError):
+        net(x)  # the original fails at the residual add
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    names = [n for n, _ in net.named_modules()]
+    fixed, report = auditor.fix(net, x, select=["RES001"])
+    assert [f.code for f in report.results[0].fixes] == ["RES001"]
+    assert "stride=2" in report.results[0].fixes[0].action
+    assert eval_out(fixed, x).shape == (2, 4)
+    assert {k for k in fixed.state_dict()} - set(state) >= {"block.shortcut.0.weight", "block.shortcut.1.running_mean"}
+    assert [n for n, _ in net.named_modules()] == names
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items()) and set(state) == set(net.state_dict())
+
+
+def test_res001_pad_shortcut_adds_no_parameters():
+    module = fixture_module("resnet_block")
+    net, x = module.Net(), module.example_inputs()[0]
+    fixed, report = auditor.fix(net, x, select=["RES001"], shortcut="pad")
+    assert "zero-pad shortcut" in report.results[0].fixes[0].action
+    assert sum(p.numel() for p in fixed.parameters()) == sum(p.numel() for p in net.parameters())
+    out = eval_out(fixed, x)
+    assert out.shape == (2, 4) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("shortcut", "parameters"), [("conv", 16 * 32), ("pad", 0)])
+def test_res001_linear_features(shortcut, parameters):
+    module = fixture_module("mlp")
+    net, x = module.Mlp(), module.example_inputs()[0]
+    fixed, report = auditor.fix(net, x, select=["RES001"], shortcut=shortcut)
+    assert [f.code for f in report.results[0].fixes] == ["RES001"]
+    assert sum(p.numel() for p in fixed.parameters()) - sum(p.numel() for p in net.parameters()) == parameters
+    assert eval_out(fixed, x).shape == (4, 4)
+
+
+def test_dropout_and_batchnorm_reorders():
+    module = fixture_module("mlp")
+    fixed, report = auditor.fix(module.Mlp(), module.example_inputs()[0], select=["DRO002", "DRO003", "RES001"])
+    assert {f.code for f in report.results[0].fixes} == {"DRO002", "DRO003", "RES001"}
+    assert call_order(fixed) == ["fc1", "norm", "act", "drop", "fc2", "shortcut", "head"]  # out_drop removed
+    resnet = fixture_module("resnet_block")
+    fixed, _ = auditor.fix(resnet.Net(), resnet.example_inputs()[0], select=["NRM001", "DRO001", "RES001"])
+    order = call_order(fixed)
+    assert order[:3] == ["stem", "bn", "act"] and order.index("head.3") < order.index("head.2")
+
+
+def test_nrm002_folds_the_bias_and_keeps_outputs():
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 5), nn.BatchNorm1d(5))
+    for _ in range(3):  # running statistics that are not the defaults
+        net(torch.randn(4, 3, 6, 6) * 3 + 1)
+    x = torch.randn(2, 3, 6, 6)
+    fixed, report = auditor.fix(net, x, select=["NRM002"])
+    fixes = report.results[0].fixes
+    assert [(f.code, f.safe) for f in fixes] == [("NRM002", True), ("NRM002", True)]
+    assert fixed.get_submodule("0").bias is None and fixed.get_submodule("4").bias is None
+    torch.testing.assert_close(eval_out(fixed, x), eval_out(net, x), rtol=1e-5, atol=1e-5)
+    fixed.train(), net.train()
+    batch = torch.randn(8, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(fixed(batch), net(batch), rtol=1e-4, atol=1e-4)  # batch statistics cancel it too
+
+
+def test_functional_dropout_keeps_following_the_training_flag(tmp_path):
+    module = fixture_module("mlp")
+    result = auditor.fix(module.Mlp(), module.example_inputs()[0], out=tmp_path / "mlp")
+    folder = import_file(tmp_path / "mlp" / "model.py")
+    net, (x,) = folder.load_model(), folder.example_inputs()
+    code = (tmp_path / "mlp" / "model.py").read_text()
+    assert "training = self.training" in code and "training_1 * 0.1" in code
+    torch.testing.assert_close(eval_out(net, x), eval_out(result.model, x))
+    net.train()
+    with torch.no_grad():
+        assert not torch.equal(net(x), net(x))  # dropout is live in training
+
+
+def test_init_fixes_are_seeded_and_right():
+    module = fixture_module("inits")
+    net, x = module.Inits(), module.example_inputs()[0]
+    fixed, report = auditor.fix(net, x, select=["INI"])
+    codes = [f.code for f in report.results[0].fixes]
+    assert codes.count("INI001") == 4 and "INI002" in codes and "INI003" in codes
+    assert report.findings == []
+    first = fixed.get_submodule("layers.0").weight.detach()
+    assert abs(float(first.std()) - (2 / 16) ** 0.5) < 0.1 and float(fixed.get_submodule("layers.0").bias.detach().abs().max()) == 0
+    for gate in fixed.get_submodule("lstm").weight_hh_l0.detach().chunk(4):
+        torch.testing.assert_close(gate @ gate.T, torch.eye(16), atol=1e-5, rtol=0)
+    assert float(fixed.get_submodule("embed").weight.detach().std()) > 0
+    again, _ = auditor.fix(net, x, select=["INI"])
+    other, _ = auditor.fix(net, x, select=["INI"], seed=1)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in fixed.state_dict().items())
+    assert not torch.equal(fixed.get_submodule("layers.0").weight, other.get_submodule("layers.0").weight)
+
+
+def test_untraceable_model_gets_module_fixes_and_a_note(tmp_path):
+    out = tmp_path / "out"
+    (result,) = model_results(run(FIX / "untraceable.py", fix=FixOptions(out=out)))
+    assert result.status == "ok" and result.capture is not None and result.capture.method == "hooks"
+    assert [(f.code, f.safe) for f in result.fixes] == [("NRM002", True)]
+    assert any("DRO001" in n and "needs a torch.fx capture" in n for n in result.capture.notes)
+    assert [f.code for f in result.findings] == ["DRO001"]  # still there, at the user's line
+    assert result.findings[0].file and result.findings[0].file.endswith("untraceable.py")
+    manifest = json.loads((out / FIXED_MANIFEST).read_text())
+    assert manifest["kind"] == "weights"
+    (again,) = run(out).results
+    assert again.status == "ok" and [f.code for f in again.findings] == ["DRO001"]
+
+
+def test_every_fixable_rule_has_a_fix():
+    for rule in all_rules():
+        assert callable(getattr(rule, "fix", None)) == rule.fixable, rule.code
+
+
+@pytest.mark.parametrize("shortcut", ["conv", "pad"])
+def test_cifar_resnet_gets_a_shortcut_in_each_downsampling_block(shortcut):
+    module = fixture_module("cifar_resnet")
+    net, x = module.ResNet(), module.example_inputs()[0]
+    fixed, report = auditor.fix(net, x, shortcut=shortcut)
+    fixes = report.results[0].fixes
+    assert sorted((f.code, f.module) for f in fixes) == [("DRO003", "drop"), ("RES001", "layer2"), ("RES001", "layer3")]
+    assert report.findings == []
+    if shortcut == "conv":
+        assert {"layer2.shortcut.0.weight", "layer3.shortcut.1.weight"} <= set(fixed.state_dict())
+    else:
+        assert sum(p.numel() for p in fixed.parameters()) == sum(p.numel() for p in net.parameters())
+    assert eval_out(fixed, x).shape == (2, 10)
+
+
+def test_dropout_moves_past_the_activation_and_the_norm_after_it():
+    net = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.5), nn.ReLU(), nn.BatchNorm1d(16), nn.Linear(16, 2))
+    fixed, report = auditor.fix(net, torch.randn(4, 8), select=["DRO"])
+    assert [f.action for f in report.results[0].fixes] == ["Dropout -> ReLU -> BatchNorm1d => ReLU -> BatchNorm1d -> Dropout"]
+    assert call_order(fixed) == ["0", "2", "3", "1", "4"] and report.findings == []
+
+
+FIXABLE_FIXTURES = [p for p in sorted((FIXTURES / "rules").glob("*.py")) if {c for c, _ in expected_marks(p)} & FIXABLE_CODES]
+
+
+@pytest.mark.parametrize("path", FIXABLE_FIXTURES, ids=lambda p: p.stem)
+def test_rule_fixtures_are_fixed_or_explained(path, tmp_path):
+    """The rules' own firing fixtures: after --fix, a fixable finding is gone, or a note says why it stays."""
+    header = fixture_header(path)
+    method = header.get("capture", ["fx"])[0]
+    report = run(path, capture=(method,), inputs=header.get("input", []), select=header.get("select", ["ALL"]),
+                 fix=FixOptions(out=tmp_path / "out"))
+    for result in model_results(report):
+        assert result.status == "ok", result.error
+        notes = [n for n in result.capture.notes if n.startswith("fix: ") and "not fixed" in n]
+        for finding in result.findings:
+            if finding.code in FIXABLE_CODES:
+                assert any(finding.code in n for n in notes), f"{finding.code} [{finding.module}] stays without a note: {result.capture.notes}"
+        if result.fixes:
+            assert result.fixed_path is not None
+
+
+@pytest.mark.parametrize("path", sorted((FIXTURES / "canonical").glob("*.py")), ids=lambda p: p.stem)
+def test_canonical_models_are_written_faithfully(path, tmp_path):
+    """Hand-written standard architectures (dense connections, U-Net skips, attention, recurrent layers) go
+    through code generation, loading and the output check of the written folder."""
+    header = fixture_header(path)
+    report = run(path, capture=("fx",), inputs=header.get("input", []), fix=FixOptions(out=tmp_path / "out"))
+    for result in model_results(report):
+        assert result.status == "ok", result.error
+        assert result.fixed_path is not None and not [f for f in result.findings if f.code in FIXABLE_CODES]
+        assert not [n for n in result.capture.notes if "self.training" in n], result.capture.notes

@@ -1,0 +1,334 @@
+"""`--probe`: the measurements (auditor/probes) and their conclusions (GRD, AMP, CLP002 rules).
+
+Every model under fixtures/probes/ is probed with the captures its header names and must yield exactly the probe
+findings its `# expect: CODE` comments mark; the clean_* ones (a He-initialized MLP, a ResNet with BatchNorm, a
+transformer encoder, an LSTM with orthogonal init) must yield none. The user's model is never changed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from support import FIXTURES, cli, expected_marks, fixture_header, model_results, run
+
+PROBE_FIXTURES = sorted((FIXTURES / "probes").glob("*.py"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids OpenMP contention (10x slower otherwise)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cases() -> list:
+    cases = []
+    for path in PROBE_FIXTURES:
+        for method in fixture_header(path).get("capture", ["fx"]):
+            cases.append(pytest.param(path, method, id=f"{path.stem}[{method}]"))
+    return cases
+
+
+@pytest.mark.parametrize(("path", "method"), _cases())
+def test_probe_fixture_findings_match_marks(path: Path, method: str) -> None:
+    header = fixture_header(path)
+    report = run(path, probe=True, device="cpu", capture=(method,), inputs=header.get("input", []), select=header.get("select", ["GRD", "AMP", "CLP"]))
+    models = model_results(report)
+    assert models and all(r.status == "ok" for r in models), [r.error for r in report.results]
+    for result in models:
+        assert result.probes["layers"], "no layer measured"
+    found = {(f.code, f.line) for r in report.results for f in r.findings}
+    assert found == expected_marks(path), [f"{f.code}:{f.line} [{f.module}] {f.message}" for r in report.results for f in r.findings]
+
+
+def test_findings_name_the_layer_the_trend_starts_at_and_the_factor() -> None:
+    explode = _finding("grd001_exploding_mlp.py", "GRD001", inputs=["8,64"])
+    assert explode.module == "body.0" and explode.node == "body_0"
+    assert "activations grow x" in explode.message and "per layer" in explode.message
+    vanish = _finding("grd002_vanishing_tanh.py", "GRD002", inputs=["8,64"])
+    assert vanish.module == "inp" and "shrink" in vanish.message
+    nan = _finding("grd003_forward_nan.py", "GRD003", inputs=["8,32"])
+    assert "torch.log" in nan.message and "NaN" in nan.message and nan.module == ""
+    backward = _finding("grd003_backward_nan.py", "GRD003", inputs=["6,16"])
+    assert "backward of torch.sqrt" in backward.message
+    overflow = _finding("amp001_large_input.py", "AMP001")
+    assert overflow.module == "fc1" and "model input itself" in overflow.message
+    functional = _finding("amp001_functional.py", "AMP001", inputs=["4,16,32"])
+    assert "matmul" in functional.message and functional.module == ""
+    diverge = _finding("amp002_cancellation.py", "AMP002", inputs=["8,32"])
+    assert "Tensor.sub" in diverge.message and "bfloat16" in diverge.message
+
+
+def _finding(name: str, code: str, inputs: list[str] | None = None, **extra):
+    extra.setdefault("device", "cpu")
+    report = run(FIXTURES / "probes" / name, probe=True, inputs=inputs or [], select=[code], capture=("fx",), **extra)
+    found = [f for r in report.results for f in r.findings if f.code == code]
+    assert len(found) == 1, [f.message for r in report.results for f in r.findings]
+    return found[0]
+
+
+# --- the user's model is never changed ----------------------------------------------------------------------------
+class _Mixed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.drop = nn.Dropout(0.3)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.drop(torch.relu(self.bn(self.conv(x)))).mean((2, 3)))
+
+
+def test_probe_leaves_model_rng_and_modes_untouched() -> None:
+    from auditor.capture import capture
+    from auditor.probes import run_probes
+
+    torch.manual_seed(1)
+    model = _Mixed()
+    model.eval()
+    model.drop.train()  # a mixed state must come back exactly
+    x = torch.randn(4, 3, 8, 8)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    graph = capture(model, (x,), {})
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    modes = {n: m.training for n, m in model.named_modules()}
+    random.seed(3)
+    np.random.seed(3)
+    torch.manual_seed(3)
+    rng = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state().clone())
+
+    measurements = run_probes(model, (x,), graph, {"clip-norm": 0.5})
+
+    assert measurements.layers and measurements.precision is not None and measurements.clipping is not None
+    assert measurements.clipping.threshold == 0.5 and measurements.precision.steps > 0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key  # parameters and buffers (BatchNorm running stats, counters)
+    for name, p in model.named_parameters():
+        assert torch.equal(p.grad, grads[name]), name
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert random.getstate() == rng[0]
+    assert np.array_equal(np.random.get_state()[1], rng[1])
+    assert torch.equal(torch.get_rng_state(), rng[2])
+    assert not any(p.requires_grad is False for p in model.parameters())
+
+
+def test_batch_of_one_with_batchnorm_is_probed_in_eval_mode() -> None:
+    import auditor
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    report = auditor.audit(model, torch.randn(1, 8), probe=True, select=["GRD", "AMP", "CLP"])
+    probes = report.results[0].probes
+    assert probes["mode"] == "eval" and any("eval mode" in n for n in probes["notes"])
+    assert model.training  # restored
+
+
+# --- JSON, text, plot -------------------------------------------------------------------------------------------
+def _invoke(*args: str):
+    """The CLI in-process (a subprocess would pay torch's import again)."""
+    from typer.testing import CliRunner
+
+    from auditor.cli import audit_app
+
+    done = CliRunner().invoke(audit_app, list(args))
+    done.returncode = done.exit_code  # type: ignore[attr-defined]
+    return done
+
+
+def test_json_probes_shape() -> None:
+    done = _invoke(str(FIXTURES / "probes" / "grd003_backward_nan.py"), "--probe", "--input", "6,16", "--format", "json", "--select", "GRD,AMP,CLP", "--clip-norm", "2", "--device", "cpu")
+    assert done.returncode == 1, done.stderr
+    document = json.loads(done.stdout)  # strict JSON: no NaN/Infinity literals
+    [result] = [r for r in document["results"] if r["capture"]]
+    probes = result["probes"]
+    assert {"device", "mode", "loss", "passes", "seconds", "step_seconds", "layers", "non_finite", "precision", "clipping", "notes"} <= set(probes)
+    layer = probes["layers"][0]
+    assert {"module", "type", "grad_norm", "weight_norm", "act_mean", "act_std", "in_std", "in_grad_norm"} <= set(layer)
+    assert probes["non_finite"]["phase"] == "backward" and probes["non_finite"]["where"] == "gradients"
+    assert probes["non_finite"]["line"] == 18 and probes["non_finite"]["file"].endswith("grd003_backward_nan.py")
+    assert layer["grad_norm"] == "nan"
+    precision = probes["precision"]
+    assert precision["autocast_dtype"] == "bfloat16" and precision["float16_max"] == 65504.0
+    assert probes["clipping"]["threshold"] == 2.0
+    assert "NaN" not in done.stdout and "Infinity" not in done.stdout
+
+
+def test_text_report_has_sparklines_and_summary() -> None:
+    done = _invoke(str(FIXTURES / "probes" / "grd001_exploding_mlp.py"), "--probe", "--input", "8,64", "--select", "GRD", "--device", "cpu")
+    assert done.returncode == 1
+    out = done.stdout
+    assert "error GRD001 [body.0]" in out and "grd001_exploding_mlp.py:12" in out
+    assert "probe cpu, train mode, cross_entropy loss" in out
+    assert "gradient" in out and "activation" in out and "█" in out and "▁" in out
+    assert "float32 max |x|" in out and "gradient norm per step" in out
+
+
+def test_quiet_hides_probe_tables() -> None:
+    done = _invoke(str(FIXTURES / "probes" / "clean_he_mlp.py"), "--probe", "--input", "16,64", "--select", "GRD", "-q")
+    assert done.returncode == 0 and "probe" not in done.stdout
+
+
+def test_clip_threshold_every_step_never_and_suggested() -> None:
+    path = FIXTURES / "probes" / "clean_he_mlp.py"
+    tight = _clip_findings(path, 1e-4)
+    assert len(tight) == 1 and "clips every probe step" in tight[0].message and "would clip only spikes" in tight[0].message
+    loose = _clip_findings(path, 1e6)
+    assert len(loose) == 1 and "never clips" in loose[0].message
+    assert _clip_findings(path, None) == []
+    report = run(path, probe=True, device="cpu", inputs=["16,64"], select=["CLP002"])
+    clipping = model_results(report)[0].probes["clipping"]
+    assert clipping["threshold"] is None and clipping["recommended"] > 0 and len(clipping["norms"]) == 3
+
+
+def _clip_findings(path: Path, threshold: float | None) -> list:
+    settings = {"clip-norm": threshold} if threshold is not None else {}
+    report = run(path, probe=True, device="cpu", inputs=["16,64"], select=["CLP002"], settings=settings)
+    return [f for r in report.results for f in r.findings]
+
+
+def test_clip_norm_option_and_settings_are_validated(tmp_path) -> None:
+    path = str(FIXTURES / "probes" / "clean_he_mlp.py")
+    assert "--clip-norm needs --probe" in cli(path, "--clip-norm", "1").stderr
+    assert "expected a positive number" in cli(path, "--probe", "--clip-norm", "0").stderr
+    config = tmp_path / "pyproject.toml"
+    config.write_text("[tool.auditor.settings]\nexplosion-factor = 'big'\n")
+    done = cli(path, "--probe", "--config", str(config))
+    assert done.returncode == 2 and "explosion-factor" in done.stderr
+
+
+def test_plot_writes_a_png(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "probe.png"
+    done = _invoke(str(FIXTURES / "probes" / "grd002_vanishing_tanh.py"), "--probe", "--input", "8,64", "--plot", str(target), "-q", "--fail-on", "warning")
+    assert done.returncode == 1, done.stderr
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_needs_probe_and_matplotlib(monkeypatch) -> None:
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from auditor.cli import audit_app
+
+    path = str(FIXTURES / "probes" / "clean_he_mlp.py")
+    runner = CliRunner()
+    no_probe = runner.invoke(audit_app, [path, "--plot", "x.png"])
+    assert no_probe.exit_code == 2 and "--plot needs --probe" in no_probe.stderr
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    missing = runner.invoke(audit_app, [path, "--probe", "--plot", "x.png"])
+    assert missing.exit_code == 2
+    assert missing.stderr.strip().splitlines() == ["audit: error: --plot needs matplotlib, which is not installed: pip install 'auditor[plot]' (or matplotlib)"]
+
+
+# --- the API, the engine and the pieces ---------------------------------------------------------------------------
+def test_api_probe_and_program_skip(tmp_path) -> None:
+    import auditor
+
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    report = auditor.audit(model, torch.randn(4, 16), probe=True, select=["GRD", "AMP", "CLP"])
+    assert report.findings == [] and report.results[0].probes["loss"] == "cross_entropy"
+    program = tmp_path / "tiny.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(4, 16),)), program)
+    result = run(program, probe=True).results[0]
+    assert result.probes == {} and any("probes skipped" in n for n in result.capture.notes)
+
+
+def test_locate_prefers_the_call_then_the_module_then_an_ancestor() -> None:
+    from auditor.capture import capture
+    from auditor.rule import Location, ProbeContext
+
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2, enable_nested_tensor=False)
+    model = nn.Sequential(nn.Linear(16, 16), encoder)
+    graph = capture(model, (torch.randn(2, 5, 16),), {}, methods=("fx",))
+    ctx = ProbeContext(graph=graph, measurements=None, settings={})
+    inner = ctx.locate("1.layers.1.linear1")  # inside the opaque encoder node
+    assert inner is not None and inner.module == "1" and inner.kind == "module"
+    assert ctx.locate("0").module == "0"
+    assert ctx.locate("nowhere", ("model.py", 3)) == Location(None, "nowhere", "model.py", 3)
+
+
+def test_trend_detection() -> None:
+    from auditor_rules.grd_gradient_probe import largest_change
+
+    points = [("a", 1.0), ("b", 0.5), ("c", 5.0), ("d", 50.0), ("e", 40.0)]
+    assert largest_change(points, growing=True) == (1, 3, 100.0)
+    assert largest_change(points, growing=False)[:2] in ((0, 1), (3, 4))
+    assert largest_change([("a", 3.0), ("b", 3.0), ("c", 300.0)], growing=True)[0] == 1  # the last low point
+
+
+def test_sparkline() -> None:
+    from auditor.report.probes import sparkline
+
+    assert sparkline([1.0, 10.0, 100.0, 1000.0]) == "▁▃▆█"
+    line = sparkline([1.0, 1.1, None, float("nan")])
+    assert set(line[:2]) <= {"▄", "▅"} and line[2:] == " !"  # a flat profile stays mid-height
+    assert len(sparkline([float(i + 1) for i in range(500)])) == 48
+
+
+@pytest.mark.cuda
+def test_float16_path_on_cuda() -> None:
+    """On a GPU: float16 autocast, GradScaler('cuda'), and the same conclusions as on CPU."""
+    clean = run(FIXTURES / "probes" / "clean_resnet.py", probe=True, device="cuda", inputs=["4,3,32,32"], select=["GRD", "AMP", "CLP"])
+    [result] = model_results(clean)
+    precision = result.probes["precision"]
+    assert result.probes["device"] == "cuda" and precision["autocast_dtype"] == "float16"
+    assert precision["finite"] and precision["train_steps"] == 3 and precision["skipped_steps"] < 3
+    assert result.findings == [], [f.message for f in result.findings]
+    overflow = _finding("amp001_large_input.py", "AMP001", device="cuda")
+    assert overflow.module == "fc1"
+    diverge = _finding("amp002_cancellation.py", "AMP002", inputs=["8,32"], device="cuda")
+    assert "float16" in diverge.message
+    explode = _finding("grd001_exploding_mlp.py", "GRD001", inputs=["8,64"], device="cuda")
+    assert explode.module == "body.0"
+
+
+def test_probe_and_training_rules_are_documented_and_covered() -> None:
+    from auditor.rule import DOC_SECTIONS, PROBE_SETTINGS, all_rules, default_settings
+
+    ours = {r.code: r for r in all_rules() if r.scope == "probe" or r.code in ("CLP001", "TRN001", "TRN002", "AMP003")}
+    assert set(ours) == {"GRD001", "GRD002", "GRD003", "AMP001", "AMP002", "AMP003", "CLP001", "CLP002", "TRN001", "TRN002"}
+    for rule in ours.values():
+        assert list(rule.doc_sections()) == list(DOC_SECTIONS), rule.code
+        assert all(name == name.lower() and "_" not in name for name in rule.settings), rule.code
+    fired = {code for path in PROBE_FIXTURES for code, _ in expected_marks(path)}
+    assert {r for r, rule in ours.items() if rule.scope == "probe"} - fired == {"CLP002"}  # CLP002: by setting, above
+    settings = default_settings()
+    for name in ("probe-passes", "probe-steps", "probe-seed", "clip-norm", "explosion-factor", "vanishing-factor", "max-grad-norm", "amp-tolerance", "overflow-limit", "clip-never-factor"):
+        assert name in settings, name
+    assert set(PROBE_SETTINGS) <= set(settings)
+
+
+def test_a_model_whose_forward_fails_is_skipped_with_the_reason() -> None:
+    import auditor
+
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.b = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.b(self.a(x)) + self.a(x)  # [N, 4] + [N, 8]: fails when run (fx traces it)
+
+    model = Broken()
+    from auditor.capture import capture
+    from auditor.probes import run_probes
+
+    graph = capture(model, (torch.randn(2, 8),), {}, methods=("fx",))
+    measurements = run_probes(model, (torch.randn(2, 8),), graph, {})
+    assert measurements.skipped and "forward fails" in measurements.skipped and measurements.mode == "train"
+    assert measurements.to_json()["skipped"] == measurements.skipped
+    assert model.training

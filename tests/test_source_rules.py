@@ -1,0 +1,136 @@
+"""The training-code rules (CLP001, TRN001, TRN002, AMP003): every fixture under fixtures/training/ yields exactly
+the findings its `# expect: CODE` comments mark; they read the source only (no torch, no import of the file)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from support import FIXTURES, expected_marks, run
+
+SOURCE_CODES = ["CLP001", "TRN001", "TRN002", "AMP003"]
+TRAINING = sorted((FIXTURES / "training").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=[p.stem for p in TRAINING])
+def test_training_fixture_findings_match_marks(path: Path) -> None:
+    report = run(path, select=SOURCE_CODES)
+    assert all(r.status == "ok" for r in report.results), [r.error for r in report.results]
+    found = {(f.code, f.line) for r in report.results for f in r.findings}
+    assert found == expected_marks(path), [f"{f.code}:{f.line} {f.message}" for r in report.results for f in r.findings]
+    for finding in (f for r in report.results for f in r.findings):
+        assert finding.file is not None and finding.file.endswith(path.name)
+        assert finding.module is None and finding.node is None
+
+
+def test_every_source_rule_has_firing_and_clean_fixtures() -> None:
+    from auditor.rule import rules_in_scope
+
+    fired = {code for path in TRAINING for code, _ in expected_marks(path)}
+    ours = [r.code for r in rules_in_scope("source") if r.code in SOURCE_CODES]
+    assert sorted(ours) == sorted(SOURCE_CODES)
+    assert set(SOURCE_CODES) <= fired
+    assert any(not expected_marks(p) for p in TRAINING)
+
+
+def test_source_rules_never_import_torch() -> None:
+    """Run every source rule on a script that imports torch: the rules read it, torch stays unimported."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from auditor.options import Options\n"
+        "from auditor.rule import default_settings\n"
+        "from auditor.source import check_source, parse\n"
+        f"paths = {[str(p) for p in TRAINING]!r}\n"
+        "total = 0\n"
+        "for path in paths:\n"
+        "    text = Path(path).read_text()\n"
+        "    total += len(check_source(path, text, parse(path, text), Options(settings=default_settings()), []))\n"
+        "print(total, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    count, imported = done.stdout.split()
+    assert int(count) > 0 and imported == "False", done.stderr
+
+
+def test_audit_on_torch_free_training_file_never_imports_torch() -> None:
+    path = FIXTURES / "training" / "clp001_torch_free_helpers.py"
+    script = (
+        "import sys\n"
+        "from auditor.cli import main\n"
+        f"sys.argv = ['audit', {str(path)!r}, '--format', 'json']\n"
+        "try:\n    main()\n"
+        "except SystemExit as exit:\n    print('exit', exit.code, 'torch' in sys.modules, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stderr.strip().splitlines()[-1] == "exit 1 False", done.stderr
+    assert '"code": "CLP001"' in done.stdout and '"line": 11' in done.stdout
+
+
+def test_script_with_top_level_training_is_read_not_run() -> None:
+    from auditor.source import may_define_models, runs_on_import
+
+    path = FIXTURES / "training" / "script_runs_on_import.py"
+    report = run(path, select=SOURCE_CODES)
+    assert [r.status for r in report.results] == ["ok"]  # one source result, no import (it would raise SystemExit)
+    assert runs_on_import(ast.parse(path.read_text())) and not may_define_models(ast.parse(path.read_text()))
+    guarded = "import torch\n\ndef main():\n    pass\n\nif __name__ == '__main__':\n    main()\n"
+    assert not runs_on_import(ast.parse(guarded))
+    for text in ("main()\ndef main(): pass\n", "def main(): pass\nfire.Fire(main)\n", "with open('x') as f:\n    pass\n"):
+        assert runs_on_import(ast.parse(text)), text
+    assert not runs_on_import(ast.parse("import torch\ntorch.manual_seed(0)\nmodel = Net()\nmodel.eval()\n"))
+
+
+def test_source_checks_stay_fast() -> None:
+    """What a pre-commit hook pays per training script for these rules: well under a millisecond or so each."""
+    from auditor.rule import default_settings
+    from auditor.options import Options
+    from auditor.selection import Selection
+    from auditor.source import check_source, parse
+
+    texts = [(str(p), p.read_text()) for p in TRAINING] * 20
+    started = time.perf_counter()
+    for path, text in texts:
+        check_source(path, text, parse(path, text), Options(selection=Selection(select=SOURCE_CODES), settings=default_settings()), [])
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2.0, f"{elapsed:.2f} s for {len(texts)} files"
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        # unscale_ in the step: fine; a disabled scaler: fine; accelerate's own clip unscales by itself
+        ("scaler.scale(loss).backward()\nscaler.unscale_(opt)\ntorch.nn.utils.clip_grad_value_(m.parameters(), 1)\n", []),
+        ("scaler = GradScaler(enabled=False)\nscaler.scale(loss).backward()\nclip_grad_norm_(m.parameters(), 1)\n", []),
+        ("scaler.scale(loss).backward()\naccelerator.clip_grad_norm_(m.parameters(), 1)\n", []),
+        ("scaler.scale(loss).backward()\nscaler.step(opt)\nscaler.update()\nclip_grad_norm_(m.parameters(), 1)\n", []),
+        ("scaler.scale(loss).backward()\ntorch.nn.utils.clip_grad_value_(m.parameters(), 1)\n", [("CLP001", 2)]),
+        # label smoothing given as a variable, or ignore_index: not flagged
+        ("criterion = nn.CrossEntropyLoss(label_smoothing=args.smoothing)\n", []),
+        ("criterion = nn.CrossEntropyLoss(label_smoothing=0.0)\n", [("TRN001", 1)]),
+        ("criterion = nn.CrossEntropyLoss(ignore_index=-100)\n", []),
+        # OneCycleLR warms up by itself; a warmup variable counts as a warm-up
+        ("opt = torch.optim.Adam(p)\nsched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=10)\n", []),
+        ("opt = AdamW(p)\nsched = StepLR(opt, 10)\nwarmup_steps = 100\n", []),
+        ("opt = torch.optim.SGD(p)\nsched = torch.optim.lr_scheduler.StepLR(opt, 10)\n", []),
+        ("opt = torch.optim.AdamW(p)\nsched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0)\n", [("TRN002", 2)]),
+        ("import torch.cuda.amp as amp\nwith amp.autocast():\n    pass\n", [("AMP003", 1)]),
+        ("with torch.amp.autocast('cuda'):\n    pass\n", []),
+    ],
+)
+def test_source_rule_cases(code: str, expected: list[tuple[str, int]]) -> None:
+    from auditor.rule import default_settings
+    from auditor.options import Options
+    from auditor.selection import Selection
+    from auditor.source import check_source, parse
+
+    header = "import torch\nimport torch.nn as nn\nfrom torch.nn.utils import clip_grad_norm_\n"
+    text = header + f"def step(m, loss, opt, scaler, p, args, accelerator):\n" + "".join(f"    {line}\n" for line in code.splitlines())
+    findings = check_source("t.py", text, parse("t.py", text), Options(selection=Selection(select=SOURCE_CODES), settings=default_settings()), [])
+    offset = 4  # the header and the def line
+    assert sorted((f.code, f.line - offset) for f in findings) == expected, [f.message for f in findings]
