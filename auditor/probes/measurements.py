@@ -162,7 +162,7 @@ FLOAT16_MAX = 65504.0
 
 
 def _num(value: float | None) -> float | str | None:
-    """JSON has no inf or NaN: they are written as the strings "inf", "-inf", "nan"; finite values rounded."""
+    """JSON has no inf or NaN: they are written as the strings "inf", "-inf", "nan"; finite values rounded to 6 significant digits."""
     if value is None:
         return None
     value = float(value)
@@ -170,4 +170,4 @@ def _num(value: float | None) -> float | str | None:
         return "nan"
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
-    return float(f"{value:.4g}")
+    return float(f"{value:.6g}")
