@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from auditor.cli import audit_app, rules_app
+from auditor.locations import display_path
 from support import FIXTURES, cli
 
 MODELS = FIXTURES / "models"
@@ -36,7 +37,7 @@ def test_json_on_stdout_and_one_error_line_per_failed_target_on_stderr():
     document = json.loads(result.stdout)
     by_target = {r["target"]: r for r in document["results"]}
     assert by_target["missing.py"]["error"] == "missing.py: no such file or directory"
-    assert {f["code"] for f in by_target[f"{FAULTY.split('/work/main/')[-1]}:Head"]["findings"]} == {"DRO001"}
+    assert {f["code"] for f in by_target[f"{display_path(FAULTY)}:Head"]["findings"]} == {"DRO001"}
     errors = result.stderr.strip().splitlines()
     assert errors == [
         "audit: error: missing.py: missing.py: no such file or directory",

@@ -51,6 +51,7 @@ def test_integer_inputs_stay_below_the_smallest_embedding_table():
         (nn.Sequential(nn.Embedding(30, 8)), (2, 16)),
         (nn.LSTM(5, 7, batch_first=True), (2, 16, 5)),
         (nn.GRU(5, 7), (16, 2, 5)),
+        (nn.Sequential(nn.ConvTranspose2d(100, 64, 4)), (2, 100, 1, 1)),  # a DCGAN generator starts from 1x1
         (nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2, enable_nested_tensor=False), (2, 16, 16)),
     ],
 )

@@ -116,12 +116,15 @@ def _required_forward_args(model: nn.Module) -> list[str]:
 def _specs_for(module: nn.Module | None) -> list[InputSpec]:
     """Candidate specs for a tensor fed straight into `module`."""
     f32 = "float32"
-    if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):  # a decoder or generator: it starts small and grows
+        rank = len(module.kernel_size)
+        return [InputSpec(f32, (BATCH, module.in_channels, *([n] * rank))) for n in (1, 4, 8, 16)]
+    if isinstance(module, nn.Conv1d):
         return [InputSpec(f32, (BATCH, module.in_channels, n)) for n in (128, 64, 256, 32)]
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+    if isinstance(module, nn.Conv2d):
         sizes = (28, 32, 64, 224) if module.in_channels == 1 else (224, 32, 64, 256, 28)
         return [InputSpec(f32, (BATCH, module.in_channels, n, n)) for n in sizes]
-    if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+    if isinstance(module, nn.Conv3d):
         return [InputSpec(f32, (BATCH, module.in_channels, d, n, n)) for d, n in ((16, 32), (16, 64), (16, 112))]
     if isinstance(module, nn.Linear):
         return [InputSpec(f32, (BATCH, module.in_features)), InputSpec(f32, (BATCH, SEQUENCE, module.in_features))]
