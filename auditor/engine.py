@@ -222,7 +222,12 @@ def _relocate(result: TargetResult, old: str, new: str) -> None:
 def _kept(findings: list[Finding], options: Options) -> list[Finding]:
     unique = {(f.code, f.node, f.module, f.file, f.line, f.message): f for f in findings}
     kept = [f for f in unique.values() if options.selection.keeps(f)]
-    return sorted(kept, key=lambda f: (f.file or "", f.line or 0, f.code, f.module or ""))
+    return sorted(kept, key=lambda f: (f.file or "", f.line or 0, f.code, _module_order(f.module)))
+
+
+def _module_order(module: str | None) -> tuple[tuple[int, int | str], ...]:
+    """`layers.2` before `layers.10`."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in (module or "").split("."))
 
 
 def _with_options(target: Target, options: Options) -> Target:

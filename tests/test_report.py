@@ -96,3 +96,19 @@ def test_text_report_for_a_clean_run():
     buffer = io.StringIO()
     print_report(Report([TargetResult("a.py")]), Console(file=buffer, no_color=True, width=200))
     assert buffer.getvalue().strip() == "All checks passed! (1 target audited)"
+
+
+def test_findings_of_one_rule_on_one_line_are_shown_once_for_people():
+    """Layers built in a loop share a creation line: text and GitHub show it once and name the other modules;
+    JSON keeps every finding."""
+    from dataclasses import replace
+
+    looped = [replace(FINDING, module=f"blocks.{i}.drop", node=f"n{i}") for i in range(6)]
+    grouped = Report([TargetResult("net.py:Net", findings=looped)])
+    buffer = io.StringIO()
+    print_report(grouped, Console(file=buffer, no_color=True, width=200, soft_wrap=True))
+    text = buffer.getvalue()
+    assert text.count("warning DRO001") == 1
+    assert "5 more at this line: `blocks.1.drop`, `blocks.2.drop`, `blocks.3.drop`, `blocks.4.drop`, ... (1 more)" in text
+    assert len(renderer("github")(grouped).splitlines()) == 1
+    assert len(json.loads(renderer("json")(grouped))["results"][0]["findings"]) == 6

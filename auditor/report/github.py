@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from auditor.findings import Finding, Report, Severity
+from auditor.report import by_line, others_text
 
 _COMMAND = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
@@ -12,11 +13,11 @@ def render(report: Report) -> str:
     for result in report.results:
         if result.status != "ok":
             lines.append(f"::error title=audit::{_data(f'{result.target}: {result.error}')}")
-        lines.extend(_annotation(f) for f in result.findings)
+        lines.extend(_annotation(f, others) for f, others in by_line(result.findings))
     return "\n".join(lines)
 
 
-def _annotation(finding: Finding) -> str:
+def _annotation(finding: Finding, others: list[Finding]) -> str:
     properties = []
     if finding.file:
         properties.append(f"file={_property(finding.file)}")
@@ -24,7 +25,8 @@ def _annotation(finding: Finding) -> str:
             properties.append(f"line={finding.line}")
     properties.append(f"title={_property(f'{finding.code} {finding.rule}')}")
     module = f" [{finding.module or '<root>'}]" if finding.module is not None else ""
-    return f"::{_COMMAND[finding.severity]} {','.join(properties)}::{_data(finding.message + module)}"
+    also = f" ({others_text(others)})" if others else ""
+    return f"::{_COMMAND[finding.severity]} {','.join(properties)}::{_data(finding.message + module + also)}"
 
 
 def _data(text: str) -> str:

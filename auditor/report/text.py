@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.text import Text
 
 from auditor.findings import Finding, Report, Severity, TargetResult
+from auditor.report import by_line, others_text
 
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
@@ -38,8 +39,9 @@ def _print_result(result: TargetResult, console: Console, *, verbose: bool, quie
             console.print(Text(f"  note: {note}", style="dim"))
     if not quiet:
         _print_applied(result, console, verbose=verbose)
-    for finding in sorted(result.findings, key=lambda f: (-f.severity, f.file or "", f.line or 0, f.code)):
-        console.print(finding_text(finding))
+    ordered = sorted(result.findings, key=lambda f: (-f.severity, f.file or "", f.line or 0, f.code))
+    for finding, others in by_line(ordered):
+        console.print(finding_text(finding, others))
     if result.probes and not quiet:
         from auditor.report.probes import print_probes
 
@@ -74,7 +76,7 @@ def _print_written(result: TargetResult, console: Console, *, diff: bool) -> Non
         console.print(Text(result.fix_diff.rstrip("\n")))
 
 
-def finding_text(finding: Finding) -> Text:
+def finding_text(finding: Finding, others: list[Finding] | None = None) -> Text:
     line = Text("  ")
     where = f"{finding.file}:{finding.line}" if finding.file and finding.line else finding.file or "-"
     line.append(where, style="bold")
@@ -85,6 +87,8 @@ def finding_text(finding: Finding) -> Text:
     if finding.module is not None:
         line.append(f" [{finding.module or '<root>'}]", style="magenta")
     line.append(f" {finding.message}")
+    if others:
+        line.append(f"\n      {others_text(others)}", style="dim")
     if finding.hint:
         fix_note = " (fixable with --fix)" if finding.fixable else ""
         line.append(f"\n      help: {finding.hint}{fix_note}", style="dim")
