@@ -101,3 +101,21 @@ def test_multiple_inputs_without_specs_are_explained():
         import auditor
 
         auditor.audit(TwoInputs())
+
+
+def test_a_forward_with_only_optional_arguments_is_fed_its_first():
+    """Hugging Face style: `forward(input_ids=None, attention_mask=None)`."""
+
+    class TokenModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(40, 8)
+            self.out = nn.Linear(8, 2)
+
+        def forward(self, input_ids=None, attention_mask=None):
+            hidden = self.embed(input_ids)
+            if attention_mask is not None:
+                hidden = hidden * attention_mask.unsqueeze(-1)
+            return self.out(hidden)
+
+    assert infer_candidates(TokenModel())[0] == [InputSpec("int64", (2, 16))]

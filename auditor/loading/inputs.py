@@ -78,13 +78,13 @@ def _first_consumers(model: nn.Module) -> list[tuple[str, nn.Module | None]] | N
     try:
         gm = trace(model)
     except Exception:  # noqa: BLE001 - untraceable: fall back to the first layer in registration order
-        if len(_required_forward_args(model)) != 1:
+        if len(_forward_inputs(model)) != 1:
             return None
         first = next((m for m in model.modules() if _specs_for(m)), None)
         return [("x", first)]
     if _specs_for(model):  # the model is itself one layer (nn.Linear, nn.LSTM...)
         return [("x", model)]
-    required = _required_forward_args(model)
+    required = _forward_inputs(model)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"][: len(required)]
     return [(name, _consumer_module(gm, node)) for name, node in zip(required, placeholders)] or None
 
@@ -105,12 +105,16 @@ def _consumer_module(gm: Any, start: Any) -> nn.Module | None:
     return None
 
 
-def _required_forward_args(model: nn.Module) -> list[str]:
+def _forward_inputs(model: nn.Module) -> list[str]:
+    """The forward arguments to feed: the required positional ones, or, when every argument is optional (Hugging
+    Face's `forward(input_ids=None, attention_mask=None, ...)`), the first."""
     try:
         parameters = inspect.signature(model.forward).parameters.values()
     except (TypeError, ValueError):
         return []
-    return [p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p.name for p in positional if p.default is p.empty]
+    return required or [p.name for p in positional[:1]]
 
 
 def _specs_for(module: nn.Module | None) -> list[InputSpec]:
