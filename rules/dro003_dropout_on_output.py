@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from auditor.findings import Finding, Severity
-from auditor.graph import ops
+from auditor.graph import Node, ops
 from auditor.rule import GraphContext, Rule, register
 
 from auditor_rules._shared import is_live_dropout
@@ -20,7 +20,10 @@ class DropoutOnOutput(Rule):
     """
     ## What it does
     Flags a dropout whose output is the model's output, directly or through reshapes (`flatten`, `view`,
-    `squeeze`, indexing). A dropout with p = 0 is ignored.
+    `squeeze`, indexing), when what it drops are predictions: the output of the last weight layer (a
+    Linear/conv readout). A dropout with p = 0 is ignored. A dropout on the features an encoder or backbone
+    returns (after a norm, an activation or a residual sum, as in T5's encoder) regularizes the representation
+    a downstream model reads, deliberately; it is not flagged.
 
     ## Why is this bad?
     Dropout regularizes by dropping *hidden* units so that no unit can rely on another. Applied to the
@@ -57,7 +60,7 @@ class DropoutOnOutput(Rule):
         if output is None:
             return
         for node in ctx.graph.predecessors(output):
-            if node.op == ops.DROPOUT and is_live_dropout(node):
+            if node.op == ops.DROPOUT and is_live_dropout(node) and _drops_predictions(ctx, node):
                 yield self.finding(
                     f"{node.label()} is applied to the model's output: it corrupts the "
                     "predictions in training; remove it, or move it before the last layer",
@@ -70,3 +73,11 @@ class DropoutOnOutput(Rule):
         before = ctx.graph.predecessors(dropout)[:1]
         ctx.remove(dropout)
         return ctx.fixed(finding, f"{ctx.chain(before, dropout)} -> output => {ctx.chain(before) or 'input'} -> output")
+
+
+def _drops_predictions(ctx: GraphContext, dropout: Node) -> bool:
+    """Whether the dropped value comes straight from a weight layer: the model's readout, not its features."""
+    return any(p.op in _READOUTS for p in ctx.graph.predecessors(dropout))
+
+
+_READOUTS = frozenset({ops.LINEAR, ops.CONV, ops.CONV_TRANSPOSE, ops.BILINEAR})

@@ -2,6 +2,8 @@
 every model must capture, and no error-severity finding is allowed (an error on a torchvision or timm model is
 a bug of the rule until shown otherwise). Warnings and infos are printed per model for a person to judge.
 
+Hugging Face models are built from small configs (tests/fixtures/zoo/hf_configs.py) and their inputs inferred.
+
 Opt-in: `pip install -e .[zoo]`, then `pytest tests/test_zoo.py --run-zoo -s`. Weights are never downloaded
 (`weights=None`, `pretrained=False`). `ZOO_CAPTURE=hooks` (or fx, export, or a comma list) forces a capture
 method instead of the default fx -> export -> hooks chain.
@@ -15,7 +17,7 @@ import time
 import pytest
 
 from auditor.findings import Severity
-from support import model_results, run
+from support import FIXTURES, model_results, run
 
 pytestmark = pytest.mark.zoo
 
@@ -39,9 +41,12 @@ def _captures() -> dict[str, tuple[str, ...]]:
     return {"capture": tuple(forced.split(","))} if forced else {}
 
 
-def _audit(target: str, kwargs: dict, label: str) -> None:
+HUGGING_FACE = ["bert", "distilbert", "gpt2", "llama", "t5_encoder", "vit"]
+
+
+def _audit(target: str, kwargs: dict, label: str, inputs: list[str] | None = IMAGE) -> None:
     started = time.perf_counter()
-    report = run(target, kwargs=kwargs, inputs=IMAGE, **_captures())
+    report = run(target, kwargs=kwargs, inputs=inputs or [], **_captures())
     seconds = time.perf_counter() - started
     models = model_results(report)
     assert models, f"{label}: nothing audited"
@@ -70,3 +75,9 @@ def test_torchvision_model(name: str) -> None:
 def test_timm_model(name: str) -> None:
     pytest.importorskip("timm")
     _audit("timm:create_model", {"model_name": name, "pretrained": False}, f"timm {name}")
+
+
+@pytest.mark.parametrize("name", HUGGING_FACE)
+def test_hugging_face_model(name: str) -> None:
+    pytest.importorskip("transformers")
+    _audit(f"{FIXTURES / 'zoo' / 'hf_configs.py'}:{name}", {}, f"transformers {name}", inputs=None)
