@@ -78,13 +78,13 @@ def audit(
         options = _options(config, inputs, kwargs, probe, fix, out, force, shortcut, diff, output_format, select, ignore, fail_on, device, clip_norm, plot, trust_pickle, verbose)
         if capture_method is not None:
             options.capture = _capture_methods(capture_method)
-        target_list = _targets(targets, config)
+        target_list, base = _targets(targets, config)
         if options.fix is not None and options.fix.out is not None:
             _check_out(options.fix.out, [t.target for t in target_list])
     except UsageError as exc:
         err.print(f"audit: error: {exc}", style="red", highlight=False, markup=False)
         raise typer.Exit(2) from None
-    report = _run(target_list, options, config, err, quiet or output_format != "text")
+    report = _run(target_list, base, options, config, err, quiet or output_format != "text")
     _emit(report, output_format, quiet, verbose, diff=options.fix is not None and options.fix.diff)
     if options.plot is not None:
         _plot(report, options.plot, err)
@@ -95,15 +95,10 @@ def audit(
     raise typer.Exit(report.exit_code(options.fail_on))
 
 
-def _run(targets: list[Any], options: Options, config: Config, err: Console, silent: bool) -> Report:
+def _run(targets: list[Any], base: Path | None, options: Options, config: Config, err: Console, silent: bool) -> Report:
     from auditor.engine import Engine, resolve_targets
 
-    parsed, errors = resolve_targets([t.target for t in targets], config.exclude)
-    by_text = {t.target: t for t in targets}
-    for target in parsed:
-        origin = by_text.get(target.text)
-        if origin is not None:
-            target.kwargs, target.inputs = dict(origin.kwargs), list(origin.inputs)
+    parsed, errors = resolve_targets(targets, config.exclude, base)
     show_progress = not silent and err.is_terminal and len(parsed) > 0
     if not show_progress:
         return Report(errors + Engine(options).run(parsed))
@@ -229,24 +224,20 @@ def _capture_methods(method: str) -> tuple[str, ...]:
     return (method,)
 
 
-def _targets(targets: list[str] | None, config: Config) -> list[Any]:
+def _targets(targets: list[str] | None, config: Config) -> tuple[list[Any], Path | None]:
+    """The targets to audit and the folder their paths are relative to: the command line's (relative to the
+    working directory), else the configured ones (relative to the config file)."""
     from auditor.config import TargetConfig
     from auditor.specs import parse_spec
 
     if targets:
-        return [TargetConfig(target=t) for t in targets]
+        return [TargetConfig(target=t) for t in targets], None
     if not config.targets:
         raise UsageError("no TARGET given and no `targets` configured in [tool.auditor]")
-    base = config.path.parent if config.path else Path.cwd()
-    resolved = []
     for entry in config.targets:
         for spec in entry.inputs:
             parse_spec(spec)
-        location, sep, member = entry.target.rpartition(":") if ":" in entry.target else (entry.target, "", "")
-        path = base / location
-        text = f"{path}{sep}{member}" if (path.exists() or location.endswith(".py")) else entry.target
-        resolved.append(TargetConfig(target=text, kwargs=entry.kwargs, inputs=entry.inputs))
-    return resolved
+    return config.targets, config.path.parent if config.path else None
 
 
 def _selectors(values: list[str], flag: str, known: list[tuple[str, str]]) -> list[str]:

@@ -20,6 +20,7 @@ from auditor.source import check_source, may_define_models, parse
 from auditor.targets import Kind, Target
 
 if TYPE_CHECKING:
+    from auditor.config import TargetConfig
     from auditor.fixing.writer import OutputFolder
     from auditor.graph import AuditGraph
     from auditor.loading.models import LoadedModel, ModelLoader
@@ -245,15 +246,20 @@ def _error(label: str, message: str, exc: BaseException, options: Options) -> Ta
     return result
 
 
-def resolve_targets(texts: list[str], exclude: list[str], base: Path | None = None) -> tuple[list[Target], list[TargetResult]]:
-    """Parse TARGET strings; the unparseable ones become error results (other targets still run)."""
+def resolve_targets(entries: list[TargetConfig], exclude: list[str], base: Path | None = None) -> tuple[list[Target], list[TargetResult]]:
+    """Parse TARGET strings (paths relative to `base`, the config file's folder for configured targets) with
+    the arguments and inputs configured for them; unparseable ones become error results (the others still run)."""
     from auditor.targets import parse_target
 
     targets: list[Target] = []
     errors: list[TargetResult] = []
-    for text in texts:
+    for entry in entries:
         try:
-            targets.extend(parse_target(text, exclude=exclude, base=base))
+            parsed = parse_target(entry.target, exclude=exclude, base=base)
         except TargetError as exc:
-            errors.append(TargetResult(target=text, status="error", error=str(exc)))
+            errors.append(TargetResult(target=entry.target, status="error", error=str(exc)))
+            continue
+        for target in parsed:
+            target.kwargs, target.inputs = dict(entry.kwargs), list(entry.inputs)
+        targets.extend(parsed)
     return targets, errors

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from support import FIXTURES, run
+from support import run
 
 ROOT = Path(__file__).parent.parent
 

@@ -312,7 +312,6 @@ def test_probe_and_training_rules_are_documented_and_covered() -> None:
 
 
 def test_a_model_whose_forward_fails_is_skipped_with_the_reason() -> None:
-    import auditor
 
     class Broken(nn.Module):
         def __init__(self) -> None:

@@ -130,7 +130,7 @@ def test_source_rule_cases(code: str, expected: list[tuple[str, int]]) -> None:
     from auditor.source import check_source, parse
 
     header = "import torch\nimport torch.nn as nn\nfrom torch.nn.utils import clip_grad_norm_\n"
-    text = header + f"def step(m, loss, opt, scaler, p, args, accelerator):\n" + "".join(f"    {line}\n" for line in code.splitlines())
+    text = header + "def step(m, loss, opt, scaler, p, args, accelerator):\n" + "".join(f"    {line}\n" for line in code.splitlines())
     findings = check_source("t.py", text, parse("t.py", text), Options(selection=Selection(select=SOURCE_CODES), settings=default_settings()), [])
     offset = 4  # the header and the def line
     assert sorted((f.code, f.line - offset) for f in findings) == expected, [f.message for f in findings]

@@ -18,7 +18,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from auditor.capture.common import Site, call_node, describe_value, is_leaf, module_node
-from auditor.graph import INPUT, OUTPUT, PARAM, AuditGraph, Node
+from auditor.graph import INPUT, OUTPUT, PARAM, AuditGraph, Node, ops
 from auditor.locations import first_user_site
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
@@ -117,7 +117,7 @@ def _module_node(name: str, group: dict[str, Any], model: nn.Module | None, stat
     if module is None:
         prefix = qualname + "." if qualname else ""
         node.params = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and isinstance(v, torch.Tensor) and "." not in k[len(prefix):]}
-        main = next((m for m in members if call_node("", _aten_name(m), "", None, (), {}, lambda v: False).op == node.op), None)
+        main = next((m for m in members if ops.op_for_name(_aten_name(m))[0] == node.op), None)
         if main is not None:
             node.attrs = call_node("", _aten_name(main), "", None, main.args, main.kwargs, lambda v: isinstance(v, fx.Node)).attrs
     outputs = [m for m in members if any(u not in members for u in m.users)] or members[-1:]

@@ -6,7 +6,7 @@ MSE against a unit-scale random target; a model that returns a scalar is taken t
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
