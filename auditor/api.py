@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch.nn as nn
 
@@ -31,10 +31,13 @@ def audit(
     select: Iterable[str] | None = None,
     ignore: Iterable[str] | None = None,
     settings: dict[str, Any] | None = None,
+    loss: Callable[[nn.Module, Any], Any] | None = None,
 ) -> Report:
     """Audit a live module. `example_inputs` is a tensor or a tuple of tensors; without it, inputs are
-    resolved as on the command line (`example_input_array`, then inference from the first layer)."""
-    options = api_options(select, ignore, settings, probe=probe)
+    resolved as on the command line (`example_input_array`, then inference from the first layer).
+    `loss(model, output)`: with `probe`, the real training loss of an output (`model` is the probes' copy),
+    used instead of the probes' surrogate loss; if it fails, the surrogate is used and a note says why."""
+    options = api_options(select, ignore, settings, probe=probe, probe_loss=loss)
     result = Engine(options).audit_loaded(live_model(model, example_inputs))
     if result.status != "ok":
         raise TargetError(result.error or "audit failed")

@@ -201,7 +201,7 @@ def run_probes(model: Any, inputs: tuple[Any, ...], graph: AuditGraph, options: 
     rules on them. The probes' own notes join the capture notes."""
     from auditor.probes import run_probes as measure
 
-    measurements = measure(model, inputs, graph, options.settings)
+    measurements = measure(model, inputs, graph, options.settings, loss=options.probe_loss)
     result.probes = measurements.to_json()
     notes = result.capture.notes if result.capture is not None else []
     notes.extend(measurements.notes)

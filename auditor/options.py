@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from auditor.findings import Severity
 from auditor.selection import Selection
@@ -29,6 +29,7 @@ class Options:
     inputs: list[str] = field(default_factory=list)  # --input specs, one per positional forward argument
     kwargs: dict[str, Any] = field(default_factory=dict)
     probe: bool = False
+    probe_loss: Callable[[Any, Any], Any] | None = None  # the API's `loss(model, output)`; None: the probes' surrogate
     plot: Path | None = None  # with probe: write the per-layer chart to this PNG (needs matplotlib)
     fix: FixOptions | None = None
     device: str | None = None  # None: cuda when available

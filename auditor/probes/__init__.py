@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -35,9 +35,13 @@ from auditor.rule import default_settings
 __all__ = ["Clipping", "LayerStats", "Measurements", "OpEvent", "Precision", "run_probes"]
 
 
-def run_probes(model: nn.Module, inputs: tuple[Any, ...], graph: AuditGraph | None, settings: dict[str, Any], *, strict: bool = False) -> Measurements:
+def run_probes(
+    model: nn.Module, inputs: tuple[Any, ...], graph: AuditGraph | None, settings: dict[str, Any], *, strict: bool = False,
+    loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+) -> Measurements:
     """Measure `model` on `inputs` (the captured example inputs). A stage that fails becomes a note (or, with
-    `strict`, raises): the others still run."""
+    `strict`, raises): the others still run. `loss(copy, output)`: the real training loss of an output of the
+    working copy, used instead of the surrogate where it works."""
     config = {**default_settings(), **settings}
     started = time.perf_counter()
     with preserved(model):
@@ -50,7 +54,8 @@ def run_probes(model: nn.Module, inputs: tuple[Any, ...], graph: AuditGraph | No
             measurements.skipped = f"the model cannot be deep-copied ({type(exc).__name__}: {first_line(exc)})"
             measurements.notes.append(f"probes skipped: {measurements.skipped}")
             return measurements
-        task = Task(inputs, graph, int(config["probe-seed"]))
+        given = (lambda output: loss(work, output)) if loss is not None else None
+        task = Task(inputs, graph, int(config["probe-seed"]), given, _loss_name(loss))
         stages = [
             ("gradient probe", lambda: _gradients(work, task, measurements, config)),
             ("mixed-precision probe", lambda: _precision(work, task, measurements, config)),
@@ -67,6 +72,8 @@ def run_probes(model: nn.Module, inputs: tuple[Any, ...], graph: AuditGraph | No
                     raise
                 measurements.notes.append(f"{name} failed: {type(exc).__name__}: {first_line(exc)}")
         measurements.loss = task.kind or ""
+        if task.given_failed is not None:
+            measurements.notes.append(f"the given training loss failed ({task.given_failed}); probed with the surrogate {task.kind} loss")
     measurements.seconds = time.perf_counter() - started
     return measurements
 
@@ -223,6 +230,11 @@ def _device(model: nn.Module) -> torch.device:
     if tensor is None:
         tensor = next(model.buffers(), None)
     return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _loss_name(loss: Any) -> str:
+    name = getattr(loss, "__name__", "")
+    return name if name.isidentifier() else "given"
 
 
 def _requiring_grad(batch: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -1,17 +1,20 @@
 """The stand-in training task: seeded batches shaped like the captured inputs and a loss suited to the output.
 
 Logits (a Linear layer's [N, C] or [N, T, V] output) get cross-entropy against random labels; anything else gets
-MSE against a unit-scale random target; a model that returns a scalar is taken to return its own loss.
+MSE against a unit-scale random target; a model that returns a scalar is taken to return its own loss. A caller
+that knows the real training loss (the Python API's `loss=`, the Lightning and Trainer callbacks) supplies it
+instead; if it fails on its first use, the surrogate takes over for the whole run.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from auditor.capture.common import iter_tensors
+from auditor.errors import first_line
 from auditor.graph import AuditGraph, ops
 
 CROSS_ENTROPY = "cross_entropy"
@@ -20,11 +23,13 @@ OUTPUT = "output"
 
 
 class Task:
-    def __init__(self, inputs: tuple[Any, ...], graph: AuditGraph | None, seed: int) -> None:
+    def __init__(self, inputs: tuple[Any, ...], graph: AuditGraph | None, seed: int, given: Callable[[Any], torch.Tensor] | None = None, given_name: str = "given") -> None:
         self.inputs = inputs
         self.graph = graph
         self.seed = seed
         self.kind: str | None = None  # decided on the first output seen
+        self.given, self.given_name = given, given_name  # the caller's training loss of an output
+        self.given_failed: str | None = None  # why the given loss could not be used
 
     def batch(self, index: int) -> tuple[Any, ...]:
         """Batch 0 is the captured inputs themselves; later ones are resampled like them (same shape, dtype,
@@ -37,6 +42,18 @@ class Task:
     def loss(self, output: Any, index: int) -> torch.Tensor:
         """The surrogate loss of `output` (labels and targets seeded by `index`), computed in float64 so that an
         exploding output gives a huge loss, not an overflow of the loss itself."""
+        if self.given is not None:
+            try:
+                value = self.given(output)
+                if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                    raise TypeError(f"it returned {type(value).__name__}, not a scalar tensor")
+            except Exception as exc:  # noqa: BLE001 - on first use: fall back to the surrogate, noted
+                if self.kind is not None:
+                    raise
+                self.given, self.given_failed = None, first_line(exc)
+            else:
+                self.kind = self.given_name
+                return value
         primary = primary_output(output)
         if primary is None:
             raise ValueError("the model returned no floating-point tensor to compute a loss on")

@@ -5,6 +5,8 @@ Printed through a rich Console built by the CLI at run time, so NO_COLOR and non
 
 from __future__ import annotations
 
+import io
+
 from rich.console import Console
 from rich.text import Text
 
@@ -25,6 +27,13 @@ def print_report(report: Report, console: Console, *, quiet: bool = False, verbo
         if fixes is not None:
             console.print(fixes)
         console.print(summary_line(report))
+
+
+def render(report: Report, *, quiet: bool = False) -> str:
+    """The text report as plain text (no colour, no wrapping): what assertion and callback messages show."""
+    buffer = io.StringIO()
+    print_report(report, Console(file=buffer, no_color=True, highlight=False, soft_wrap=True, width=200), quiet=quiet)
+    return buffer.getvalue()
 
 
 def _print_result(result: TargetResult, console: Console, *, verbose: bool, quiet: bool = False, diff: bool = False) -> None:
