@@ -272,18 +272,24 @@ def _kwargs(text: str | None) -> dict[str, Any]:
 
 @rules_app.command("rules")
 def list_rules(
-    output_format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    output_format: Annotated[str, typer.Option("--format", help="text (a table), markdown (every rule's page) or json (every rule's page as data).")] = "text",
 ) -> None:
     """Table of every rule: code, name, severity, fixable, what it flags."""
     from rich.table import Table
 
+    from auditor import rule_pages
     from auditor.rule import all_rules
 
     rules = all_rules()
     if output_format == "json":
-        records = [{"code": r.code, "name": r.name, "severity": str(r.severity), "fixable": r.fixable, "scope": r.scope, "summary": r.summary} for r in rules]
-        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+        sys.stdout.write(json.dumps([rule_pages.record(r) for r in rules], indent=2) + "\n")
         return
+    if output_format == "markdown":
+        sys.stdout.write(rule_pages.markdown(rules))
+        return
+    if output_format != "text":
+        Console(stderr=True, soft_wrap=True).print(f"audit: error: --format {output_format!r}: expected text, markdown or json", style="red", markup=False)
+        raise typer.Exit(2)
     table = Table(box=None, header_style="bold")
     for column in ("code", "name", "severity", "fix", "scope"):
         table.add_column(column, no_wrap=True)
@@ -302,15 +308,14 @@ def explain(code: Annotated[str, typer.Argument(help="A rule code (DRO001) or na
     from rich.markdown import Markdown
 
     from auditor.rule import find_rule
+    from auditor.rule_pages import page
 
     rule = find_rule(code)
     if rule is None:
         Console(stderr=True, soft_wrap=True).print(f"audit: error: unknown rule {code!r} (see `audit rules`)", style="red", markup=False)
         raise typer.Exit(2)
     console = Console(highlight=False)
-    header = f"# {rule.code} {rule.name} ({rule.severity}{', fixable' if rule.fixable else ''})\n\n{rule.summary}\n\n"
-    body = "\n\n".join(f"## {title}\n\n{text}" for title, text in rule.doc_sections().items())
     if console.is_terminal:
-        console.print(Markdown(header + body))
+        console.print(Markdown(page(rule)))
     else:
-        sys.stdout.write(header + body + "\n")
+        sys.stdout.write(page(rule))
