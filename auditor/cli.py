@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
 
 from auditor import __version__
+from auditor import baseline as baselines
 from auditor.config import Config, find_pyproject, load_config, validate_settings
 from auditor.errors import UsageError
 from auditor.findings import Report, Severity
@@ -61,6 +62,8 @@ def audit(
     select: Annotated[Optional[list[str]], typer.Option("--select", help="Codes, prefixes or ALL (comma-separated).", show_default=False)] = None,
     ignore: Annotated[Optional[list[str]], typer.Option("--ignore", help="Codes or prefixes to skip (comma-separated).", show_default=False)] = None,
     fail_on: Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 on findings at or above: error (default), warning or info.", show_default=False)] = None,
+    baseline_file: Annotated[Optional[Path], typer.Option("--baseline", help="Findings recorded in this file (by --write-baseline) do not count; only new ones are reported. Default: `baseline` in [tool.auditor].", show_default=False)] = None,
+    write_baseline: Annotated[Optional[Path], typer.Option("--write-baseline", help="Record the current findings in this file and exit 0.", show_default=False)] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="Config file (default: [tool.auditor] in the nearest pyproject.toml).", show_default=False)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda when available).", show_default=False)] = None,
     clip_norm: Annotated[Optional[float], typer.Option("--clip-norm", help="With --probe: the gradient-clipping threshold to evaluate.", show_default=False)] = None,
@@ -81,10 +84,18 @@ def audit(
         target_list, base = _targets(targets, config)
         if options.fix is not None and options.fix.out is not None:
             _check_out(options.fix.out, [t.target for t in target_list])
+        baseline_path = None if write_baseline is not None else baseline_file or config.baseline
+        recorded = baselines.load(baseline_path) if baseline_path is not None else None
     except UsageError as exc:
-        err.print(f"audit: error: {exc}", style="red", highlight=False, markup=False)
-        raise typer.Exit(2) from None
+        _usage_error(err, exc)
     report = _run(target_list, base, options, config, err, quiet or output_format != "text")
+    if write_baseline is not None:
+        try:
+            written = baselines.write(report, write_baseline)
+        except UsageError as exc:
+            _usage_error(err, exc)
+    elif recorded is not None:
+        baselines.apply(report, recorded, baseline_path, options)
     _emit(report, output_format, quiet, verbose, diff=options.fix is not None and options.fix.diff)
     if options.plot is not None:
         _plot(report, options.plot, err)
@@ -92,7 +103,15 @@ def audit(
         err.print(f"audit: error: {result.target}: {result.error}", style="red", highlight=False, markup=False)
         if result.traceback:
             err.print(result.traceback, highlight=False, markup=False)
+    if write_baseline is not None:
+        err.print(f"audit: recorded {written} finding{'s' if written != 1 else ''} in the baseline {write_baseline}", highlight=False, markup=False)
+        raise typer.Exit(2 if report.failed_targets else 0)
     raise typer.Exit(report.exit_code(options.fail_on))
+
+
+def _usage_error(err: Console, exc: UsageError) -> NoReturn:
+    err.print(f"audit: error: {exc}", style="red", highlight=False, markup=False)
+    raise typer.Exit(2) from None
 
 
 def _run(targets: list[Any], base: Path | None, options: Options, config: Config, err: Console, silent: bool) -> Report:

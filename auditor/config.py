@@ -18,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-KNOWN_KEYS = {"select", "ignore", "fail-on", "targets", "per-module-ignores", "settings", "exclude", "device"}
+KNOWN_KEYS = {"select", "ignore", "fail-on", "targets", "per-module-ignores", "settings", "exclude", "device", "baseline"}
 TARGET_KEYS = {"target", "kwargs", "input"}
 DEFAULT_EXCLUDE = [".git", ".hg", ".venv", "venv", "env", "__pycache__", "build", "dist", "site-packages", "node_modules", ".tox", ".nox", ".eggs"]
 
@@ -42,6 +42,7 @@ class Config:
     settings: dict[str, Any] = field(default_factory=dict)
     exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     device: str | None = None
+    baseline: Path | None = None  # `baseline = "FILE"`, resolved against the config file's folder
     path: Path | None = None  # the file it came from; target paths are relative to its folder
 
 
@@ -95,6 +96,8 @@ def parse_table(table: dict[str, Any], path: Path) -> Config:
         config.device = _string(table["device"], "device", where)
         if config.device not in ("cpu", "cuda"):
             raise UsageError(f"device {where}: expected 'cpu' or 'cuda', got {config.device!r}")
+    if "baseline" in table:
+        config.baseline = path.parent / _string(table["baseline"], "baseline", where)
     if "per-module-ignores" in table:
         ignores = table["per-module-ignores"]
         if not isinstance(ignores, dict):

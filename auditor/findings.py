@@ -42,10 +42,12 @@ class Finding:
     line: int | None = None
     fixable: bool = False
     hint: str | None = None  # the imperative fix title shown to people; not part of the JSON record
+    key: str | None = None  # what tells it apart from the rule's other findings in one module (baseline fingerprints)
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
         record.pop("hint")
+        record.pop("key")
         record["severity"] = str(self.severity)
         return record
 
@@ -107,6 +109,7 @@ class Report:
     """Everything one `audit` run found, in target order."""
 
     results: list[TargetResult] = field(default_factory=list)
+    baseline: Any = None  # auditor.baseline.Outcome with --baseline: what it hid, which entries are stale
 
     @property
     def findings(self) -> list[Finding]:

@@ -70,8 +70,11 @@ class Rule:
         file: str | None = None,
         line: int | None = None,
         fixable: bool | None = None,
+        key: str | None = None,
     ) -> Finding:
-        """Build a finding of this rule, located at a graph node or at an explicit file and line."""
+        """Build a finding of this rule, located at a graph node or at an explicit file and line. `key` tells
+        findings of this rule in one module apart for baselines (default: for a functional op, the op and what
+        it reads), so it must not depend on line numbers or measured values."""
         if at is not None:
             module = at.module if module is None else module
             file = at.file if file is None else file
@@ -87,12 +90,29 @@ class Rule:
             line=line,
             fixable=self.fixable if fixable is None else fixable,
             hint=self.fix_title,
+            key=key if key is not None else call_key(at),
         )
 
     @classmethod
     def doc_sections(cls) -> dict[str, str]:
         """The docstring split into its `## Heading` sections."""
         return parse_doc(cls.__doc__ or "")
+
+
+def call_key(at: Any) -> str | None:
+    """`add(block2.bn2, relu@block1)`: a functional op and its operands (modules by name, ops by op and owner),
+    which survives moved lines and renumbered nodes."""
+    if getattr(at, "kind", None) != "call":
+        return None
+    return f"{at.op}({', '.join(_operand(i) for i in at.inputs)})"
+
+
+def _operand(node: Any) -> str:
+    if node.kind == "module":
+        return str(node.module)
+    if node.kind in ("input", "param"):
+        return f"{node.kind}:{node.target}"
+    return f"{node.op}@{node.module or ''}"
 
 
 def parse_doc(doc: str) -> dict[str, str]:

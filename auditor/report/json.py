@@ -9,12 +9,15 @@ from auditor.findings import Report
 
 
 def document(report: Report) -> dict:
-    return {
+    record = {
         "version": 1,
         "tool": {"name": "auditor", "version": __version__},
         "results": [r.to_json() for r in report.results],
         "summary": report.summary(),
     }
+    if report.baseline is not None:  # --baseline: how many findings it hid, which entries are stale
+        record["baseline"] = report.baseline.to_json()
+    return record
 
 
 def render(report: Report) -> str:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from auditor import __version__
+from auditor.baseline import fingerprint, portable
 from auditor.findings import Finding, Report, Severity
 from auditor.rule import Rule, all_rules
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+FINGERPRINT_KEY = "auditorFingerprint/v1"
 _LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
 
 
@@ -62,6 +65,8 @@ def _result(finding: Finding, index: dict[str, int], target: str) -> dict[str, A
         "level": _LEVEL[finding.severity],
         "message": {"text": finding.message},
         "locations": [location],
+        # the baseline's fingerprint, with the target relative to the working directory (as artifact URIs are)
+        "partialFingerprints": {FINGERPRINT_KEY: fingerprint(finding, portable(target, Path.cwd()))},
     }
     if finding.code in index:
         result["ruleIndex"] = index[finding.code]

@@ -27,6 +27,9 @@ def print_report(report: Report, console: Console, *, quiet: bool = False, verbo
         if fixes is not None:
             console.print(fixes)
         console.print(summary_line(report))
+        stale = stale_note(report)
+        if stale is not None:
+            console.print(stale)
 
 
 def render(report: Report, *, quiet: bool = False) -> str:
@@ -124,9 +127,11 @@ def summary_line(report: Report) -> Text:
     targets = counts["targets"]
     total = counts["error"] + counts["warning"] + counts["info"]
     text = Text()
+    hidden = report.baseline.hidden if report.baseline is not None else 0
     if total == 0 and not failed:
         text.append("All checks passed!", style="bold green")
-        text.append(f" ({_plural(targets, 'target')} audited)", style="dim")
+        also = f"; {_plural(hidden, 'finding')} hidden by the baseline" if hidden else ""
+        text.append(f" ({_plural(targets, 'target')} audited{also})", style="dim")
         return text
     parts = [
         (counts["error"], "error", STYLE[Severity.ERROR]),
@@ -143,8 +148,23 @@ def summary_line(report: Report) -> Text:
     fixable = sum(1 for f in report.findings if f.fixable)
     if fixable:
         text.append(f"; {fixable} fixable with `audit --fix`", style="dim")
+    if hidden:
+        text.append(f"; {hidden} hidden by the baseline", style="dim")
     text.append(".")
     return text
+
+
+def stale_note(report: Report, shown: int = 5) -> Text | None:
+    """Baseline entries this run no longer finds (fixed since): listed, with how to drop them."""
+    if report.baseline is None or not report.baseline.stale:
+        return None
+    stale = report.baseline.stale
+    count = sum(e.count for e in stale)
+    names = [f"{e.code} in {e.target}" + (f" [{e.module or '<root>'}]" if e.module is not None else "") for e in stale[:shown]]
+    more = f", ... ({len(stale) - shown} more)" if len(stale) > shown else ""
+    file = report.baseline.file
+    return Text(f"note: {count} baseline {'entry' if count == 1 else 'entries'} no longer found (fixed since?): {', '.join(names)}{more}; "
+                f"`--write-baseline {file}` drops {'it' if count == 1 else 'them'}", style="dim")
 
 
 def _plural(count: int, noun: str) -> str:
