@@ -1,4 +1,4 @@
-"""Opt-in markers: slow and zoo tests run only when asked; cuda tests only where a GPU is present."""
+"""Opt-in markers: slow, zoo and integrations tests run only when asked; cuda tests only where a GPU is present."""
 
 from __future__ import annotations
 
@@ -8,17 +8,19 @@ import pytest
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run tests marked slow")
     parser.addoption("--run-zoo", action="store_true", help="run the model-zoo tests (needs the zoo extra)")
+    parser.addoption("--run-integrations", action="store_true", help="run the Lightning and Trainer callback tests (needs the lightning and transformers extras)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skips = {
         "slow": (config.getoption("--run-slow"), "slow: pass --run-slow"),
         "zoo": (config.getoption("--run-zoo"), "zoo: pass --run-zoo (and install .[zoo])"),
+        "integrations": (config.getoption("--run-integrations"), "integrations: pass --run-integrations (and install .[lightning,transformers])"),
     }
     cuda = None
     for item in items:
         for marker, (enabled, reason) in skips.items():
-            if marker in item.keywords and not enabled:
+            if item.get_closest_marker(marker) is not None and not enabled:  # not keywords: folder names are keywords too
                 item.add_marker(pytest.mark.skip(reason=reason))
         if "cuda" in item.keywords:
             if cuda is None:

@@ -233,7 +233,8 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _loss_name(loss: Any) -> str:
-    name = getattr(loss, "__name__", "")
+    """How the probe summary names a given loss: `training_step`, `focal` (from `focal_loss`), else "given"."""
+    name = getattr(loss, "__name__", "").removesuffix("_loss")
     return name if name.isidentifier() else "given"
 
 

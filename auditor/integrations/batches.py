@@ -1,0 +1,77 @@
+"""From a training batch to the forward's inputs, without guessing shapes: the batch is real data.
+
+The rule (documented in the README):
+- a mapping (`{"input_ids": ..., "labels": ...}`) is passed by keyword: each key that names a parameter of the
+  forward fills it; other keys (ids, raw text) are left out;
+- a tensor is the one input;
+- a tuple or list `(x, y)` gives its leading items to the forward's required positional parameters (at least
+  one): `forward(x)` gets `x`, `forward(x, mask)` gets `x, mask`; the rest (targets) are left out.
+A caller with another layout passes its own function from the batch to the inputs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from auditor.prepare import model_device
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def forward_inputs(model: nn.Module, batch: Any) -> tuple[Any, ...]:
+    """The positional arguments of `model`'s forward taken from `batch`, on the model's device."""
+    if isinstance(batch, Mapping):
+        inputs = keyword_inputs(model, batch)
+    elif isinstance(batch, torch.Tensor):
+        inputs = (batch,)
+    elif isinstance(batch, (tuple, list)):
+        inputs = leading_inputs(model, batch)
+    else:
+        raise ValueError(f"a {type(batch).__name__} batch cannot be split into forward inputs; pass inputs=(a function from the batch to them)")
+    return to_device(inputs, model_device(model))
+
+
+def keyword_inputs(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The batch's entries bound by name to the forward's parameters, as positional arguments: the parameters
+    between them keep their defaults (the audit's captures take positional inputs)."""
+    parameters = inspect.signature(model.forward).parameters
+    keyword_only = [k for k in batch if k in parameters and parameters[k].kind is inspect.Parameter.KEYWORD_ONLY]
+    if keyword_only:
+        raise ValueError(f"the forward takes `{keyword_only[0]}` only by keyword; pass inputs=(a function from the batch to the inputs)")
+    positional = [p for p in parameters.values() if p.kind in _POSITIONAL]
+    used = [i for i, p in enumerate(positional) if p.name in batch]
+    if not used:
+        raise ValueError(f"no key of the batch ({', '.join(map(str, batch))}) names a parameter of the forward")
+    inputs = []
+    for parameter in positional[: used[-1] + 1]:
+        if parameter.name in batch:
+            inputs.append(batch[parameter.name])
+        elif parameter.default is inspect.Parameter.empty:
+            raise ValueError(f"the batch has no `{parameter.name}` for the forward's required argument")
+        else:
+            inputs.append(parameter.default)
+    return tuple(inputs)
+
+
+def leading_inputs(model: nn.Module, batch: tuple[Any, ...] | list[Any]) -> tuple[Any, ...]:
+    """The batch's leading items, one per required positional parameter of the forward (at least one)."""
+    required = [p for p in inspect.signature(model.forward).parameters.values() if p.kind in _POSITIONAL and p.default is inspect.Parameter.empty]
+    count = max(1, len(required))
+    if len(batch) < count:
+        raise ValueError(f"the batch has {len(batch)} item{'s' if len(batch) != 1 else ''}, the forward requires {count}; pass inputs=(a function from the batch to the inputs)")
+    return tuple(batch[:count])
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """Tensors (also inside tuples, lists and dicts) moved to `device`; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value

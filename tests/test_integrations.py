@@ -1,0 +1,208 @@
+"""The training callbacks in real runs: a Lightning fit and a Hugging Face Trainer run on CPU, stopped by a
+dropout before its activation, and training normally (same weights as without the callback) on a clean model.
+
+Opt-in: `pip install -e .[lightning,transformers]`, then `pytest tests/test_integrations.py --run-integrations`
+(about a minute on a loaded 2-core machine).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+pytestmark = pytest.mark.integrations
+
+
+def first_line_of(path: str, text: str) -> int:
+    return next(i for i, line in enumerate(Path(path).read_text().splitlines(), 1) if text in line)
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# --- PyTorch Lightning -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pl():
+    return pytest.importorskip("lightning.pytorch")
+
+
+def lightning_module(pl, faulty: bool):
+    class Classifier(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(8, 32)
+            self.drop = nn.Dropout(0.3)
+            self.act = nn.Tanh()
+            self.fc2 = nn.Linear(32, 3)
+
+        def forward(self, x):
+            h = self.fc1(x)
+            h = self.act(self.drop(h)) if faulty else self.drop(self.act(h))
+            return self.fc2(h)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = F.cross_entropy(self(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    torch.manual_seed(0)
+    return Classifier()
+
+
+def fit(pl, model, callbacks, tmp_path: Path):
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(64, 8, generator=generator), torch.randint(0, 3, (64,), generator=generator))
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path), log_every_n_steps=1,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+    )
+    torch.manual_seed(1)  # the same shuffling and dropout masks in every fit
+    trainer.fit(model, DataLoader(data, batch_size=16, shuffle=True))
+    return trainer
+
+
+def test_lightning_fit_stops_on_dropout_before_activation(pl, tmp_path: Path) -> None:
+    from auditor.integrations.lightning import AuditCallback, AuditFailed
+
+    model = lightning_module(pl, faulty=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(AuditFailed) as raised:
+        fit(pl, model, [AuditCallback(fail_on="warning")], tmp_path)
+    line = first_line_of(__file__, "self.drop = nn.Dropout(0.3)")
+    message = str(raised.value)
+    assert message.startswith("Classifier has 1 audit finding at or above warning:")
+    assert f"test_integrations.py:{line} warning DRO001 [drop] Dropout `drop` feeds Tanh `act`" in message
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # stopped before any step
+    assert [f.code for f in raised.value.report.findings] == ["DRO001"]
+
+
+def test_lightning_default_fail_on_reports_the_warning_and_trains(pl, tmp_path: Path, capsys) -> None:
+    from auditor.integrations.lightning import AuditCallback
+
+    model = lightning_module(pl, faulty=True)
+    trainer = fit(pl, model, [AuditCallback()], tmp_path)
+    assert trainer.global_step == 4
+    out = capsys.readouterr().out
+    assert "auditor: Classifier on the first training batch" in out and "warning DRO001 [drop]" in out
+
+
+def test_lightning_clean_model_trains_as_without_the_callback(pl, tmp_path: Path) -> None:
+    from auditor.integrations.lightning import AuditCallback
+
+    audited, plain = lightning_module(pl, faulty=False), lightning_module(pl, faulty=False)
+    callback = AuditCallback(fail_on="warning", probe=True)
+    trainer = fit(pl, audited, [callback], tmp_path / "audited")
+    fit(pl, plain, [], tmp_path / "plain")
+    assert trainer.global_step == 4
+    assert same_weights(audited, plain)  # the audit and its probes changed neither the model nor the RNG
+    result = callback.report.results[0]
+    assert result.findings == [] and result.probes["loss"] == "training_step" and result.probes["notes"] == []
+    [metrics_file] = (tmp_path / "audited").rglob("metrics.csv")
+    rows = list(csv.DictReader(metrics_file.open()))
+    assert float(rows[0]["audit/grad_norm/fc1"]) > 0 and float(rows[0]["audit/warning"]) == 0
+
+
+# --- Hugging Face Trainer ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hf():
+    pytest.importorskip("accelerate")
+    return pytest.importorskip("transformers")
+
+
+class FeatureClassifier(nn.Module):
+    """A model as the Trainer takes it: keyword inputs, a dict with the loss when labels are given."""
+
+    def __init__(self, faulty: bool) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 32)
+        self.drop = nn.Dropout(0.25)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(32, 3)
+        self.faulty = faulty
+
+    def forward(self, features, labels=None):
+        h = self.fc1(features)
+        h = self.act(self.drop(h)) if self.faulty else self.drop(self.act(h))
+        logits = self.fc2(h)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return {"loss": loss, "logits": logits}
+
+
+class FeatureData(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(32, 8, generator=generator), torch.randint(0, 3, (32,), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"features": self.x[i], "labels": self.y[i]}
+
+
+class TokenData(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.ids, self.y = torch.randint(0, 100, (32, 12), generator=generator), torch.randint(0, 3, (32,), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(12, dtype=torch.long), "labels": self.y[i]}
+
+
+def train(hf, model, data, callbacks, tmp_path: Path):
+    args = hf.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=1, report_to=[], use_cpu=True,
+        save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0,
+    )
+    trainer = hf.Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
+    trainer.train()
+    return trainer
+
+
+def test_trainer_run_stops_on_dropout_before_activation(hf, tmp_path: Path) -> None:
+    from auditor.integrations.transformers import AuditCallback, AuditFailed
+
+    torch.manual_seed(0)
+    model = FeatureClassifier(faulty=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(AuditFailed) as raised:
+        train(hf, model, FeatureData(), [AuditCallback(fail_on="warning")], tmp_path)
+    line = first_line_of(__file__, "self.drop = nn.Dropout(0.25)")
+    message = str(raised.value)
+    assert message.startswith("FeatureClassifier has 1 audit finding at or above warning:")
+    assert f"test_integrations.py:{line} warning DRO001 [drop] Dropout `drop` feeds GELU `act`" in message
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_trainer_run_of_a_clean_transformer_trains_as_without_the_callback(hf, tmp_path: Path) -> None:
+    from auditor.integrations.transformers import AuditCallback
+
+    config = hf.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=32, num_labels=3)
+    torch.manual_seed(0)
+    audited = hf.BertForSequenceClassification(config)
+    torch.manual_seed(0)
+    plain = hf.BertForSequenceClassification(config)
+    callback = AuditCallback(fail_on="warning", probe=True)
+    trainer = train(hf, audited, TokenData(), [callback], tmp_path / "audited")
+    train(hf, plain, TokenData(), [], tmp_path / "plain")
+    assert trainer.state.global_step == 4
+    assert same_weights(audited, plain)
+    result = callback.report.results[0]
+    assert result.status == "ok" and [f for f in result.findings if f.severity >= 2] == []
+    assert result.probes["loss"] == "model"  # the model's own loss on the batch's labels
