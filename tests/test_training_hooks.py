@@ -70,6 +70,14 @@ def test_a_tuple_batch_gives_its_leading_items_to_the_required_parameters() -> N
     assert forward_inputs(Classifier(), tensor) == (tensor,)
 
 
+def test_a_callers_own_split_gives_all_the_inputs() -> None:
+    x, mask = torch.randn(3, 4), torch.ones(3, 4)
+    batch = {"image": x, "mask": mask, "label": torch.zeros(3)}
+    assert forward_inputs(TwoInputs(), batch, lambda b: (b["image"], b["mask"], 2.0)) == (x, mask, 2.0)
+    assert forward_inputs(TwoInputs(), batch, lambda b: {"mask": b["mask"], "x": b["image"]}) == (x, mask)
+    assert forward_inputs(Classifier(), batch, lambda b: b["image"]) == (x,)
+
+
 @pytest.mark.parametrize(("batch", "message"), [
     ({"tokens": torch.zeros(1)}, "no key of the batch (tokens) names a parameter of the forward"),
     ({"attention_mask": torch.ones(1, 2)}, "the batch has no `input_ids` for the forward's required argument"),
@@ -125,16 +133,16 @@ def test_a_plain_loss_function_names_itself() -> None:
 
 def test_training_audit_raises_with_the_findings_at_or_above_fail_on(capsys) -> None:
     faulty = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.2), nn.Tanh(), nn.Linear(8, 2))
-    gate = TrainingAudit("warning", probe=False, select=None, ignore=None)
-    report = gate.run(faulty, (torch.randn(4, 8),))
+    gate = TrainingAudit("warning")
+    report = gate.audit_batch(faulty, torch.randn(4, 8))
     with pytest.raises(AuditFailed) as raised:
         gate.finish(report, "Sequential")
     assert "warning DRO001 [1]" in str(raised.value) and raised.value.report is report
     assert capsys.readouterr().out == ""  # the findings are in the exception, not printed twice
-    TrainingAudit("error", probe=False, select=None, ignore=None).finish(report, "Sequential")
+    TrainingAudit("error").finish(report, "Sequential")
     assert "auditor: Sequential on the first training batch" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown severity"):
-        TrainingAudit("fatal", probe=False, select=None, ignore=None)
+        TrainingAudit("fatal")
 
 
 def test_metrics_for_a_logger() -> None:

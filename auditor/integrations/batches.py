@@ -12,7 +12,7 @@ A caller with another layout passes its own function from the batch to the input
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -22,9 +22,13 @@ from auditor.prepare import model_device
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
-def forward_inputs(model: nn.Module, batch: Any) -> tuple[Any, ...]:
-    """The positional arguments of `model`'s forward taken from `batch`, on the model's device."""
-    if isinstance(batch, Mapping):
+def forward_inputs(model: nn.Module, batch: Any, choose: Callable[[Any], Any] | None = None) -> tuple[Any, ...]:
+    """The positional arguments of `model`'s forward taken from `batch`, on the model's device. `choose(batch)`:
+    the caller's own split, returning the inputs as a tuple (all of them), a dict (by name) or one tensor."""
+    if choose is not None:
+        chosen = choose(batch)
+        inputs = keyword_inputs(model, chosen) if isinstance(chosen, Mapping) else chosen if isinstance(chosen, tuple) else (chosen,)
+    elif isinstance(batch, Mapping):
         inputs = keyword_inputs(model, batch)
     elif isinstance(batch, torch.Tensor):
         inputs = (batch,)

@@ -16,10 +16,8 @@ Needs `lightning` (or the older `pytorch_lightning`): `pip install auditor[light
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from auditor.findings import Severity
-from auditor.integrations.batches import forward_inputs, to_device
 from auditor.integrations.training import AuditFailed, StepLoss, TrainingAudit, metrics
 
 try:
@@ -33,23 +31,12 @@ except ImportError:  # pragma: no cover - the pre-2.0 package name
 __all__ = ["AuditCallback", "AuditFailed"]
 
 
-class AuditCallback(Callback):
-    """Audit the LightningModule on its first training batch; raise AuditFailed (the findings in its message)
-    when one is at or above `fail_on`. `report` holds the last audit's Report."""
+class AuditCallback(TrainingAudit, Callback):
+    """`AuditCallback(fail_on="error", probe=False, select=None, ignore=None, *, inputs=None)`: audit the
+    LightningModule on its first training batch; raise AuditFailed (the findings in its message) when one is at
+    or above `fail_on`. `report` holds the last audit's Report."""
 
-    def __init__(
-        self,
-        fail_on: str | Severity = "error",
-        probe: bool = False,
-        select: Iterable[str] | None = None,
-        ignore: Iterable[str] | None = None,
-        *,
-        inputs: Callable[[Any], Any] | None = None,
-    ) -> None:
-        self.audit = TrainingAudit(fail_on, probe, select, ignore)
-        self.inputs = inputs
-        self.report = None
-        self._pending = True
+    _pending = True
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._pending = True
@@ -58,14 +45,7 @@ class AuditCallback(Callback):
         if not self._pending:
             return
         self._pending = False
-        inputs = self._inputs(pl_module, batch)
-        self.report = self.audit.run(pl_module, inputs, StepLoss(lambda copy: copy.training_step(batch, batch_idx), "training_step"))
+        report = self.audit_batch(pl_module, batch, StepLoss(lambda copy: copy.training_step(batch, batch_idx), "training_step"))
         for logger in trainer.loggers:
-            logger.log_metrics(metrics(self.report), step=trainer.global_step)
-        self.audit.finish(self.report, type(pl_module).__name__, show=trainer.is_global_zero)
-
-    def _inputs(self, pl_module: LightningModule, batch: Any) -> tuple[Any, ...]:
-        if self.inputs is None:
-            return forward_inputs(pl_module, batch)
-        given = self.inputs(batch)
-        return to_device(given if isinstance(given, tuple) else (given,), pl_module.device)
+            logger.log_metrics(metrics(report), step=trainer.global_step)
+        self.finish(report, type(pl_module).__name__, show=trainer.is_global_zero)

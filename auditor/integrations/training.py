@@ -24,19 +24,35 @@ class AuditFailed(RuntimeError):
 
 
 class TrainingAudit:
-    """The callbacks' shared settings and steps. `fail_on` is checked when the callback is built, so a typo
-    fails before any training starts."""
+    """The base of both callbacks: their arguments and what they do with a batch. `fail_on` is checked when the
+    callback is built, so a typo fails before any training starts. `inputs(batch)`: the caller's own split of a
+    batch into forward inputs (see `batches.forward_inputs`). `report`: the last audit's Report."""
 
-    def __init__(self, fail_on: str | Severity, probe: bool, select: Iterable[str] | None, ignore: Iterable[str] | None) -> None:
+    def __init__(
+        self,
+        fail_on: str | Severity = "error",
+        probe: bool = False,
+        select: Iterable[str] | None = None,
+        ignore: Iterable[str] | None = None,
+        *,
+        inputs: Callable[[Any], Any] | None = None,
+    ) -> None:
+        super().__init__()
         self.fail_on = threshold(fail_on)
         self.probe = probe
         self.select = list(select) if select is not None else None
         self.ignore = list(ignore) if ignore is not None else None
+        self.inputs = inputs
+        self.report: Report | None = None
 
-    def run(self, model: nn.Module, inputs: tuple[Any, ...], loss: Callable[[nn.Module, Any], torch.Tensor] | None = None) -> Report:
+    def audit_batch(self, model: nn.Module, batch: Any, loss: Callable[[nn.Module, Any], torch.Tensor] | None = None) -> Report:
+        """Audit `model` on the forward inputs in `batch` (`loss`: the probes' training loss, with probe=True)."""
         from auditor.api import audit
+        from auditor.integrations.batches import forward_inputs
 
-        return audit(model, inputs, probe=self.probe, select=self.select, ignore=self.ignore, loss=loss if self.probe else None)
+        inputs = forward_inputs(model, batch, self.inputs)
+        self.report = audit(model, inputs, probe=self.probe, select=self.select, ignore=self.ignore, loss=loss if self.probe else None)
+        return self.report
 
     def finish(self, report: Report, subject: str, *, show: bool = True) -> None:
         """Raise AuditFailed when a finding is at or above `fail_on` (its message is the report of those);

@@ -14,10 +14,8 @@ Needs `transformers` and `accelerate`: `pip install auditor[transformers]`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Mapping
 
-from auditor.findings import Severity
-from auditor.integrations.batches import forward_inputs, to_device
 from auditor.integrations.training import AuditFailed, TrainingAudit
 
 try:
@@ -28,34 +26,16 @@ except ImportError:  # pragma: no cover - exercised without transformers only
 __all__ = ["AuditCallback", "AuditFailed"]
 
 
-class AuditCallback(TrainerCallback):
-    """Audit the model on the first training batch at `on_train_begin`; raise AuditFailed (the findings in its
-    message) when one is at or above `fail_on`. `report` holds the last audit's Report."""
-
-    def __init__(
-        self,
-        fail_on: str | Severity = "error",
-        probe: bool = False,
-        select: Iterable[str] | None = None,
-        ignore: Iterable[str] | None = None,
-        *,
-        inputs: Callable[[Any], Any] | None = None,
-    ) -> None:
-        self.audit = TrainingAudit(fail_on, probe, select, ignore)
-        self.inputs = inputs
-        self.report = None
+class AuditCallback(TrainingAudit, TrainerCallback):
+    """`AuditCallback(fail_on="error", probe=False, select=None, ignore=None, *, inputs=None)`: audit the model
+    on the first training batch at `on_train_begin`; raise AuditFailed (the findings in its message) when one is
+    at or above `fail_on`. `report` holds the last audit's Report."""
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, train_dataloader: Any = None, **kwargs: Any) -> None:
         if model is None or train_dataloader is None:
             raise RuntimeError("auditor: the Trainer passed no model or train dataloader to on_train_begin")
-        batch = first_batch(model, train_dataloader)
-        if self.inputs is not None:
-            given = self.inputs(batch)
-            inputs = to_device(given if isinstance(given, tuple) else (given,), model.device)
-        else:
-            inputs = forward_inputs(model, batch)
-        self.report = self.audit.run(model, inputs, model_loss)
-        self.audit.finish(self.report, type(model).__name__, show=state.is_world_process_zero)
+        report = self.audit_batch(model, first_batch(model, train_dataloader), model_loss)
+        self.finish(report, type(model).__name__, show=state.is_world_process_zero)
 
 
 def first_batch(model: Any, dataloader: Any) -> Any:
