@@ -127,7 +127,7 @@ class Measurements:
 
     device: str
     mode: str  # "train", or "eval" when the model cannot run a training-mode forward on these inputs
-    loss: str  # the surrogate loss: "cross_entropy", "mse" or "output"
+    loss: str  # the surrogate loss: "cross_entropy", "mse" or "output"; or a given loss's name ("training_step")
     passes: int
     layers: list[LayerStats] = field(default_factory=list)
     output_std: float | None = None

@@ -40,8 +40,8 @@ class Task:
         return tuple(_resample(t, generator) if isinstance(t, torch.Tensor) else t for t in self.inputs)
 
     def loss(self, output: Any, index: int) -> torch.Tensor:
-        """The surrogate loss of `output` (labels and targets seeded by `index`), computed in float64 so that an
-        exploding output gives a huge loss, not an overflow of the loss itself."""
+        """The given training loss of `output`, else the surrogate one (labels and targets seeded by `index`),
+        computed in float64 so that an exploding output gives a huge loss, not an overflow of the loss itself."""
         if self.given is not None:
             try:
                 value = self.given(output)
