@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from auditor.baseline import Outcome
 
 
 class Severity(enum.IntEnum):
@@ -109,7 +112,7 @@ class Report:
     """Everything one `audit` run found, in target order."""
 
     results: list[TargetResult] = field(default_factory=list)
-    baseline: Any = None  # auditor.baseline.Outcome with --baseline: what it hid, which entries are stale
+    baseline: Outcome | None = None  # with --baseline: what it hid, which entries are stale
 
     @property
     def findings(self) -> list[Finding]:
