@@ -104,7 +104,7 @@ class Engine:
         started = time.perf_counter()
         place_on_device(loaded, self.options.device)
         graph, inputs = capture_model(loaded, self.options.inputs or loaded.inputs, self.options.capture, loaded.example_inputs)
-        result = TargetResult(target=loaded.label, capture=CaptureInfo(graph.method, len(graph), list(graph.notes)))
+        result = TargetResult(target=loaded.label, capture=CaptureInfo(graph.method, len(graph), list(graph.notes), graph.stopped))
         findings = run_graph_rules(graph, self.options, result.capture.notes)
         if self.options.probe:
             findings += run_probes(loaded.model, inputs, graph, self.options, result)

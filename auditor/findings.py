@@ -73,6 +73,7 @@ class CaptureInfo:
     method: str  # "fx", "export" or "hooks"
     nodes: int
     notes: list[str] = field(default_factory=list)
+    stopped: str | None = None  # a partial graph: the note saying where the forward pass stopped (one of `notes`)
 
     def to_json(self) -> dict[str, Any]:
         return {"method": self.method, "nodes": self.nodes, "notes": list(self.notes)}

@@ -50,16 +50,26 @@ def capture_model(
         return _capture(loaded, inputs, device, source, methods)
     candidates = infer_candidates(loaded.model)
     first_failure: ForwardFailure | None = None
+    partial: tuple[AuditGraph, tuple[Any, ...], list[InputSpec]] | None = None
     for tried in candidates:
         try:
             graph, inputs = _capture(loaded, make_inputs(tried, loaded.model), device, _shapes(tried), methods, raise_forward=True)
         except ForwardFailure as failure:
             first_failure = first_failure or failure
             continue
-        graph.notes.append(f"input inferred as {_shapes(tried)}; pass --input to choose another")
-        return graph, inputs
+        if graph.stopped is not None:  # perhaps a wrong guess: an input the whole forward runs on comes first
+            partial = partial or (graph, inputs, tried)
+            continue
+        return _inferred(graph, inputs, tried)
+    if partial is not None:
+        return _inferred(*partial)
     tried_all = "; ".join(_shapes(c) for c in candidates)
     raise TargetError(f"forward failed on every inferred input ({tried_all}), first with {first_failure}; pass --input SPEC")
+
+
+def _inferred(graph: AuditGraph, inputs: tuple[Any, ...], tried: list[InputSpec]) -> tuple[AuditGraph, tuple[Any, ...]]:
+    graph.notes.append(f"input inferred as {_shapes(tried)}; pass --input to choose another")
+    return graph, inputs
 
 
 def _capture(

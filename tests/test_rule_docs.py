@@ -34,6 +34,7 @@ CATALOG = {
     "RES001": ("residual-shape-mismatch", Severity.ERROR),
     "RES002": ("residual-broadcast", Severity.ERROR),
     "RES003": ("deep-plain-stack", Severity.WARNING),
+    "RES004": ("skip-concat-mismatch", Severity.ERROR),
     "INI001": ("init-scale", Severity.WARNING),
     "INI002": ("recurrent-init-not-orthogonal", Severity.INFO),
     "INI003": ("constant-init", Severity.ERROR),

@@ -4,6 +4,11 @@ Export traces inside torch.nn composites (nn.TransformerEncoderLayer) and throug
 Its graph holds aten ops; the ops of one call of an atomic module (a Conv2d's conv2d, an LSTM's lstm and
 getitems) are folded into one MODULE node, so rules see the same graph as with fx. Shapes come from the
 FakeTensor in each node's `meta["val"]`; rules run before any decomposition (which would erase eval dropout).
+
+A failing merge (a residual add of mismatched shapes) stops torch.export with a bare broadcast message. The
+model is then exported again under a mode that steps over such merges as the other captures do
+(`capture.forward`): the failed op stays in the traced graph without users, followed by its stand-in's ops and
+an `aten.alias` that ends them; the conversion folds them back into one node carrying the error.
 """
 
 from __future__ import annotations
@@ -11,13 +16,15 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
-from auditor.capture.common import Site, call_node, describe_value, is_leaf, module_node
+from auditor.capture.common import Site, call_node, describe_value, is_leaf, iter_tensors, module_node
+from auditor.capture.forward import Attempt, Recovery, is_recoverable, run_recovering, step_over
 from auditor.graph import INPUT, OUTPUT, PARAM, AuditGraph, Node, ops
 from auditor.locations import first_user_site
 
@@ -26,9 +33,69 @@ _CONTAINERS = ("torch.nn.modules.container.",)
 
 
 def capture_export(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site]) -> AuditGraph:
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        program = torch.export.export(model, inputs, strict=False)  # a failed attempt prints its partial graph
+    try:
+        program = _export(model, inputs)
+    except Exception as failure:  # noqa: BLE001 - perhaps a failing merge: export again, stepping over it
+        return _capture_stepping_over(model, inputs, sites, failure)
     return convert_program(program, model, sites)
+
+
+def _export(model: nn.Module, inputs: tuple[Any, ...]) -> Any:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return torch.export.export(model, inputs, strict=False)  # a failed attempt prints its partial graph
+
+
+def _capture_stepping_over(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site], failure: Exception) -> AuditGraph:
+    """Export again, stepping over failing merges. An exported program is all or nothing: when the rest still
+    fails, this raises (the first failure when no merge was stepped over) and the hooks capture, which can stop
+    part way, takes over."""
+    outcome = run_recovering(lambda recovery: _export_stepping_over(model, inputs, recovery))
+    if outcome.failure is not None:
+        raise outcome.failure if outcome.stepped_over else failure
+    program, messages = outcome.state
+    return convert_program(program, model, sites, messages)
+
+
+def _export_stepping_over(model: nn.Module, inputs: tuple[Any, ...], recovery: Recovery) -> Attempt[tuple[Any, list[str]]]:
+    mode = _SteppingOver(recovery)
+    try:
+        with mode:
+            program = _export(model, inputs)
+    except Exception as exc:  # noqa: BLE001 - this choice of stand-ins did not get through
+        return Attempt((None, mode.messages), exc, len(mode.lengths))
+    return Attempt((program, mode.messages), None, len(mode.lengths))
+
+
+class _SteppingOver(TorchFunctionMode):
+    """Active while torch.export traces: a failing merge returns a stand-in (traced like any op) ended by an
+    `aten.alias`, and its message is kept in order. Path lengths follow tensor identity."""
+
+    def __init__(self, recovery: Recovery) -> None:
+        super().__init__()
+        self.recovery = recovery
+        self.messages: list[str] = []
+        self.lengths: dict[int, int] = {}
+        self.alive: list[Any] = []  # keeps ids unique for the whole trace
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        try:
+            result = func(*args, **kwargs)
+        except Exception:
+            name = getattr(func, "__name__", "")
+            stepped = step_over(name, args, kwargs, self._length, self.recovery) if is_recoverable(name) else None
+            if stepped is None:
+                raise
+            self.messages.append(stepped.message)
+            result = torch.ops.aten.alias.default(stepped.value)
+        length = 1 + max((self._length(t) for t in iter_tensors((args, kwargs))), default=0)
+        for tensor in iter_tensors(result):
+            self.lengths[id(tensor)] = length
+            self.alive.append(tensor)
+        return result
+
+    def _length(self, tensor: Any) -> int:
+        return self.lengths.get(id(tensor), 0)
 
 
 def load_program(path: str) -> AuditGraph:
@@ -37,11 +104,12 @@ def load_program(path: str) -> AuditGraph:
     return convert_program(program, None, {})
 
 
-def convert_program(program: Any, model: nn.Module | None, sites: dict[str, Site]) -> AuditGraph:
+def convert_program(program: Any, model: nn.Module | None, sites: dict[str, Site], stepped_over: Sequence[str] = ()) -> AuditGraph:
     signature = program.graph_signature
     weights = {**signature.inputs_to_parameters, **signature.inputs_to_buffers, **signature.inputs_to_lifted_tensor_constants}
     state = {**program.state_dict, **getattr(program, "constants", {})}
     groups = _group_by_atomic_module(program.graph, model)
+    merges = _stepped_over_merges(program.graph, stepped_over)
     nodes: dict[fx.Node, Node] = {}
     ordered: list[Node] = []
     taken = {n.name for n in program.graph.nodes}
@@ -49,21 +117,44 @@ def convert_program(program: Any, model: nn.Module | None, sites: dict[str, Site
         if fx_node in nodes:
             continue
         group = groups.get(fx_node)
-        if group is not None:
+        if fx_node in merges:
+            members, message = merges[fx_node]
+            node = _plain_node(fx_node, weights, state)
+            node.error = message
+            node.shape, node.dtype = describe_value(members[-1].meta.get("val"))  # the stand-in's
+        elif group is not None:
             node = _module_node(_unique_name(group["qualname"], taken), group, model, state, sites)
             members = group["members"]
-            for member in members:
-                nodes[member] = node
-            sources = [i for m in members for i in m.all_input_nodes if i not in members]
         else:
             node = _plain_node(fx_node, weights, state)
-            nodes[fx_node] = node
-            sources = list(fx_node.all_input_nodes)
+            members = [fx_node]
+        for member in members:
+            nodes[member] = node
+        sources = [i for m in members for i in m.all_input_nodes if i not in members]
         node.inputs = _unique(nodes[i] for i in sources if i in nodes and not _is_weight(i, weights))
         ordered.append(node)
-    graph = AuditGraph(ordered, method="export", model=model, meta={"program": program})
+    graph = AuditGraph(ordered, method="export", model=model, meta={"program": program}, sites=sites)
     graph.link()
     return graph
+
+
+def _stepped_over_merges(graph: fx.Graph, messages: Sequence[str]) -> dict[fx.Node, tuple[list[fx.Node], str]]:
+    """The nodes of each stepped-over merge, keyed by the failed op (no value, no users), with its message: the
+    failed op, its stand-in's ops and the `aten.alias` that ends them, in graph order."""
+    found: dict[fx.Node, tuple[list[fx.Node], str]] = {}
+    pending = list(messages)
+    order = list(graph.nodes)
+    index = 0
+    while pending and index < len(order):
+        n = order[index]
+        if n.op == "call_function" and not n.users and n.meta.get("val") is None and is_recoverable(_aten_name(n)):
+            end = next((j for j in range(index + 1, len(order)) if order[j].target is torch.ops.aten.alias.default), None)
+            if end is None:
+                break
+            found[n] = (order[index:end + 1], pending.pop(0))
+            index = end
+        index += 1
+    return found
 
 
 def _group_by_atomic_module(graph: fx.Graph, model: nn.Module | None) -> dict[fx.Node, dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Capture with `torch.fx.symbolic_trace`, then one real forward through an Interpreter for shapes.
 
-The Interpreter survives a failing elementwise op between two tensors (a residual add of mismatched shapes):
-it records the failure on that node and carries on with the first operand, so one pass finds every bad add.
+The Interpreter survives a failing merge (a residual add of mismatched shapes, a skip concatenation of
+different sizes): it records the failure on that node and carries on with a stand-in (`capture.forward`), so
+one pass finds every bad merge; when the rest still cannot run, the graph up to there is audited.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from auditor.capture.common import Site, call_node, describe_value, function_label, is_leaf, module_node
-from auditor.capture.forward import ForwardFailure, is_recoverable, mismatch_message
+from auditor.capture.forward import Attempt, ForwardFailure, Recovery, is_recoverable, mark_partial, run_recovering, step_over
 from auditor.graph import INPUT, OUTPUT, PARAM, AuditGraph, Node
 from auditor.locations import user_frame
 
@@ -37,24 +38,34 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 
 class _ShapeRecorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, recovery: Recovery) -> None:
         super().__init__(gm)
+        self.extra_traceback = False  # our ForwardFailure says where; fx would append the node's dump to it
+        self.recovery = recovery
         self.described: dict[fx.Node, tuple[tuple[int, ...] | None, str | None]] = {}
         self.failures: dict[fx.Node, str] = {}
+        self.lengths: dict[fx.Node, int] = {}  # ops on the longest path from the inputs to each node run
 
     def run_node(self, n: fx.Node) -> Any:
+        self.lengths[n] = 1 + max((self.lengths.get(i, 0) for i in n.all_input_nodes), default=0)
         try:
             result = super().run_node(n)
-        except Exception as exc:  # noqa: BLE001 - any failure is either recovered or reported with its node
-            args, _ = self.fetch_args_kwargs_from_env(n)
-            tensors = [a for a in args if isinstance(a, torch.Tensor)]
-            if is_recoverable(_op_name(n)) and len(tensors) == 2:
-                self.failures[n] = mismatch_message(tensors[0], tensors[1])
-                result = tensors[0]
-            else:
-                raise ForwardFailure(n.name, _target_label(n), _owner(n), n.meta.get("user_frame"), exc) from exc
+        except Exception as exc:  # noqa: BLE001 - any failure is either stepped over or reported with its node
+            result = self._step_over(n, exc)
         self.described[n] = describe_value(result)
         return result
+
+    def _step_over(self, n: fx.Node, exc: Exception) -> Any:
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        stepped = None
+        if is_recoverable(_op_name(n)):
+            lengths = {id(self.env[i]): self.lengths.get(i, 0) for i in n.all_input_nodes if i in self.env}
+            stepped = step_over(_op_name(n), args, kwargs, lambda t: lengths.get(id(t), 0), self.recovery)
+        if stepped is None:
+            label = f"nn.{type(self.fetch_attr(str(n.target))).__name__}" if n.op == "call_module" else _target_label(n)
+            raise ForwardFailure(n.name, label, _owner(n), n.meta.get("user_frame"), exc) from exc
+        self.failures[n] = stepped.message
+        return stepped.value
 
 
 def capture_fx(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site]) -> AuditGraph:
@@ -65,20 +76,33 @@ def capture_fx(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site]
 def capture_traced(gm: fx.GraphModule, inputs: tuple[Any, ...], sites: dict[str, Site], model: nn.Module | None = None) -> AuditGraph:
     """The audit graph of an already traced GraphModule (without tracing it again, which would lose the
     nodes' owning modules and user lines): `--fix` re-reads the graph it rewrites this way."""
-    recorder = _ShapeRecorder(gm)
-    with torch.no_grad():
-        recorder.run(*inputs)
+    outcome = run_recovering(lambda recovery: _run(gm, inputs, recovery))
+    stopped = outcome.stopped()
+    recorder = outcome.state
     nodes: dict[fx.Node, Node] = {}
     for fx_node in gm.graph.nodes:
+        if fx_node not in recorder.described:
+            continue  # after the point where a partial pass stopped
         node = _convert(fx_node, gm, sites)
         node.inputs = [nodes[i] for i in fx_node.all_input_nodes if i in nodes]
-        node.shape, node.dtype = recorder.described.get(fx_node, (None, None))
+        node.shape, node.dtype = recorder.described[fx_node]
         node.error = recorder.failures.get(fx_node)
         node.meta["fx_node"] = fx_node
         nodes[fx_node] = node
-    graph = AuditGraph(list(nodes.values()), method="fx", model=model if model is not None else gm, meta={"graph_module": gm})
+    graph = AuditGraph(list(nodes.values()), method="fx", model=model if model is not None else gm, meta={"graph_module": gm}, sites=sites)
+    mark_partial(graph, stopped)
     graph.link()
     return graph
+
+
+def _run(gm: fx.GraphModule, inputs: tuple[Any, ...], recovery: Recovery) -> Attempt[_ShapeRecorder]:
+    recorder = _ShapeRecorder(gm, recovery)
+    try:
+        with torch.no_grad():
+            recorder.run(*inputs)
+    except ForwardFailure as failure:
+        return Attempt(recorder, failure, len(recorder.described))
+    return Attempt(recorder, None, len(recorder.described))
 
 
 def _convert(n: fx.Node, gm: fx.GraphModule, sites: dict[str, Site]) -> Node:

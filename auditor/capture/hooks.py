@@ -16,33 +16,44 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from auditor.capture.common import Site, call_label, call_node, describe_value, is_leaf, iter_tensors, module_node
-from auditor.capture.forward import ForwardFailure, is_recoverable, mismatch_message
+from auditor.capture.forward import Attempt, ForwardFailure, Recovery, is_recoverable, mark_partial, run_recovering, step_over
 from auditor.graph import INPUT, OUTPUT, AuditGraph, Node
 from auditor.locations import user_frame
 
 
 def capture_hooks(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site]) -> AuditGraph:
-    recorder = _Recorder(sites)
+    outcome = run_recovering(lambda recovery: _run(model, inputs, sites, recovery))
+    stopped = outcome.stopped()
+    recorder, output = outcome.state
+    if stopped is None:
+        recorder.add_output(output)
+    graph = AuditGraph(recorder.nodes, method="hooks", model=model, sites=sites)
+    mark_partial(graph, stopped)
+    graph.link()
+    return graph
+
+
+def _run(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site], recovery: Recovery) -> Attempt[tuple[_Recorder, Any]]:
+    """One watched forward pass; a failure ends it with what was recorded so far."""
+    recorder = _Recorder(sites, recovery)
     for index, value in enumerate(inputs):
         recorder.add_input(f"input_{index}" if len(inputs) > 1 else "x", value)
     handles = []
     for qualname, module in model.named_modules():
         handles.append(module.register_forward_pre_hook(recorder.pre_hook(qualname, module), with_kwargs=True))
         handles.append(module.register_forward_hook(recorder.post_hook(qualname, module), with_kwargs=True))
+    output, failure = None, None
     try:
         with torch.no_grad(), recorder:
             output = model(*inputs)
-    except ForwardFailure:
-        raise
+    except ForwardFailure as exc:
+        failure = exc
     except Exception as exc:  # noqa: BLE001 - a failure inside a module: name the innermost one running
-        raise recorder.failure_in_module(exc) from exc
+        failure = recorder.failure_in_module(exc)
     finally:
         for handle in handles:
             handle.remove()
-    recorder.add_output(output)
-    graph = AuditGraph(recorder.nodes, method="hooks", model=model)
-    graph.link()
-    return graph
+    return Attempt((recorder, output), failure, len(recorder.nodes))
 
 
 @dataclass
@@ -56,9 +67,11 @@ class _ModuleCall:
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, sites: dict[str, Site]) -> None:
+    def __init__(self, sites: dict[str, Site], recovery: Recovery) -> None:
         super().__init__()
         self.sites = sites
+        self.recovery = recovery
+        self.lengths: dict[int, int] = {}  # node id -> ops on the longest path from the inputs to it
         self.nodes: list[Node] = []
         self.producer: dict[int, Node] = {}
         self.alive: list[torch.Tensor] = []  # keeps ids unique for the whole pass
@@ -74,6 +87,7 @@ class _Recorder(TorchFunctionMode):
         return base if count == 0 else f"{base}_{count}"
 
     def _bind(self, node: Node, value: Any) -> None:
+        self.lengths[id(node)] = 1 + max((self.lengths.get(id(i), 0) for i in node.inputs), default=0)
         for tensor in iter_tensors(value):
             self.producer[id(tensor)] = node
             self.alive.append(tensor)
@@ -87,6 +101,10 @@ class _Recorder(TorchFunctionMode):
             if node is not None and all(node is not f for f in found):
                 found.append(node)
         return found
+
+    def _length(self, tensor: torch.Tensor) -> int:
+        producer = self.producer.get(id(tensor))
+        return self.lengths.get(id(producer), 0) if producer is not None else 0
 
     def add_input(self, name: str, value: Any) -> None:
         self._bind(Node(name=name, kind=INPUT, op="input", target=name), value)
@@ -145,17 +163,16 @@ class _Recorder(TorchFunctionMode):
         name = _function_name(func)
         try:
             result = func(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - recovered (shape mismatch of an add) or reported with its site
-            tensors = list(iter_tensors(args))
-            site = user_frame(depth=2)
-            owner = self.owner()
-            if is_recoverable(name) and len(tensors) == 2:
-                result = tensors[0]
-                node = self._call(name, func, args, kwargs, site, owner)
-                node.error = mismatch_message(tensors[0], tensors[1])
-                self._bind(node, result)
-                return result
-            raise ForwardFailure(name, call_label(func, name), owner, site, exc) from exc
+        except Exception as exc:  # noqa: BLE001 - stepped over (a merge of mismatched shapes) or reported with its site
+            site, owner = user_frame(depth=2), self.owner()
+            stepped = step_over(name, args, kwargs, self._length, self.recovery) if is_recoverable(name) else None
+            if stepped is None:
+                raise ForwardFailure(name, call_label(func, name), owner, site, exc) from exc
+            node = self._call(name, func, args, kwargs, site, owner)
+            node.error = stepped.message
+            result = _fresh(stepped.value, (args, kwargs))
+            self._bind(node, result)
+            return result
         sources = self._sources(args, kwargs)
         if not sources or not any(True for _ in iter_tensors(result)):
             return result

@@ -86,6 +86,10 @@ class AuditGraph:
     model: Any = None  # the nn.Module audited (None for a loaded .pt2 program)
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. "graph_module" for fx captures
+    # Where each submodule was created (qualified name -> (file, line)), containers included: where a finding
+    # about a whole stack of layers points.
+    sites: dict[str, tuple[str, int]] = field(default_factory=dict)
+    stopped: str | None = None  # a partial graph: where the forward pass stopped (also one of the notes)
 
     def __post_init__(self) -> None:
         self._by_name = {n.name: n for n in self.nodes}

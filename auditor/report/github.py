@@ -13,6 +13,8 @@ def render(report: Report) -> str:
     for result in report.results:
         if result.status != "ok":
             lines.append(f"::error title=audit::{_data(f'{result.target}: {result.error}')}")
+        elif result.capture is not None and result.capture.stopped:
+            lines.append(f"::warning title=audit::{_data(f'{result.target}: {result.capture.stopped}')}")
         lines.extend(_annotation(f, others) for f, others in by_line(result.findings))
     return "\n".join(lines)
 

@@ -20,7 +20,8 @@ def print_report(report: Report, console: Console, *, quiet: bool = False, verbo
     for result in report.results:
         if result.status != "ok":
             continue  # failed targets are reported on stderr by the CLI
-        if result.findings or (verbose and not quiet) or (result.probes and not quiet) or result.fixes or result.fixed_path:
+        partial = result.capture is not None and result.capture.stopped is not None
+        if result.findings or partial or (verbose and not quiet) or (result.probes and not quiet) or result.fixes or result.fixed_path:
             _print_result(result, console, verbose=verbose, quiet=quiet, diff=diff)
     if not quiet:
         fixes = fix_summary_line(report)
@@ -49,6 +50,8 @@ def _print_result(result: TargetResult, console: Console, *, verbose: bool, quie
     if verbose and result.capture is not None:
         for note in result.capture.notes:
             console.print(Text(f"  note: {note}", style="dim"))
+    elif result.capture is not None and result.capture.stopped:  # what was not audited, said without -v
+        console.print(Text(f"  note: {result.capture.stopped}", style="yellow"))
     if not quiet:
         _print_applied(result, console, verbose=verbose)
     ordered = sorted(result.findings, key=lambda f: (-f.severity, f.file or "", f.line or 0, f.code))
