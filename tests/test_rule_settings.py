@@ -12,12 +12,18 @@ def _codes(path, **overrides) -> list[tuple[str, int | None]]:
     return sorted((f.code, f.line) for r in report.results for f in r.findings)
 
 
-def test_max_plain_depth_setting() -> None:
+def test_max_plain_depth_settings() -> None:
+    """Chains without normalization are held to max-plain-depth, mostly normalized ones to max-normalized-depth."""
     path = RULES / "res003_plain.py"
-    assert [c for c, _ in _codes(path, inputs=["2,4,4,4"], select=["RES003"])] == ["RES003"]
-    assert _codes(path, inputs=["2,4,4,4"], select=["RES003"], settings={"max-plain-depth": 22}) == []
-    deeper = _codes(RULES / "res003_clean.py", inputs=["2,4,4,4"], select=["RES003"], settings={"max-plain-depth": 10})
-    assert [c for c, _ in deeper] == ["RES003"]  # the plain 20-layer stack, not the residual one
+
+    def lines(**settings: int) -> list[int | None]:
+        return [line for _, line in _codes(path, inputs=["2,4,4,4"], select=["RES003"], settings=settings)]
+
+    unnormalized, plain34, projections = lines()
+    assert lines(**{"max-plain-depth": 22}) == [plain34, projections]
+    assert lines(**{"max-normalized-depth": 34}) == [unnormalized]
+    deeper = _codes(RULES / "res003_clean.py", inputs=["2,4,4,4"], select=["RES003"], settings={"max-normalized-depth": 10})
+    assert len(deeper) == 2  # the 20- and 26-layer normalized stacks, not the residual one
 
 
 def test_init_scale_settings() -> None:
