@@ -25,7 +25,8 @@ class DropoutBeforeBatchNorm(Rule):
     ## What it does
     Flags a dropout whose output reaches a BatchNorm, directly or through linear/conv layers, pooling,
     reshapes and concatenations, with no non-linearity or other normalization in between. A dropout with
-    p = 0 is ignored.
+    p = 0 is ignored. A dropout that reaches several BatchNorms is one finding naming them: the cause is the
+    dropout's position.
 
     ## Why is this bad?
     In training, BatchNorm's running variance is estimated from activations that carry dropout's noise (units
@@ -70,16 +71,15 @@ class DropoutBeforeBatchNorm(Rule):
         for dropout in ctx.graph.find(ops.DROPOUT):
             if not is_live_dropout(dropout):
                 continue
-            for norm, between in _norms_reached(dropout):
-                route = ""
-                layers = [n for n in between if n.op in (ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR)]
-                if layers:
-                    route = " through " + ", ".join(n.label() for n in layers)
-                yield self.finding(
-                    f"{dropout.label()} feeds {norm.label()}{route}: the norm's running variance is estimated "
-                    "with dropout noise and is wrong at eval (variance shift); apply dropout after the last BatchNorm",
-                    at=dropout,
-                )
+            reached = _norms_reached(dropout)
+            if not reached:
+                continue
+            variance, verb = ("their running variances are", "are") if len(reached) > 1 else ("the norm's running variance is", "is")
+            yield self.finding(
+                f"{dropout.label()} feeds {_reached_text(reached)}: {variance} estimated with dropout noise and "
+                f"{verb} wrong at eval (variance shift); apply dropout after the last BatchNorm",
+                at=dropout,
+            )
 
     def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
         """Move the dropout after the BatchNorm it feeds (and after the activation that follows the norm)."""
@@ -114,3 +114,15 @@ def _norms_reached(dropout: Node) -> list[tuple[Node, list[Node]]]:
         elif n.op in _CARRIERS:
             stack.extend((u, path + [n]) for u in reversed(n.users))
     return found
+
+
+def _reached_text(reached: list[tuple[Node, list[Node]]], shown: int = 4) -> str:
+    """"BatchNorm2d `bn` through Conv2d `conv`", or "3 BatchNorms: ..." naming them (one finding per dropout)."""
+    parts = []
+    for norm, between in reached[:shown]:
+        layers = [n for n in between if n.op in (ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR)]
+        parts.append(norm.label() + (" through " + ", ".join(n.label() for n in layers) if layers else ""))
+    if len(reached) == 1:
+        return parts[0]
+    more = f" and {len(reached) - shown} more" if len(reached) > shown else ""
+    return f"{len(reached)} BatchNorms ({'; '.join(parts)}{more})"

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from auditor.findings import Finding, Severity
-from auditor.graph import ops
+from auditor.graph import Node, ops
 from auditor.rule import GraphContext, Rule, register
 
 from typing import TYPE_CHECKING
@@ -19,6 +19,11 @@ class BatchNormAfterActivation(Rule):
     ## What it does
     Flags conv/linear -> activation -> BatchNorm: a BatchNorm that normalizes the output of an activation
     which itself follows a weight layer (looking through reshapes, dropout and pooling in between).
+
+    A reshape that regroups the layer's outputs into other channels (a Linear's 8192 features viewed as a
+    [512, 4, 4] map and normalized per channel, as DCGAN-style generators project their noise) is not flagged:
+    that norm does not normalize the layer's features, and moving it before the activation is not the same
+    design. A reshape that keeps the features as channels (a flatten, an `unsqueeze`) is looked through.
 
     ## Why is this bad?
     Batch normalization was designed to normalize the pre-activations of a layer (Ioffe & Szegedy): conv ->
@@ -58,6 +63,8 @@ class BatchNormAfterActivation(Rule):
                     continue
                 layers = [p for p in ctx.graph.predecessors(activation) if p.is_(ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR)]
                 for layer in layers:
+                    if not _normalizes_features_of(norm, layer):
+                        continue
                     yield self.finding(
                         f"{norm.label()} normalizes the output of {activation.label()} after {layer.label()}; "
                         "use conv/linear -> BatchNorm -> activation",
@@ -80,3 +87,18 @@ class BatchNormAfterActivation(Rule):
             ctx.move_before(norm, activation)
             return ctx.fixed(finding, f"{ctx.chain(layers[0], activation, norm)} => {ctx.chain(layers[0], norm, activation)}")
         return None
+
+
+def _normalizes_features_of(norm: Node, layer: Node) -> bool:
+    """Whether the norm's channels are the layer's output features. A reshape on the way can regroup them: a
+    Linear's 8192 outputs viewed as a [512, 4, 4] map and normalized per channel (a DCGAN-style projection)
+    is a different normalization, chosen on purpose, and BN -> activation there would need another norm."""
+    channels = norm.attrs.get("num_features")
+    given = norm.tensor_inputs[0].shape if norm.tensor_inputs else None
+    if not isinstance(channels, int):
+        channels = given[1] if given is not None and len(given) > 1 else None
+    shape = layer.shape
+    if channels is None or not shape or len(shape) < 2:
+        return True
+    features = shape[-1] if layer.op == ops.LINEAR else shape[1]
+    return features == channels

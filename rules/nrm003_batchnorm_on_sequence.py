@@ -6,7 +6,7 @@ from auditor.findings import Finding, Severity
 from auditor.graph import INPUT, AuditGraph, Node, ops
 from auditor.rule import GraphContext, Rule, register
 
-from auditor_rules._shared import attention_nodes, block_of, inside
+from auditor_rules._shared import attention_nodes, block_of, inside, shape_text
 
 # Producers of per-token features: what a transformer's LayerNorm normally normalizes.
 _TOKENWISE = frozenset({ops.EMBEDDING, ops.ATTENTION, ops.LINEAR, ops.RNN, ops.MATMUL, ops.LAYER_NORM, ops.RMS_NORM})
@@ -19,15 +19,21 @@ class BatchNormOnSequence(Rule):
     ## What it does
     Flags a BatchNorm that normalizes token features: the per-token output of an Embedding, an attention
     layer, an RNN, or a Linear applied to every token (or a residual sum they are added to), in a model that
-    works on token sequences (it embeds token ids, or has attention over non-image inputs). BatchNorm after
-    a convolution over a sequence (a conv block, as in Conformer) is not flagged, nor BatchNorm over the
-    patch tokens of an image model (fixed length, no padding: LeViT's deliberate design).
+    works on token sequences (it embeds token ids, or has attention over non-image inputs). The output of a
+    recurrent layer (RNN, LSTM, GRU) or an attention layer is such a sequence whatever the input, and any
+    layout counts: the transposes, reshapes, activations and dropout on the way to the norm are looked
+    through. A `BatchNorm1d(seq_len)` applied to a [batch, time, hidden] output is reported as what it is, a
+    norm per time step. BatchNorm after a convolution over a sequence (a conv block, as in Conformer) is not
+    flagged, nor BatchNorm over the patch tokens of an image model (fixed length, no padding: LeViT's
+    deliberate design).
 
     ## Why is this bad?
     BatchNorm computes its statistics across the batch: over [batch, sequence, features] data it averages each
     feature over every sentence and position in the batch. Sequences have variable length and are padded, so
     padding positions pollute the statistics; the statistics depend on what else is in the batch; and the
-    running estimates used at evaluation are unreliable for small or unevenly long batches. LayerNorm
+    running estimates used at evaluation are unreliable for small or unevenly long batches. A norm whose
+    channels are the time steps is worse still: each position gets its own statistics, so the model is tied
+    to one sequence length and treats the same content differently by where it occurs. LayerNorm
     normalizes each token over its own features, independently of the batch and of the sequence length,
     which is why it is the norm of transformers and recurrent sequence models.
 
@@ -54,33 +60,63 @@ class BatchNormOnSequence(Rule):
     code = "NRM003"
     name = "batchnorm-on-sequence"
     severity = Severity.WARNING
-    summary = "BatchNorm over token/sequence features (after an Embedding, in attention blocks)"
+    summary = "BatchNorm over token/sequence features (after an Embedding, an RNN or attention)"
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
-        norms = ctx.graph.find(ops.BATCH_NORM)
+        graph = ctx.graph
+        norms = graph.find(ops.BATCH_NORM)
         if not norms:
             return
-        tokens = _token_data(ctx.graph)
-        images = _image_data(ctx.graph)
-        attention = attention_nodes(ctx.graph)
+        tokens = _token_data(graph)
+        images = _image_data(graph)
+        attention = attention_nodes(graph)
         for norm in norms:
             if not norm.tensor_inputs:
                 continue
-            producer = _token_producer(ctx.graph, norm.tensor_inputs[0])
+            producer = _token_producer(graph, norm.tensor_inputs[0])
             if producer is None:
                 continue
+            sequence_layer = _sequence_layer(graph, producer, attention)
             if id(norm) in tokens:
                 where = "of a token sequence"
+            elif sequence_layer == "recurrent" or (sequence_layer == "attention" and id(norm) not in images):
+                where = f"of {'an' if sequence_layer == 'attention' else 'a'} {sequence_layer} layer"
             elif id(norm) not in images and any(inside(a.module, block_of(norm)) for a in attention):
                 where = "in an attention block"
             else:
                 continue
-            yield self.finding(
-                f"{norm.label()} normalizes per-token features {where} (from {_source(ctx.graph, producer)}) "
-                "across the batch "
-                "and positions; use LayerNorm over the feature (last) dim",
-                at=norm,
-            )
+            yield self.finding(_message(norm, producer, where, _source(graph, producer)), at=norm)
+
+
+def _sequence_layer(graph: AuditGraph, producer: Node, attention: list[Node]) -> str | None:
+    """"recurrent" or "attention" when the features come straight out of such a layer (any layout), else None."""
+    if producer.op == ops.RNN:
+        return "recurrent"
+    if producer.op == ops.ATTENTION:
+        return "attention"
+    if producer.op == ops.MATMUL:  # softmax(q @ k.T) @ v written by hand
+        weights = graph.predecessors(producer, through=ops.TRANSPARENT | {ops.DROPOUT})
+        if any(w is a for w in weights for a in attention):
+            return "attention"
+    return None
+
+
+def _message(norm: Node, producer: Node, where: str, source: str) -> str:
+    """What the norm's channels are: the features (after a transpose, or with the positions flattened into the
+    batch), or the positions themselves (`BatchNorm1d(seq_len)` on a [batch, time, hidden] output)."""
+    given = norm.tensor_inputs[0].shape or ()
+    shape = producer.shape or ()
+    channels = given[1] if len(given) > 1 else None
+    if channels is not None and shape and channels != shape[-1] and channels in shape[:-1]:
+        return (
+            f"{norm.label()} normalizes each of the {channels} positions of {source} {shape_text(shape)} across the "
+            f"batch and the features (its channels are dim {shape.index(channels)}, the sequence): a per-position "
+            f"norm tied to one sequence length; use LayerNorm({shape[-1]}) over the feature (last) dim"
+        )
+    return (
+        f"{norm.label()} normalizes per-token features {where} (from {source}) across the batch and positions; "
+        "use LayerNorm over the feature (last) dim"
+    )
 
 
 def _token_producer(graph: AuditGraph, start: Node) -> Node | None:
