@@ -193,7 +193,26 @@ class Engine:
 
 def run_graph_rules(graph: AuditGraph, options: Options, notes: list[str]) -> list[Finding]:
     """Every enabled graph rule over one graph."""
-    return run_rules("graph", GraphContext(graph=graph, settings=options.settings), options.selection, notes, options.verbose)
+    findings = run_rules("graph", GraphContext(graph=graph, settings=options.settings), options.selection, notes, options.verbose)
+    return _chained(graph, findings)
+
+
+def _chained(graph: AuditGraph, findings: list[Finding]) -> list[Finding]:
+    """Findings of one rule along one chain of layers (INI001 on every Linear of an MLP) get a shared `group`,
+    which people's formats show as one finding naming the layers."""
+    from dataclasses import replace
+
+    nodes = {n.name: n for n in graph.nodes}
+    by_code: dict[str, list[Finding]] = {}
+    for finding in findings:
+        if finding.node in nodes:
+            by_code.setdefault(finding.code, []).append(finding)
+    group_of: dict[tuple[str, str], str] = {}
+    for code, located in by_code.items():
+        for index, chain in enumerate(graph.chains({id(n): n for n in (nodes[f.node] for f in located)}.values())):
+            if len(chain) > 1:
+                group_of.update({(code, n.name): f"{code}:{index}" for n in chain})
+    return [replace(f, group=group_of[(f.code, f.node)]) if (f.code, f.node) in group_of else f for f in findings]
 
 
 def run_probes(model: Any, inputs: tuple[Any, ...], graph: AuditGraph, options: Options, result: TargetResult) -> list[Finding]:

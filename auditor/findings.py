@@ -46,11 +46,15 @@ class Finding:
     fixable: bool = False
     hint: str | None = None  # the imperative fix title shown to people; not part of the JSON record
     key: str | None = None  # what tells it apart from the rule's other findings in one module (baseline fingerprints)
+    # Findings of one rule along one chain of layers share a group: people's formats show them as one finding
+    # naming the layers. Not part of the JSON record (JSON and SARIF keep every finding).
+    group: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
         record.pop("hint")
         record.pop("key")
+        record.pop("group")
         record["severity"] = str(self.severity)
         return record
 

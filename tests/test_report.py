@@ -112,3 +112,85 @@ def test_findings_of_one_rule_on_one_line_are_shown_once_for_people():
     assert "5 more at this line: `blocks.1.drop`, `blocks.2.drop`, `blocks.3.drop`, `blocks.4.drop`, ... (1 more)" in text
     assert len(renderer("github")(grouped).splitlines()) == 1
     assert len(json.loads(renderer("json")(grouped))["results"][0]["findings"]) == 6
+
+
+def _text(report: Report) -> str:
+    buffer = io.StringIO()
+    print_report(report, Console(file=buffer, no_color=True, width=200, soft_wrap=True))
+    return buffer.getvalue()
+
+
+def test_repeated_infos_of_one_rule_read_as_one_per_model():
+    """152 NRM002 infos of one model are one entry for people, naming a few; JSON keeps all 152."""
+    from dataclasses import replace
+
+    info = Finding(code="NRM002", rule="bias-before-batchnorm", severity=Severity.INFO, message="Conv2d `c` has a bias", module="c", node="c", file="net.py", line=3)
+    infos = [replace(info, module=f"cells.{i}.conv", node=f"n{i}", line=10 + i) for i in range(152)]
+    report = Report([TargetResult("net.py:NASNet", findings=infos), TargetResult("other.py:Net", findings=infos[:2])])
+    text = _text(report)
+    assert text.count("info NRM002") == 2  # once per model
+    assert "151 more NRM002 findings in this model: `cells.1.conv`, `cells.2.conv`, `cells.3.conv`, `cells.4.conv`, ... (147 more)" in text
+    assert "1 more NRM002 findings in this model: `cells.1.conv`" in text
+    assert text.rstrip().endswith("Found 0 errors, 0 warnings, 154 info in 2 targets.")
+    assert len(renderer("github")(report).splitlines()) == 2
+    assert len(json.loads(renderer("json")(report))["results"][0]["findings"]) == 152
+    assert len(json.loads(renderer("sarif")(report))["runs"][0]["results"]) == 154
+
+
+def test_findings_of_one_rule_along_one_chain_read_as_one():
+    """INI001 on the Linear layers of one MLP (each on its own line) is one entry naming the layers; a finding of
+    another cause, or on another chain, stays separate."""
+    import torch
+    import torch.nn as nn
+
+    import auditor
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(32, 32)
+            self.fc2 = nn.Linear(32, 32)
+            self.fc3 = nn.Linear(32, 32)
+            self.fc4 = nn.Linear(32, 32)
+            self.side = nn.Linear(32, 32)
+            self.out = nn.Linear(64, 2)
+            for layer in (self.fc1, self.fc2, self.fc3, self.side):
+                nn.init.normal_(layer.weight, std=0.01)
+            nn.init.kaiming_normal_(self.fc4.weight, nonlinearity="relu")
+
+        def forward(self, x):
+            h = torch.relu(self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x))))))
+            return self.out(torch.cat([torch.relu(self.fc4(h)), torch.relu(self.side(x))], 1))
+
+    report = auditor.audit(MLP(), (torch.randn(2, 32),), select=["INI001"])
+    modules = sorted(f.module for f in report.findings)
+    assert modules == ["fc1", "fc2", "fc3", "side"]
+    groups = {f.module: f.group for f in report.findings}
+    assert groups["fc1"] == groups["fc2"] == groups["fc3"] is not None and groups["side"] is None
+    text = _text(report)
+    assert text.count("warning INI001") == 2
+    assert "2 more along this chain of layers: `fc2`, `fc3`" in text
+    assert all("group" not in f for f in json.loads(renderer("json")(report))["results"][0]["findings"])
+
+
+def test_a_chain_of_findings_with_different_causes_is_not_merged():
+    from dataclasses import replace
+
+    small = replace(FINDING, code="INI001", message="Linear `a` has weight std 0.01, 0.04x He", module="a", node="a", line=5, group="INI001:0")
+    large = replace(small, message="Linear `b` has weight std 3.2, 12x He (gross)", module="b", node="b", line=6)
+    same = replace(small, message="Linear `c` has weight std 0.02, 0.08x He", module="c", node="c", line=7)
+    text = _text(Report([TargetResult("net.py:MLP", findings=[small, large, same])]))
+    assert text.count("warning INI001") == 2 and "1 more along this chain of layers: `c`" in text
+
+
+def test_graph_chains_follow_the_dataflow():
+    from auditor.graph import AuditGraph, Node
+
+    x = Node("x", "input", "input", "x")
+    a, b, c, d = (Node(n, "module", "linear", "nn.Linear", module=n) for n in "abcd")
+    relu = Node("relu", "call", "relu", "F.relu")
+    a.inputs, relu.inputs, b.inputs, c.inputs, d.inputs = [x], [a], [relu], [b], [x]
+    graph = AuditGraph([x, a, relu, b, c, d], method="fx")
+    graph.link()
+    assert graph.chains([a, b, c, d]) == [[a, b, c], [d]]
+    assert graph.chains([c, a]) == [[a, c]]  # linked through b, which is not a member

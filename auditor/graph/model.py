@@ -134,6 +134,32 @@ class AuditGraph:
                 stack.extend(n.tensor_inputs)
         return False
 
+    def chains(self, members: Iterable[Node]) -> list[list[Node]]:
+        """`members` grouped along the dataflow: two are in one group when one is the nearest member upstream of
+        the other (reachable without passing a third), as the layers of one MLP are; in execution order."""
+        chosen = {id(n) for n in members}
+        parent: dict[int, int] = {key: key for key in chosen}
+
+        def root(key: int) -> int:
+            while parent[key] != key:
+                parent[key] = parent[parent[key]]
+                key = parent[key]
+            return key
+
+        nearest: dict[int, frozenset[int]] = {}  # node -> the members nearest upstream of it (itself, for one)
+        for n in self.nodes:
+            upstream = frozenset().union(*(nearest.get(id(i), frozenset()) for i in n.inputs))
+            if id(n) in chosen:
+                for key in upstream:
+                    parent[root(key)] = root(id(n))
+                upstream = frozenset({id(n)})
+            nearest[id(n)] = upstream
+        groups: dict[int, list[Node]] = {}
+        for n in self.nodes:
+            if id(n) in chosen:
+                groups.setdefault(root(id(n)), []).append(n)
+        return list(groups.values())
+
     def link(self) -> None:
         """Rebuild users from inputs (captures fill inputs only) and resolve in-place aliasing."""
         _resolve_inplace(self.nodes)

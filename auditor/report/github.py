@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from auditor.findings import Finding, Report, Severity
-from auditor.report import by_line, others_text
+from auditor.findings import Report, Severity
+from auditor.report import Group, grouped
 
 _COMMAND = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
@@ -15,11 +15,12 @@ def render(report: Report) -> str:
             lines.append(f"::error title=audit::{_data(f'{result.target}: {result.error}')}")
         elif result.capture is not None and result.capture.stopped:
             lines.append(f"::warning title=audit::{_data(f'{result.target}: {result.capture.stopped}')}")
-        lines.extend(_annotation(f, others) for f, others in by_line(result.findings))
+        lines.extend(_annotation(group) for group in grouped(result.findings))
     return "\n".join(lines)
 
 
-def _annotation(finding: Finding, others: list[Finding]) -> str:
+def _annotation(group: Group) -> str:
+    finding = group.first
     properties = []
     if finding.file:
         properties.append(f"file={_property(finding.file)}")
@@ -27,7 +28,7 @@ def _annotation(finding: Finding, others: list[Finding]) -> str:
             properties.append(f"line={finding.line}")
     properties.append(f"title={_property(f'{finding.code} {finding.rule}')}")
     module = f" [{finding.module or '<root>'}]" if finding.module is not None else ""
-    also = f" ({others_text(others)})" if others else ""
+    also = f" ({group.others_text()})" if group.others else ""
     return f"::{_COMMAND[finding.severity]} {','.join(properties)}::{_data(finding.message + module + also)}"
 
 

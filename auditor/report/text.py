@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.text import Text
 
 from auditor.findings import Finding, Report, Severity, TargetResult
-from auditor.report import by_line, others_text
+from auditor.report import Group, grouped
 
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
@@ -55,8 +55,8 @@ def _print_result(result: TargetResult, console: Console, *, verbose: bool, quie
     if not quiet:
         _print_applied(result, console, verbose=verbose)
     ordered = sorted(result.findings, key=lambda f: (-f.severity, f.file or "", f.line or 0, f.code))
-    for finding, others in by_line(ordered):
-        console.print(finding_text(finding, others))
+    for group in grouped(ordered):
+        console.print(finding_text(group.first, group))
     if result.probes and not quiet:
         from auditor.report.probes import print_probes
 
@@ -91,7 +91,7 @@ def _print_written(result: TargetResult, console: Console, *, diff: bool) -> Non
         console.print(Text(result.fix_diff.rstrip("\n")))
 
 
-def finding_text(finding: Finding, others: list[Finding] | None = None) -> Text:
+def finding_text(finding: Finding, group: Group | None = None) -> Text:
     line = Text("  ")
     where = f"{finding.file}:{finding.line}" if finding.file and finding.line else finding.file or "-"
     line.append(where, style="bold")
@@ -102,8 +102,8 @@ def finding_text(finding: Finding, others: list[Finding] | None = None) -> Text:
     if finding.module is not None:
         line.append(f" [{finding.module or '<root>'}]", style="magenta")
     line.append(f" {finding.message}")
-    if others:
-        line.append(f"\n      {others_text(others)}", style="dim")
+    if group is not None and group.others:
+        line.append(f"\n      {group.others_text()}", style="dim")
     if finding.hint:
         fix_note = " (fixable with --fix)" if finding.fixable else ""
         line.append(f"\n      help: {finding.hint}{fix_note}", style="dim")
