@@ -100,7 +100,6 @@ class DeepPlainStack(Rule):
             yield self._finding(graph, chain, limits)
 
     def _finding(self, graph: AuditGraph, chain: _Chain, limits: tuple[int, int]) -> Finding:
-        layers = chain.layers()
         setting = "max-normalized-depth" if chain.normalized else "max-plain-depth"
         span = f"{chain.depth} weight layers from {chain.start.label()} to {chain.layer.label()} form one chain"
         limit = f"({setting} is {limits[chain.normalized]})"
@@ -114,11 +113,12 @@ class DeepPlainStack(Rule):
                 "shortcut where the shapes match and a projection only where they change",
                 at=shortcut or chain.start,
             )
-        container = _container(layers, graph.sites)
         message = f"{span} with no skip connection {limit}: deep plain stacks are hard to optimize; group them into residual blocks"
+        container = _container(chain.layers(), graph.sites)
         if container is None:
             return self.finding(message, at=chain.start)
-        return self.finding(message, at=chain.start, module=container, file=graph.sites[container][0], line=graph.sites[container][1])
+        file, line = graph.sites[container]
+        return self.finding(message, at=chain.start, module=container, file=file, line=line)
 
 
 @dataclass(frozen=True)
@@ -164,13 +164,16 @@ def _through(graph: AuditGraph, node: Node, sources: list[tuple[Node, _Chain | N
     squeeze-and-excitation)."""
     if not sources:
         return None
-    depth = lambda pair: pair[1].depth if pair[1] is not None else 0  # noqa: E731
     if (node.op in SKIP_MERGES or node.op in PRODUCTS) and merges_two_values(node):
-        operand, chain = min(sources, key=depth)
+        operand, chain = min(sources, key=_depth)
         if chain is not None and node.op in (ops.ADD, ops.SUB) and _needless_projection(graph, node, operand):
             return chain.with_projection(node)
         return chain
-    return max(sources, key=depth)[1]
+    return max(sources, key=_depth)[1]
+
+
+def _depth(source: tuple[Node, _Chain | None]) -> int:
+    return source[1].depth if source[1] is not None else 0
 
 
 def _needless_projection(graph: AuditGraph, merge: Node, shortcut: Node) -> bool:
