@@ -5,8 +5,8 @@ Its graph holds aten ops; the ops of one call of an atomic module (a Conv2d's co
 getitems) are folded into one MODULE node, so rules see the same graph as with fx. Shapes come from the
 FakeTensor in each node's `meta["val"]`; rules run before any decomposition (which would erase eval dropout).
 
-A failing merge (a residual add of mismatched shapes) stops torch.export with a bare broadcast message. The
-model is then exported again under a mode that steps over such merges as the other captures do
+A failing merge (a residual add of mismatched shapes) stops torch.export with a bare broadcast message. After
+such a message the model is exported again under a mode that steps over such merges as the other captures do
 (`capture.forward`): the failed op stays in the traced graph without users, followed by its stand-in's ops and
 an `aten.alias` that ends them; the conversion folds them back into one node carrying the error.
 """
@@ -29,6 +29,9 @@ from auditor.graph import INPUT, OUTPUT, PARAM, AuditGraph, Node, ops
 from auditor.locations import first_user_site
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
+# What torch says when operands do not fit together ("Attempting to broadcast a dimension...", "The size of
+# tensor a (64) must match...", "Sizes of tensors must match except in dimension 1"): worth a second trace.
+_SHAPE_MISMATCH = re.compile(r"broadcast|must match", re.IGNORECASE)
 _CONTAINERS = ("torch.nn.modules.container.",)
 
 
@@ -36,6 +39,8 @@ def capture_export(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, S
     try:
         program = _export(model, inputs)
     except Exception as failure:  # noqa: BLE001 - perhaps a failing merge: export again, stepping over it
+        if not _SHAPE_MISMATCH.search(str(failure)):
+            raise  # another limitation of export: a second trace would only double its cost
         return _capture_stepping_over(model, inputs, sites, failure)
     return convert_program(program, model, sites)
 
