@@ -83,8 +83,8 @@ def fix(
     if shortcut not in ("conv", "pad"):
         raise ValueError(f"shortcut={shortcut!r}: expected 'conv' or 'pad'")
     out_path = Path(out) if out is not None else None
-    if out_path is not None and out_path.exists() and not force:
-        raise FileExistsError(f"{out_path} already exists; pass force=True to replace it")
+    if out_path is not None:
+        _check_replaceable(out_path, force)
     options = api_options(select, ignore, settings, fix=FixOptions(out=out_path, force=force, shortcut=shortcut, seed=seed))
     engine = Engine(options)
     loaded = live_model(model, example_inputs)
@@ -98,6 +98,16 @@ def fix(
     if result.status != "ok":
         raise TargetError(result.error or "fix failed")
     return FixResult(engine.last_fixed, Report([result]), result.fixed_path)
+
+
+def _check_replaceable(out: Path, force: bool) -> None:
+    """`out` may exist only as an earlier --fix output, and is replaced only with `force`."""
+    from auditor.fixing.writer import check_replaceable
+
+    try:
+        check_replaceable(out, force)
+    except TargetError as exc:
+        raise FileExistsError(str(exc).replace("--force", "force=True")) from None
 
 
 def _class_origin(model: nn.Module) -> dict[str, Any] | None:

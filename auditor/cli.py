@@ -84,6 +84,7 @@ def audit(
         target_list, base = _targets(targets, config)
         if options.fix is not None and options.fix.out is not None:
             _check_out(options.fix.out, [t.target for t in target_list])
+            _check_replaceable(options.fix.out, options.fix.force)
         baseline_path = None if write_baseline is not None else baseline_file or config.baseline
         recorded = baselines.load(baseline_path) if baseline_path is not None else None
     except UsageError as exc:
@@ -192,8 +193,6 @@ def _options(
             raise UsageError("--fix needs --out DIR (the user's files are never modified)")
         if shortcut not in ("conv", "pad"):
             raise UsageError(f"--shortcut {shortcut!r}: expected 'conv' or 'pad'")
-        if out.exists() and not force:
-            raise UsageError(f"--out {out}: already exists; pass --force to replace it")
         fix_options = FixOptions(out=out, force=force, shortcut=shortcut, diff=diff)
     elif out is not None or diff:
         raise UsageError("--out and --diff go with --fix")
@@ -222,6 +221,17 @@ def _require_matplotlib() -> None:
 
     if importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib, which is not installed: pip install 'auditor[plot]' (or matplotlib)")
+
+
+def _check_replaceable(out: Path, force: bool) -> None:
+    """An existing --out is replaced only with --force, and only when an earlier --fix wrote it."""
+    from auditor.errors import TargetError
+    from auditor.fixing.writer import check_replaceable
+
+    try:
+        check_replaceable(out, force)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _check_out(out: Path, targets: list[str]) -> None:

@@ -116,19 +116,31 @@ class Engine:
 
     # --- --fix ------------------------------------------------------------------------------------------------
     def _fix(self, loaded: LoadedModel, graph: AuditGraph, inputs: tuple[Any, ...], result: TargetResult) -> None:
-        """Fix a copy of the model, stage its folder and re-audit it (auditor/fixing). A failure makes this
-        result an error but keeps its findings."""
-        from auditor.fixing.run import failure_message, fix_result
+        """Fix a copy of the model and stage its folder (auditor/fixing), then audit what was written with this
+        engine's own audit step and report what remains. A failure makes this result an error but keeps its
+        findings."""
+        from dataclasses import replace
+
+        from auditor.fixing.fixer import failure_message, fix_model
 
         try:
-            fixed, folder = fix_result(self, loaded, graph, inputs, result, self._output_folder())
+            outcome = fix_model(loaded, inputs, graph.method, self.options, self._output_folder(),
+                                lambda fixing: _kept(run_graph_rules(fixing, self.options, []), self.options))
+            try:
+                reaudit = Engine(replace(self.options, fix=None, capture=(outcome.fixed.method,))).audit_loaded(outcome.written)
+                if reaudit.status != "ok":
+                    raise TargetError(f"the fixed model cannot be re-audited: {reaudit.error}")
+                outcome.conclude(result, reaudit)
+            except BaseException:
+                outcome.abandon()
+                raise
         except Exception as exc:  # noqa: BLE001 - any failure of --fix is this target's error, not the run's
             result.status = "error"
             result.error, result.traceback = failure_message(exc, self.options.verbose)
             return
-        self.last_fixed = fixed.model
-        if folder is not None:
-            self._staged.append((result, folder))
+        self.last_fixed = outcome.fixed.model
+        if outcome.folder is not None:
+            self._staged.append((result, outcome.folder))
 
     def _output_folder(self) -> OutputFolder | None:
         if self._output is None and self.options.fix is not None and self.options.fix.out is not None:
@@ -192,9 +204,11 @@ class Engine:
 
 
 def run_graph_rules(graph: AuditGraph, options: Options, notes: list[str]) -> list[Finding]:
-    """Every enabled graph rule over one graph."""
+    """Every enabled graph rule over one graph; a finding is `fixable` only where --fix would apply its fix."""
+    from auditor.fixing.plan import judge
+
     findings = run_rules("graph", GraphContext(graph=graph, settings=options.settings), options.selection, notes, options.verbose)
-    return _chained(graph, findings)
+    return _chained(graph, judge(graph, findings, options.fix.shortcut if options.fix is not None else "conv"))
 
 
 def _chained(graph: AuditGraph, findings: list[Finding]) -> list[Finding]:

@@ -51,6 +51,7 @@ class Rule:
     summary: ClassVar[str]  # one line: what it flags
     scope: ClassVar[str] = "graph"
     fix_title: ClassVar[str | None] = None  # imperative, e.g. "Move the dropout after the activation"; None: no fix
+    fix_safe: ClassVar[bool] = False  # the fix provably keeps outputs (verified on the example inputs by --fix)
     settings: ClassVar[dict[str, Any]] = {}  # kebab-case name -> default, configurable in [tool.auditor.settings]
 
     @property
@@ -59,6 +60,13 @@ class Rule:
 
     def check(self, ctx: Any) -> Iterable[Finding]:
         raise NotImplementedError
+
+    def fix_plan(self, ctx: Any, node: Node) -> Any:
+        """A fixable rule's preconditions, stated once: read the graph through `ctx` (an
+        `auditor.fixing.PlanContext`: the graph and the rewrite primitives' read-only checks) and return what
+        `fix` needs, or call `ctx.cannot(reason)`. The audit calls it to mark a finding `fixable`; `fix` calls it
+        before it changes anything. The default: the fix applies wherever the rule fires."""
+        return None
 
     def finding(
         self,

@@ -68,3 +68,45 @@ def resnet50() -> nn.Module:
 
 def transformer() -> nn.Module:
     return Transformer()
+
+
+class DropoutBlock(nn.Module):
+    """A Wide-ResNet-style basic block with its dropout between the convs: one DRO002 (dropout -> conv ->
+    BatchNorm), whose fix moves the dropout after the second BatchNorm."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.drop = nn.Dropout(0.3)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+
+    def forward(self, x):
+        out = self.drop(self.bn1(self.conv1(x)).relu())
+        return (self.bn2(self.conv2(out)) + x).relu()
+
+
+class DropoutResNet(nn.Module):
+    """`depth` residual blocks in an nn.Sequential, each with one fix for `audit --fix`."""
+
+    def __init__(self, depth: int, width: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.blocks = nn.Sequential(*[DropoutBlock(width) for _ in range(depth)])
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def dropout_resnet_10() -> nn.Module:
+    return DropoutResNet(10)
+
+
+def dropout_resnet_20() -> nn.Module:
+    return DropoutResNet(20)
+
+
+def dropout_resnet_40() -> nn.Module:
+    return DropoutResNet(40)

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
-    from auditor.fixing import FixContext
+    from auditor.fixing import FixContext, PlanContext
+    from auditor.graph import Node
 
 
 # Activations whose value at 0 is not 0: a dropped unit does not stay dropped.
@@ -84,12 +85,19 @@ class DropoutBeforeActivation(Rule):
                     at=dropout,
                 )
 
+    def fix_plan(self, ctx: PlanContext, dropout: Node) -> list[Node]:
+        """The activation the dropout feeds, then the BatchNorm and activation that directly follow it: the
+        dropout goes after the last of them."""
+        activation = next((a for a in ctx.graph.successors(dropout) if ops.is_activation(a.op)), None)
+        if activation is None:
+            ctx.cannot("no activation follows the dropout")
+        path = ctx.settle_path(activation)
+        ctx.check_move_after(dropout, path[-1])
+        return path
+
     def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
         """Move the dropout after the activation (and after a BatchNorm and activation that directly follow)."""
         dropout = ctx.node(finding)
-        activation = next((a for a in ctx.graph.successors(dropout) if ops.is_activation(a.op)), None)
-        if activation is None:
-            return None
-        path = ctx.settle_path(activation)
+        path = self.fix_plan(ctx, dropout)
         ctx.move_after(dropout, path[-1])
         return ctx.fixed(finding, f"{ctx.chain(dropout, path)} => {ctx.chain(path, dropout)}")

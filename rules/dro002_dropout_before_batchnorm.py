@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
-    from auditor.fixing import FixContext
+    from auditor.fixing import FixContext, PlanContext
 
 # What a dropout's noise survives on its way to a BatchNorm: reshapes, pooling, padding, resampling,
 # concatenation (DenseNet's dense connections) and the weight layers themselves, which mix it but keep it.
@@ -52,9 +52,11 @@ class DropoutBeforeBatchNorm(Rule):
     ```
 
     ## Fix
-    `--fix` moves the dropout after the BatchNorm it reaches (when it feeds the norm directly). This changes
-    what the model computes in training. When a weight layer sits in between, move the dropout after the last
-    BatchNorm of the network by hand.
+    `--fix` moves the dropout after the BatchNorm it reaches, past the conv/linear layers in between, and after
+    the activation that directly follows the norm (as Li et al. recommend: dropout after the BatchNorm). This
+    changes what the model computes in training. It is left to you when the dropout reaches several BatchNorms,
+    when its output is also read elsewhere, or when it is concatenated with other values before the norm
+    (moving it would drop those too).
 
     ## References
     Li, Chen, Hu, Yang, "Understanding the Disharmony between Dropout and Batch Normalization by Variance
@@ -81,20 +83,29 @@ class DropoutBeforeBatchNorm(Rule):
                 at=dropout,
             )
 
-    def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
-        """Move the dropout after the BatchNorm it feeds (and after the activation that follows the norm)."""
-        dropout = ctx.node(finding)
+    def fix_plan(self, ctx: PlanContext, dropout: Node) -> tuple[list[Node], list[Node]]:
+        """(the layers between the dropout and the BatchNorm it reaches, the norm and the activation after it):
+        the dropout goes after the last of those."""
         reached = _norms_reached(dropout)
         if not reached:
-            return None
+            ctx.cannot("the dropout does not reach a BatchNorm")
         if len(reached) > 1:
-            ctx.cannot("the dropout reaches several BatchNorms: move it after the last one by hand")
+            names = ", ".join(norm.label() for norm, _ in reached)
+            ctx.cannot(f"the dropout reaches several BatchNorms ({names}): move it after the last BatchNorm by hand")
         norm, between = reached[0]
-        mixing = [n for n in between if n.op in (ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR, ops.CAT)]
-        if mixing:
-            ctx.cannot(f"{mixing[0].label()} sits between the dropout and {norm.label()}: move the dropout after "
-                       "the last BatchNorm of the network by hand")
+        joins = [n for n in between if n.op == ops.CAT]
+        if joins:
+            ctx.cannot(f"the dropout's output is concatenated with other values ({joins[0].label()}) before "
+                       f"{norm.label()}: moving the dropout would drop those too; move it by hand")
         path = ctx.settle_path(norm)
+        ctx.check_move_after(dropout, path[-1])
+        return between, path
+
+    def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
+        """Move the dropout after the BatchNorm it reaches, past the layers in between (and after the
+        activation that follows the norm)."""
+        dropout = ctx.node(finding)
+        between, path = self.fix_plan(ctx, dropout)
         ctx.move_after(dropout, path[-1])
         return ctx.fixed(finding, f"{ctx.chain(dropout, between, path)} => {ctx.chain(between, path, dropout)}")
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
-    from auditor.fixing import FixContext
+    from auditor.fixing import FixContext, PlanContext
 
 
 @register
@@ -67,10 +67,15 @@ class DropoutOnOutput(Rule):
                     at=node,
                 )
 
+    def fix_plan(self, ctx: PlanContext, dropout: Node) -> list[Node]:
+        """The dropout can be taken out of the dataflow; returns what it reads (for the message)."""
+        ctx.check_remove(dropout)
+        return ctx.graph.predecessors(dropout)[:1]
+
     def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
         """Remove the dropout on the output."""
         dropout = ctx.node(finding)
-        before = ctx.graph.predecessors(dropout)[:1]
+        before = self.fix_plan(ctx, dropout)
         ctx.remove(dropout)
         return ctx.fixed(finding, f"{ctx.chain(before, dropout)} -> output => {ctx.chain(before) or 'input'} -> output")
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
-    from auditor.fixing import FixContext
+    from auditor.fixing import FixContext, PlanContext
 
 # Below this relative spread a weight is constant: INI003's finding, not a scale.
 _CONSTANT = 1e-3
@@ -144,17 +144,20 @@ class InitScale(Rule):
                         at=layer.node,
                     )
 
+    def fix_plan(self, ctx: PlanContext, node: Node) -> None:
+        """The weight must be a module's own parameter."""
+        if not node.is_module or node.params.get("weight") is None:
+            ctx.cannot("the layer is a function call: its weight is not a module parameter")
+
     def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
         """Re-initialize the weight (seeded) with the init the check measures against, and zero the bias."""
         import torch
 
         node = ctx.node(finding)
-        if not node.is_module:
-            ctx.cannot("the layer is a function call: its weight is not a module parameter")
+        self.fix_plan(ctx, node)
         module = ctx.module(node.module)
         weight = module.weight
-        order = {id(n): i for i, n in enumerate(ctx.graph.nodes)}
-        activation = min(downstream(node).activations, key=lambda n: order.get(id(n), 0), default=None)
+        activation = min(downstream(node).activations, key=ctx.position, default=None)
         method, gains, follows = _init_for(activation)
         receptive = int(weight[0][0].numel())
         std = _std(method, gains[0], int(weight.shape[1]) * receptive, int(weight.shape[0]) * receptive)

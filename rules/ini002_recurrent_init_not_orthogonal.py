@@ -4,14 +4,14 @@ import math
 from typing import Iterator
 
 from auditor.findings import Finding, Severity
-from auditor.graph import ops
+from auditor.graph import Node, ops
 from auditor.rule import GraphContext, Rule, register
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
-    from auditor.fixing import FixContext
+    from auditor.fixing import FixContext, PlanContext
 
 # Gate blocks stacked along dim 0 of weight_hh, in PyTorch's order.
 _GATES = {"LSTM": "ifgo", "GRU": "rzn"}
@@ -99,14 +99,18 @@ class RecurrentInitNotOrthogonal(Rule):
                     at=node,
                 )
 
+    def fix_plan(self, ctx: PlanContext, node: Node) -> list[str]:
+        """The trainable hidden-to-hidden weights of the module."""
+        names = sorted(n for n, p in node.params.items() if n.startswith("weight_hh") and p.requires_grad)
+        if not node.is_module or not names:
+            ctx.cannot("no trainable hidden-to-hidden weight of a module to re-initialize")
+        return names
+
     def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
         """Re-initialize every gate block of the hidden-to-hidden weights orthogonally (seeded)."""
         node = ctx.node(finding)
-        module = ctx.module(node.module)
+        names = self.fix_plan(ctx, node)
         gates = _gate_names(node.module_type or "", node.attrs.get("mode"))
-        names = [n for n, p in module.named_parameters() if n.startswith("weight_hh") and p.requires_grad]
-        if not names:
-            return None
         for name in names:
             ctx.orthogonal_gates(node.module, name, len(gates))
         blocks = f"{len(gates)} gate blocks" if len(gates) > 1 else "one block"

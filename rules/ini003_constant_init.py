@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
-    from auditor.fixing import FixContext
+    from auditor.fixing import FixContext, PlanContext
 
 # Relative spread below which entries (or units) count as identical: random inits are ~1.0 on this scale.
 _TOLERANCE = 1e-3
@@ -91,15 +91,21 @@ class ConstantInit(Rule):
                 )
                 yield self.finding(f"{node.label()} {name} {problem}: {consequence}; initialize it randomly", at=node)
 
+    def fix_plan(self, ctx: PlanContext, node: Node) -> bool:
+        """Whether the layer is re-initialized for what follows (a dense layer) or by its own reset_parameters()."""
+        if not node.is_module:
+            ctx.cannot("the layer is a function call: its weight is not a module parameter")
+        dense = node.op in (ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR, ops.BILINEAR)
+        if not dense and not callable(getattr(node.obj, "reset_parameters", None)):
+            ctx.cannot(f"{node.label()} has no reset_parameters() to draw a random init with")
+        return dense
+
     def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
         """Re-initialize randomly (seeded): conv/linear weights with He or Xavier for the activation that
         follows, other layers with their type's own `reset_parameters()`."""
         node = ctx.node(finding)
-        if not node.is_module:
-            return None
-        if node.op in (ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR, ops.BILINEAR):
-            order = {id(n): i for i, n in enumerate(ctx.graph.nodes)}
-            activation = min(downstream(node).activations, key=lambda n: order.get(id(n), 0), default=None)
+        if self.fix_plan(ctx, node):
+            activation = min(downstream(node).activations, key=ctx.position, default=None)
             scheme = ctx.reinit(node.module, "weight", activation)
             return ctx.fixed(finding, f"constant weight => {scheme}")
         ctx.reset_parameters(node.module)

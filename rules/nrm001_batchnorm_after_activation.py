@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
-    from auditor.fixing import FixContext
+    from auditor.fixing import FixContext, PlanContext
+    from auditor.graph import Node
 
 
 @register
@@ -71,22 +72,29 @@ class BatchNormAfterActivation(Rule):
                         at=norm,
                     )
 
-    def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
-        """Move the BatchNorm to right after the conv/linear, before the activation."""
-        norm = ctx.node(finding)
+    def fix_plan(self, ctx: PlanContext, norm: Node) -> tuple[Node, Node]:
+        """(the activation the norm must move before, the conv/linear that feeds it)."""
         for activation in ctx.graph.predecessors(norm, through=ops.TRANSPARENT | {ops.DROPOUT, ops.POOL}):
             if not ops.is_activation(activation.op):
                 continue
-            layers = [p for p in ctx.graph.predecessors(activation) if p.is_(ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR)]
+            layers = [p for p in ctx.graph.predecessors(activation)
+                      if p.is_(ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR) and _normalizes_features_of(norm, p)]
             if not layers:
                 continue
             features = norm.attrs.get("num_features")
             feeding = activation.tensor_inputs[0].shape if activation.tensor_inputs else None
             if feeding is None or len(feeding) < 2 or (isinstance(features, int) and feeding[1] != features):
                 ctx.cannot(f"{norm.label()} normalizes {features} features, but {activation.label()} receives {feeding}")
-            ctx.move_before(norm, activation)
-            return ctx.fixed(finding, f"{ctx.chain(layers[0], activation, norm)} => {ctx.chain(layers[0], norm, activation)}")
-        return None
+            ctx.check_move_before(norm, activation)
+            return activation, layers[0]
+        ctx.cannot("no conv/linear -> activation comes before the BatchNorm")
+
+    def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
+        """Move the BatchNorm to right after the conv/linear, before the activation."""
+        norm = ctx.node(finding)
+        activation, layer = self.fix_plan(ctx, norm)
+        ctx.move_before(norm, activation)
+        return ctx.fixed(finding, f"{ctx.chain(layer, activation, norm)} => {ctx.chain(layer, norm, activation)}")
 
 
 def _normalizes_features_of(norm: Node, layer: Node) -> bool:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
-    from auditor.fixing import FixContext
+    from auditor.fixing import FixContext, PlanContext
 
 _LAYERS = (ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR)
 
@@ -55,6 +55,7 @@ class BiasBeforeBatchNorm(Rule):
     severity = Severity.INFO
     summary = "conv/linear with bias feeding BatchNorm"
     fix_title = "Drop the bias (fold it into the BatchNorm's running mean)"
+    fix_safe = True
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
         seen: set[int] = set()
@@ -72,16 +73,22 @@ class BiasBeforeBatchNorm(Rule):
                     at=layer,
                 )
 
+    def fix_plan(self, ctx: PlanContext, layer: Node) -> Node:
+        """The one BatchNorm the layer feeds, into whose running mean the bias folds."""
+        norms = [n for n in ctx.graph.successors(layer) if n.op == ops.BATCH_NORM]
+        if len(norms) != 1:
+            ctx.cannot(f"{layer.label()} feeds {len(norms)} BatchNorms: drop the bias by hand")
+        ctx.check_fold_bias(layer, norms[0])
+        return norms[0]
+
     def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
         """Drop the bias and fold it into the BatchNorm's running mean (outputs unchanged, verified)."""
         layer = ctx.node(finding)
-        norms = [n for n in ctx.graph.successors(layer) if n.op == ops.BATCH_NORM]
-        if len(norms) != 1:
-            return None
-        ctx.fold_bias(layer, norms[0])
+        norm = self.fix_plan(ctx, layer)
+        ctx.fold_bias(layer, norm)
         return ctx.fixed(
             finding,
-            f"{ctx.chain(layer, norms)} with bias => without bias (folded into `{norms[0].module}.running_mean`)",
+            f"{ctx.chain(layer, norm)} with bias => without bias (folded into `{norm.module}.running_mean`)",
             safe=True,
         )
 

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
-    from auditor.fixing import FixContext
+    from auditor.fixing import FixContext, PlanContext
+    from auditor.graph import Node
 
 
 @register
@@ -94,15 +95,21 @@ class ResidualShapeMismatch(Rule):
 
 
 
-    def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
-        """Insert a shortcut on the identity operand: 1x1 conv + BN (default), zero-pad (`--shortcut pad`),
-        or a Linear projection for features."""
-        merge = ctx.node(finding)
+    def fix_plan(self, ctx: PlanContext, merge: Node) -> tuple[Node, Node]:
+        """(identity, branch) of the residual add, when a shortcut can make the identity the branch's shape."""
         if merge.op not in (ops.ADD, ops.SUB) or len(merge.tensor_inputs) != 2:
             ctx.cannot("only a residual add (or subtraction) of two values can get a shortcut")
         identity, branch = residual_roles(ctx.graph, *merge.tensor_inputs)
         if identity is None:
             ctx.cannot("neither operand is computed from the other, so there is no identity branch to adapt")
+        ctx.plan_shortcut(merge, identity, branch)
+        return identity, branch
+
+    def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
+        """Insert a shortcut on the identity operand: 1x1 conv + BN (default), zero-pad (`--shortcut pad`),
+        or a Linear projection for features."""
+        merge = ctx.node(finding)
+        identity, branch = self.fix_plan(ctx, merge)
         return ctx.fixed(finding, ctx.insert_shortcut(merge, identity, branch))
 
 

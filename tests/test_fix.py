@@ -125,17 +125,47 @@ def test_a_model_that_still_fails_is_not_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_refuses_to_overwrite_without_force(tmp_path):
+def test_force_replaces_only_an_earlier_fix_output(tmp_path):
     target = str(FIXTURES / "rules" / "dro001_modules.py")
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    assert invoke(target, "--fix", "--out", str(out)).exit_code == 0
     refused = invoke(target, "--fix", "--out", str(out))
-    assert refused.exit_code == 2 and "already exists; pass --force" in refused.stderr
-    assert (out / "keep.txt").read_text() == "mine"
+    assert refused.exit_code == 2 and "an earlier --fix output); pass --force" in refused.stderr
+    written = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (out / "model.py").write_text("stale")
     forced = invoke(target, "--fix", "--out", str(out), "--force")
     assert forced.exit_code == 0, forced.output
-    assert not (out / "keep.txt").exists() and (out / FIXED_MANIFEST).is_file()
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}.keys() == written.keys()
+    assert (out / "model.py").read_text() != "stale"
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda out: (out.mkdir(), (out / "keep.txt").write_text("mine")), "was not written by --fix"),
+        (lambda out: out.write_text("mine"), "is not a folder"),
+        (lambda out: (invoke(str(FIXTURES / "rules" / "dro001_modules.py"), "--fix", "--out", str(out)),
+                      (out / "notes.txt").write_text("mine")),
+         "holds files --fix did not write (notes.txt)"),
+        (lambda out: (invoke(str(FIX / "two_models.py"), "--fix", "--out", str(out)), (out / "First" / "notes.txt").write_text("mine")),
+         "its folder First holds files --fix did not write (notes.txt)"),
+    ],
+    ids=["foreign-folder", "file", "fix-output-with-user-files", "nested-fix-output-with-user-files"],
+)
+def test_force_refuses_what_fix_did_not_write(tmp_path, make, reason):
+    """--force never deletes a folder or file --fix did not write: one line, exit 2, everything intact."""
+    target = str(FIXTURES / "rules" / "dro001_modules.py")
+    out = tmp_path / "out"
+    make(out)
+    before = {p: p.read_bytes() for p in [out, *out.rglob("*")] if p.is_file()}
+    for args in (["--force"], []):
+        refused = invoke(target, "--fix", "--out", str(out), *args)
+        assert refused.exit_code == 2 and reason in refused.stderr, refused.output
+        assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    assert {p: p.read_bytes() for p in [out, *out.rglob("*")] if p.is_file()} == before
+    with pytest.raises(FileExistsError, match="force=True|not written|not a folder|did not write"):
+        auditor.fix(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.ReLU()), torch.randn(2, 4), out=out, force=True)
+    assert {p: p.read_bytes() for p in [out, *out.rglob("*")] if p.is_file()} == before
 
 
 @pytest.mark.parametrize(
@@ -153,7 +183,7 @@ def test_fix_usage_errors(args, message):
 
 
 def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
-    import auditor.fixing.run as fix_run
+    import auditor.fixing.save as fix_run
 
     def broken(path, tensors):
         path.write_bytes(b"half")
@@ -350,3 +380,74 @@ def test_canonical_models_are_written_faithfully(path, tmp_path):
         assert result.status == "ok", result.error
         assert result.fixed_path is not None and not [f for f in result.findings if f.code in FIXABLE_CODES]
         assert not [n for n in result.capture.notes if "self.training" in n], result.capture.notes
+
+
+# --- the written model is the user's model, fixed -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def containers_cli(tmp_path_factory):
+    """`audit containers.py --fix`: 70 blocks in an nn.Sequential, each with a dropout to move, plus more."""
+    root = tmp_path_factory.mktemp("containers")
+    out = root / "fixed"
+    result = invoke(str(FIX / "containers.py"), "--fix", "--out", str(out), "--format", "json")
+    original = fixture_module("containers").Net()
+    checkpoint = root / "old.pt"
+    torch.save(original.state_dict(), checkpoint)
+    return out, result, checkpoint
+
+
+def test_many_fixes_in_one_run_with_no_cap(containers_cli):
+    _, result, _ = containers_cli
+    assert result.exit_code == 0, result.output
+    (model,) = [r for r in json.loads(result.stdout)["results"] if r["target"].endswith(":Net")]
+    codes = [f["code"] for f in model["fixes"]]
+    assert codes.count("DRO002") == 70 and codes.count("RES001") == 1 and codes.count("NRM002") == 1
+    assert model["findings"] == []
+    assert not [n for n in model["capture"]["notes"] if "not fixed" in n or "stopped" in n]
+
+
+def test_written_folder_in_a_fresh_process_is_the_users_model(containers_cli, tmp_path):
+    """Loaded in a new interpreter: containers indexable and iterable, one mode (eval) everywhere, deterministic,
+    and the user's old checkpoint loads into every unchanged layer."""
+    out, _, checkpoint = containers_cli
+    script = textwrap.dedent(f"""
+        import json, sys
+        import torch, torch.nn as nn
+        sys.path.insert(0, {str(out)!r})
+        import model
+        net = model.load_model()
+        assert type(net.blocks) is nn.Sequential and type(net.stem) is nn.ModuleList and type(net.heads) is nn.ModuleDict
+        assert isinstance(net.blocks[0].fc1, nn.Linear) and isinstance(net.heads["logits"], nn.Linear)
+        blocks = [type(b.fc2).__name__ for b in net.blocks]
+        assert not net.training and not any(m.training for m in net.modules())
+        x = model.example_inputs()
+        first, second = net(*x), net(*x)
+        old = torch.load({str(checkpoint)!r}, weights_only=True)
+        state = net.state_dict()
+        kept = sorted(k for k in old if k in state and torch.equal(state[k], old[k]))
+        loaded = net.load_state_dict(old, strict=False)
+        print(json.dumps({{"blocks": len(blocks), "equal": torch.equal(first, second), "kept": len(kept), "old": len(old),
+                          "missing": loaded.missing_keys, "unexpected": loaded.unexpected_keys, "aux": "aux.weight" in state}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["blocks"] == 70 and report["equal"] and report["aux"]
+    assert report["missing"] == ["blocks.69.shortcut.weight"]  # the one new layer
+    assert report["unexpected"] == ["stem.0.bias"]  # the one folded bias
+    assert report["kept"] == report["old"] - 2  # every other tensor is the user's, unchanged (stem.1's mean absorbed the bias)
+    fixes_md = (out / "FIXES.md").read_text()
+    assert "eval mode" in fixes_md and "nn.Sequential" in fixes_md
+
+
+def test_api_model_is_independent_of_the_callers(tmp_path):
+    module = fixture_module("containers")
+    net, x = module.Net(depth=3), module.example_inputs()[0]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fixed, report = auditor.fix(net, x)
+    assert {f.code for f in report.results[0].fixes} == {"DRO002", "RES001", "NRM002"}
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    ours = {p.data_ptr() for p in net.parameters()} | {b.data_ptr() for b in net.buffers()}
+    assert not ours & ({p.data_ptr() for p in fixed.parameters()} | {b.data_ptr() for b in fixed.buffers()})
+    assert type(fixed.blocks) is nn.Sequential and fixed.blocks[0].fc1.weight is not net.blocks[0].fc1.weight

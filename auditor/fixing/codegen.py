@@ -159,9 +159,11 @@ _SPECIAL: dict[str, Callable[[nn.Module], dict[str, Any]]] = {
 
 
 def _check_rebuilt(module: nn.Module, text: str) -> None:
-    """Build the constructor and compare it with the live module: structure, repr and parameter shapes."""
+    """Build the constructor (on the meta device: no memory, no init cost) and compare it with the live module:
+    structure, repr and parameter shapes."""
     try:
-        rebuilt = eval(text, {"nn": nn, "torch": torch, "inf": math.inf, "nan": math.nan})  # noqa: S307 - our own text
+        with torch.device("meta"):
+            rebuilt = eval(text, {"nn": nn, "torch": torch, "inf": math.inf, "nan": math.nan})  # noqa: S307 - our own text
     except Exception as exc:  # noqa: BLE001
         raise CannotFix(f"cannot rebuild {type(module).__name__} with `{text}`: {type(exc).__name__}: {exc}") from exc
     if _structure(rebuilt) != _structure(module):
@@ -217,21 +219,28 @@ class ModelSource:
 
 
 def attribute_lines(gm: fx.GraphModule) -> tuple[list[str], list[str]]:
-    """`_attach(self, NAME, VALUE)` lines that rebuild every submodule, parameter and buffer of `gm`, and
-    notes about modules rebuilt as their torch.nn base class."""
+    """`_attach(self, NAME, VALUE)` lines that rebuild every submodule, parameter and buffer of `gm` (a module
+    held at two paths is attached twice, as the same object), and notes about modules rebuilt as their torch.nn
+    base class."""
     called = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
     lines: list[str] = []
     notes: list[str] = []
-    leaves: list[str] = []
-    for name, module in gm.named_modules():
-        if any(name.startswith(leaf + ".") for leaf in leaves):
-            continue  # built by its leaf's constructor
+    built: list[str] = []  # leaves and repeated modules: their children come with them
+    first: dict[int, str] = {}
+    for name, module in gm.named_modules(remove_duplicate=False):
+        if any(name.startswith(prefix + ".") for prefix in built):
+            continue
+        if name and id(module) in first:
+            lines.append(f"_attach(self, {name!r}, self.get_submodule({first[id(module)]!r}))")
+            built.append(name)
+            continue
+        first[id(module)] = name
         if name:
             if name in called or not _is_container(module):
                 text = constructor(module)
                 if type(module) is not torch_class(module):
                     notes.append(f"`{name}` ({type(module).__name__}) is rebuilt as its torch.nn base {torch_class(module).__name__}")
-                leaves.append(name)
+                built.append(name)
                 lines.append(f"_attach(self, {name!r}, {text})")
                 continue
             kind = type(module).__name__ if isinstance(module, _CONTAINERS) else "Module"
@@ -336,7 +345,6 @@ def render_model(gm: fx.GraphModule, source: ModelSource) -> tuple[str, list[str
     forward, imports = forward_source(gm, notes)
     ties = _ties(gm)
     frozen = [n for n, p in gm.named_parameters() if not p.requires_grad]
-    eval_modules = [n for n, m in gm.named_modules() if not m.training]
     changes = "\n".join(f"  - {line}" for line in source.summary) or "  (none: the model is unchanged)"
     inputs_doc = (
         "example_inputs() returns the inputs the audit ran it on (inputs.pt)."
@@ -352,7 +360,7 @@ Self-contained: needs only torch; weights are in weights.pt next to this file (t
 weights_only=True). Load it from anywhere:
 
     import sys; sys.path.insert(0, "path/to/this/folder")
-    import model; net = model.load_model()
+    import model; net = model.load_model()   # in eval mode, every submodule alike; .train() to train it
 
 or audit it again with `audit path/to/this/folder`. {inputs_doc}
 """
@@ -367,10 +375,9 @@ import torch.nn as nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIED = {ties!r}  # (parameter, the parameter it shares storage with)
 FROZEN = {frozen!r}  # parameters with requires_grad=False
-EVAL = {eval_modules!r}  # submodules that were in eval mode
 
 
-class {source.class_name}(nn.Module):
+class {source.class_name}({"nn.Sequential" if isinstance(gm, nn.Sequential) else "nn.Module"}):
     def __init__(self):
         super().__init__()
 {body}
@@ -391,7 +398,7 @@ def _attach(root, qualname, value, buffer=False, persistent=True):
 
 
 def load_model(device="cpu"):
-    """The fixed model with its weights, on `device`."""
+    """The fixed model with its weights, on `device`, in eval mode (call .train() to train it)."""
     model = {source.class_name}()
     state = torch.load(os.path.join(HERE, "weights.pt"), map_location=device, weights_only=True)
     model.load_state_dict(state, assign=True)
@@ -399,12 +406,10 @@ def load_model(device="cpu"):
         _attach(model, name, model.get_parameter(same_as))
     for name in FROZEN:
         model.get_parameter(name).requires_grad_(False)
-    for name in EVAL:
-        model.get_submodule(name).training = False
     for module in model.modules():
         if isinstance(module, nn.RNNBase):
             module.flatten_parameters()  # cuDNN wants the loaded weights in one chunk again
-    return model
+    return model.eval()
 
 
 def build_model():
@@ -475,7 +480,7 @@ torch.fx could not trace this model, so its code is not regenerated: load_model(
 from weights.pt next to this file (tensors only). This folder can move; your source cannot.
 
     import sys; sys.path.insert(0, "path/to/this/folder")
-    import model; net = model.load_model()
+    import model; net = model.load_model()   # in eval mode; .train() to train it
 """
 
 import copy
@@ -512,7 +517,7 @@ def _import_origin():
 
 
 def load_model(device="cpu"):
-    """The model built from its source, with the fixed weights, on `device`."""
+    """The model built from its source, with the fixed weights, on `device`, in eval mode (.train() to train it)."""
     obj = getattr(_import_origin(), ORIGIN["name"])
     model = copy.deepcopy(obj) if isinstance(obj, torch.nn.Module) else obj(**ORIGIN["kwargs"])
     for name in DROPPED:
@@ -521,7 +526,7 @@ def load_model(device="cpu"):
         owner.register_parameter(attr, None)
     state = torch.load(os.path.join(HERE, "weights.pt"), map_location=device, weights_only=True)
     model.load_state_dict(state)
-    return model.to(device)
+    return model.to(device).eval()
 
 
 {_example_inputs_source(source)}

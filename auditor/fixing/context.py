@@ -1,14 +1,16 @@
-"""What a rule's `fix(ctx, finding)` sees: the rewritable copy of the model and the primitives to change it.
+"""What a rule's `fix(ctx, finding)` sees: the copy of the model being fixed and the primitives to change it.
 
 A fixable rule implements
 
+    def fix_plan(self, ctx: PlanContext, node: Node) -> Any      # preconditions, read-only (see plan.py)
     def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None
 
-and returns `ctx.fixed(finding, "before => after")` once it changed the model, or calls `ctx.cannot(reason)`
-(or returns None) when the fix does not apply here. The graph (`ctx.graph`) was captured from the copy, so its
-nodes' modules (`node.obj`, `ctx.module(name)`) are the copy's and never the user's. Graph rewrites need a
-torch.fx capture (`ctx.can_rewrite`); without one they raise `CannotFix`, and the engine notes why. Module-level
-changes (re-inits, bias folding) work for every capture.
+`fix` calls `self.fix_plan(ctx, ctx.node(finding))`, carries the plan out with the primitives below and returns
+`ctx.fixed(finding, "before => after")`, or calls `ctx.cannot(reason)`. The graph (`ctx.graph`) was captured from
+the copy, so its nodes' modules (`node.obj`, `ctx.module(name)`) are the copy's and never the user's. Graph
+rewrites need a torch.fx capture (`ctx.can_rewrite`); module-level changes (re-inits, bias folding) work for
+every capture. Every change is journaled (graph edits, and the tensors a fix writes, which are copied from the
+user's on first write), so the fix loop can undo one fix without a copy of the model.
 
 Rules import this module only for type hints: everything is reached through `ctx`.
 """
@@ -16,11 +18,14 @@ Rules import this module only for type hints: everything is reached through `ctx
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 from auditor.findings import AppliedFix, Finding
+from auditor.fixing import rewrite
+from auditor.fixing.plan import PlanContext
 from auditor.fixing.rewrite import CannotFix, Stale
-from auditor.graph import MODULE, AuditGraph, Node, ops
+from auditor.fixing.workspace import Workspace
+from auditor.graph import Node
 
 if TYPE_CHECKING:
     import torch
@@ -29,51 +34,28 @@ if TYPE_CHECKING:
 
 __all__ = ["FixContext", "CannotFix", "Stale"]
 
-# Ops a dropout may be moved past without changing what the dropout means (it still acts on the same units).
-SETTLE_THROUGH = frozenset({ops.BATCH_NORM}) | ops.ACTIVATIONS
-
 
 @dataclass
-class FixContext:
-    graph: AuditGraph  # captured from the copy being fixed
-    model: nn.Module  # the copy being fixed (for fx captures, the GraphModule the rewrites edit)
-    inputs: tuple[Any, ...]  # the example inputs
-    shortcut: str = "conv"  # RES001: "conv" (1x1 conv + BN) or "pad" (parameter-free)
+class FixContext(PlanContext):
+    workspace: Workspace | None = None  # the copy being fixed
+    inputs: tuple[Any, ...] = ()  # the example inputs
     seed: int = 0
-    settings: dict[str, Any] = field(default_factory=dict)
-    reshaped: bool = False  # a rewrite changed value shapes: the graph's recorded shapes are stale
+    reshaped: bool = False  # a rewrite changed value shapes: the graph's recorded shapes downstream are stale
+    bypassed: list[fx.Node] = field(default_factory=list)  # removed from the dataflow, erased at the end
+    stale_after: list[fx.Node] = field(default_factory=list)  # values whose recorded shapes (and downstream) a fix changed
+
+    @property
+    def model(self) -> nn.Module:
+        """The copy being fixed (for fx captures, the GraphModule the rewrites edit)."""
+        assert self.workspace is not None
+        return self.workspace.model
+
+    @property
+    def journal(self) -> rewrite.Journal:
+        assert self.workspace is not None
+        return self.workspace.journal
 
     # --- reading --------------------------------------------------------------------------------------------
-    @property
-    def can_rewrite(self) -> bool:
-        """Whether graph rewrites are possible (the model was captured with torch.fx)."""
-        return self.graph.method == "fx" and self.graph.meta.get("graph_module") is not None
-
-    @property
-    def gm(self) -> fx.GraphModule:
-        if not self.can_rewrite:
-            raise CannotFix(f"this fix rewrites the graph, which needs a torch.fx capture (this model was captured with {self.graph.method})")
-        return self.graph.meta["graph_module"]
-
-    def node(self, finding: Finding) -> Node:
-        """The graph node a finding points at."""
-        if finding.node is None:
-            raise CannotFix("the finding names no graph node")
-        try:
-            return self.graph.node(finding.node)
-        except KeyError:
-            raise Stale(f"node `{finding.node}` is gone") from None
-
-    def fx(self, node: Node | fx.Node) -> fx.Node:
-        """The fx node behind a graph node (graph rewrites only)."""
-        gm = self.gm
-        if not isinstance(node, Node):
-            return node
-        fx_node = node.meta.get("fx_node")
-        if fx_node is None or fx_node.graph is not gm.graph:
-            raise Stale(f"node `{node.name}` is not in the graph being rewritten")
-        return fx_node
-
     def audit_node(self, fx_node: fx.Node) -> Node | None:
         """The graph node of an fx node (None for nodes a rewrite created)."""
         try:
@@ -96,87 +78,58 @@ class FixContext:
         except AttributeError:
             raise Stale(f"module `{qualname}` is gone") from None
 
-    def calls(self, qualname: str | None) -> list[Node]:
-        """Every call of the module `qualname` in the graph (a shared module is called more than once)."""
-        return [n for n in self.graph.nodes if n.kind == MODULE and n.module == qualname]
-
-    def activation_after(self, node: Node) -> Node | None:
-        """The activation a node's output reaches first (through reshapes and dropout), if that comes before
-        any other layer."""
-        for successor in self.graph.successors(node, through=ops.TRANSPARENT | {ops.DROPOUT}):
-            if ops.is_activation(successor.op):
-                return successor
-        return None
-
-    def settle_path(self, node: Node) -> list[Node]:
-        """`node` and the BatchNorms and activations that directly follow it (each the single consumer of the
-        one before, dropouts in between passed too): a dropout moved past `node` belongs after the last of
-        them (after the last norm and its activation), or it would sit before a norm or an activation again."""
-        path = [node]
-        current = node
-        while True:
-            users = self.graph.successors(current)
-            if len(users) != 1 or users[0].op not in SETTLE_THROUGH | {ops.DROPOUT} or len(current.users) != 1:
-                break
-            current = users[0]
-            if current.op != ops.DROPOUT:
-                path.append(current)
-        return path
-
-    @staticmethod
-    def chain(*nodes: Node | Sequence[Node]) -> str:
-        """`Linear -> Dropout -> Tanh`: how an action shows nodes in order (module class, or the function)."""
-        flat: list[Node] = []
-        for item in nodes:
-            flat.extend(item if isinstance(item, (list, tuple)) else [item])
-        return " -> ".join(n.module_type or n.target for n in flat)
+    def ancestors(self, node: Node | fx.Node) -> set[fx.Node]:
+        return rewrite.ancestors(self.fx(node))
 
     # --- graph rewrites (fx captures) -----------------------------------------------------------------------
     def move_after(self, node: Node, anchor: Node) -> None:
         """Move the unary op `node` (a dropout) to right after `anchor`, downstream of it."""
-        from auditor.fixing import rewrite
-
-        rewrite.move_after(self.gm, self.fx(node), self.fx(anchor))
+        rewrite.move_after(self.gm, self.fx(node), self.fx(anchor), self.journal)
 
     def move_before(self, node: Node, anchor: Node) -> None:
         """Move the unary op `node` (a norm) to right before `anchor`, upstream of it."""
-        from auditor.fixing import rewrite
-
-        rewrite.move_before(self.gm, self.fx(node), self.fx(anchor))
+        rewrite.move_before(self.gm, self.fx(node), self.fx(anchor), self.journal)
 
     def remove(self, node: Node) -> None:
         """Take the unary op `node` out: its users read its input."""
-        from auditor.fixing import rewrite
-
-        rewrite.remove(self.gm, self.fx(node))
+        fx_node = self.fx(node)
+        rewrite.bypass(fx_node, self.journal)
+        self.bypassed.append(fx_node)
 
     def add_module(self, wanted: str, module: nn.Module) -> str:
         """Register a new submodule (on the model's device and dtype) under `wanted` or a free variant of
         it; returns the name used."""
-        from auditor.fixing import rewrite
-
-        return rewrite.add_module(self.gm, wanted, module.to(**self._placement()))
+        return rewrite.add_module(self.gm, wanted, module.to(**self._placement()), self.journal)
 
     def insert_before(self, anchor: Node | fx.Node, op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> fx.Node:
         """A new `call_module` / `call_function` / `call_method` node right before `anchor`. Args may mix
-        graph nodes and fx nodes. Marks the graph's shapes stale (the round ends after this fix)."""
-        from auditor.fixing import rewrite
-
+        graph nodes and fx nodes. Marks the graph's shapes stale (later fixes that read them wait for a new
+        capture)."""
         self.reshaped = True
         fx_args = tuple(self.fx(a) if isinstance(a, Node) else a for a in args)
-        return rewrite.insert_before(self.gm, self.fx(anchor), op, target, fx_args, kwargs)
+        return rewrite.insert_before(self.gm, self.fx(anchor), op, target, fx_args, kwargs, self.journal)
 
     def replace_input(self, user: Node | fx.Node, old: Node | fx.Node, new: fx.Node) -> None:
-        """`user` reads `new` where it read `old`; then the graph is checked and recompiled."""
-        from auditor.fixing import rewrite
+        """`user` reads `new` where it read `old`."""
+        rewrite.replace_input(self.fx(user), self.fx(old), new, self.journal)
 
-        self.fx(user).replace_input_with(self.fx(old), new)
-        rewrite.finish(self.gm)
-
-    def ancestors(self, node: Node | fx.Node) -> set[fx.Node]:
-        from auditor.fixing import rewrite
-
-        return rewrite.ancestors(self.fx(node))
+    def insert_shortcut(self, merge: Node, identity: Node, branch: Node) -> str:
+        """RES001: a shortcut between `identity` and the add `merge` (a 1x1 conv + BN with the stride, a
+        zero-pad one with `--shortcut pad`, or a Linear projection for features); returns the action text."""
+        planned = self.plan_shortcut(merge, identity, branch)
+        value: Node | fx.Node = identity
+        name = f"{merge.module}.shortcut" if merge.module else "shortcut"
+        if planned.has_parameters:
+            name = self.add_module(name, planned.build(self._fill, name))
+            for call in planned.calls(name):
+                value = self.insert_before(merge, "call_module", call, (value,))
+        else:
+            for function, extra in planned.functions():
+                value = self.insert_before(merge, "call_function", function, (value, *extra))
+        self.replace_input(merge, identity, value if not isinstance(value, Node) else self.fx(value))
+        if merge.shape != planned.branch:  # the capture went on with the identity: what follows was measured wrong
+            self.stale_after.append(self.fx(merge))
+        return planned.describe(name)
 
     # --- module-level changes (every capture) ---------------------------------------------------------------
     def generator(self, key: str) -> torch.Generator:
@@ -188,35 +141,30 @@ class FixContext:
     def reinit(self, qualname: str, tensor_name: str, activation: Node | str | None = None) -> str:
         """Re-initialize `qualname.tensor_name` for the activation that follows (He for the ReLU family,
         Xavier with tanh's or unit gain otherwise); returns the scheme's description."""
-        from auditor.fixing.init import reinit, scheme_for
+        from auditor.fixing.init import scheme_for
 
-        tensor = self._tensor(qualname, tensor_name)
-        if tensor.dim() < 2:
+        if self._tensor(qualname, tensor_name).dim() < 2:
             raise CannotFix(f"`{qualname}.{tensor_name}` has fewer than 2 dimensions: no fan-in to scale by")
         op = activation.op if isinstance(activation, Node) else activation
         attrs = activation.attrs if isinstance(activation, Node) else None
         description, fill = scheme_for(op, attrs)
-        reinit(tensor, fill, self.generator(f"{qualname}.{tensor_name}"))
+        self.reinit_with(qualname, tensor_name, fill)
         return description
 
     def reinit_with(self, qualname: str, tensor_name: str, fill: Callable[[torch.Tensor, torch.Generator], Any]) -> None:
         """Re-initialize a tensor with `fill(cpu_tensor, generator)`, seeded."""
-        from auditor.fixing.init import reinit
-
-        reinit(self._tensor(qualname, tensor_name), fill, self.generator(f"{qualname}.{tensor_name}"))
+        self._fill(self._writable(qualname, tensor_name), f"{qualname}.{tensor_name}", fill)
 
     def reinit_with_module(self, module: nn.Module, tensor_name: str, fill: Callable[[torch.Tensor, torch.Generator], Any], key: str) -> None:
         """Seeded init of a tensor of a module not (yet) in the model, e.g. a new shortcut."""
-        from auditor.fixing.init import reinit
-
-        reinit(getattr(module, tensor_name), fill, self.generator(f"{key}.{tensor_name}"))
+        self._fill(getattr(module, tensor_name), f"{key}.{tensor_name}", fill)
 
     def orthogonal_gates(self, qualname: str, tensor_name: str, gates: int | None = None) -> int:
         """Each gate block of a recurrent weight orthogonal (LSTM 4 blocks, GRU 3, RNN 1); returns the count."""
         from auditor.fixing.init import gate_count, orthogonal_gates
 
         gates = gates or gate_count(self.module(qualname))
-        orthogonal_gates(self._tensor(qualname, tensor_name), gates, self.generator(f"{qualname}.{tensor_name}"))
+        orthogonal_gates(self._writable(qualname, tensor_name), gates, self.generator(f"{qualname}.{tensor_name}"))
         return gates
 
     def reset_parameters(self, qualname: str) -> None:
@@ -233,38 +181,27 @@ class FixContext:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.generator(qualname).initial_seed()) % (2**63))
             scratch.reset_parameters()
+        fresh = dict(scratch.named_parameters())
         with torch.no_grad():
-            fresh = dict(scratch.named_parameters())
-            for name, tensor in module.named_parameters():
-                tensor.copy_(fresh[name].to(tensor.dtype))
+            for name, _ in module.named_parameters():
+                owner, _, leaf = name.rpartition(".")
+                self._writable(f"{qualname}.{owner}" if owner else qualname, leaf).copy_(fresh[name])
 
     def fold_bias(self, layer: Node, norm: Node) -> None:
         """Drop a conv/linear's bias and fold it into the BatchNorm's running mean: BN(x + b) with running mean
         mu equals BN(x) with running mean mu - b, and in training the batch mean cancels b anyway."""
         import torch
 
-        if not layer.is_module or not norm.is_module:
-            self.cannot("the layer or the norm is a function call: drop the bias by hand")
-        for node in (layer, norm):
-            if len(self.calls(node.module)) != 1:
-                self.cannot(f"`{node.module}` is called more than once: its bias or statistics matter elsewhere")
+        self.check_fold_bias(layer, norm)
+        assert self.workspace is not None and layer.module is not None and norm.module is not None
         conv, bn = self.module(layer.module), self.module(norm.module)
         bias = getattr(conv, "bias", None)
         if not isinstance(bias, torch.Tensor):
             self.cannot(f"`{layer.module}` has no bias")
-        if bias.numel() != getattr(bn, "num_features", -1):
-            self.cannot(f"the bias of `{layer.module}` ({bias.numel()}) does not match the channels of `{norm.module}`")
-        with torch.no_grad():
-            if getattr(bn, "running_mean", None) is not None:
-                bn.running_mean.sub_(bias.detach().to(bn.running_mean.dtype))
-        conv.register_parameter("bias", None)
-
-    def insert_shortcut(self, merge: Node, identity: Node, branch: Node) -> str:
-        """RES001: a shortcut between `identity` and the add `merge` (a 1x1 conv + BN with the stride, a
-        zero-pad one with `--shortcut pad`, or a Linear projection for features); returns the action text."""
-        from auditor.fixing.shortcut import insert_shortcut
-
-        return insert_shortcut(self, merge, identity, branch)
+        if getattr(bn, "running_mean", None) is not None:
+            with torch.no_grad():
+                self._writable(norm.module, "running_mean").sub_(bias.detach().to(bn.running_mean.dtype))
+        self.workspace.set_tensor(conv, "bias", None)
 
     def is_constant(self, tensor: torch.Tensor) -> bool:
         from auditor.fixing.init import is_constant
@@ -273,25 +210,30 @@ class FixContext:
 
     # --- outcome --------------------------------------------------------------------------------------------
     def fixed(self, finding: Finding, action: str, *, safe: bool = False) -> AppliedFix:
-        """The record of a fix that was applied. `safe`: the outputs are provably unchanged (the engine
-        verifies it on the example inputs and reverts the fix if they are not)."""
+        """The record of a fix that was applied. `safe`: the outputs are provably unchanged (the fix loop
+        verifies it on the example inputs and undoes the fix if they are not)."""
         return AppliedFix(code=finding.code, module=finding.module, action=action, safe=safe)
-
-    def cannot(self, reason: str) -> NoReturn:
-        """The fix does not apply here; `reason` tells the user why (and what to do instead)."""
-        raise CannotFix(reason)
 
     # --- internals ------------------------------------------------------------------------------------------
     def _tensor(self, qualname: str, tensor_name: str) -> torch.Tensor:
-        module = self.module(qualname)
-        tensor = getattr(module, tensor_name, None)
+        tensor = getattr(self.module(qualname), tensor_name, None)
         if tensor is None:
             raise CannotFix(f"`{qualname}` has no tensor `{tensor_name}`")
         return tensor
+
+    def _writable(self, qualname: str, tensor_name: str) -> torch.Tensor:
+        """The tensor, owned by the copy (copy-on-write) and journaled, ready to change in place."""
+        assert self.workspace is not None
+        self._tensor(qualname, tensor_name)
+        return self.workspace.writable(self.module(qualname), tensor_name)
+
+    def _fill(self, tensor: torch.Tensor, key: str, fill: Callable[[torch.Tensor, torch.Generator], Any]) -> None:
+        from auditor.fixing.init import reinit
+
+        reinit(tensor, fill, self.generator(key))
 
     def _placement(self) -> dict[str, Any]:
         for tensor in list(self.model.parameters()) + list(self.model.buffers()):
             if tensor.is_floating_point():
                 return {"device": tensor.device, "dtype": tensor.dtype}
         return {}
-

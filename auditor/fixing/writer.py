@@ -9,8 +9,10 @@ A fixed model is a folder (see `write_code_folder` / `write_weights_folder`):
     FIXES.md             what changed (code, module, before => after, safety) and what remains
 
 `--out` is written through a staging folder next to it and renamed into place at the end, so a failure leaves
-no half-written output; an existing `--out` is replaced only with `--force`. With one fixed model, `--out` is
-that model's folder; with several, `--out` holds one folder per model and a manifest listing them.
+no half-written output. With one fixed model, `--out` is that model's folder; with several, `--out` holds one
+folder per model and a manifest listing them. The manifest is also the marker of a folder --fix wrote: it lists
+every file written there, and `--force` replaces an existing `--out` only when it is such a folder with nothing
+else in it (`foreign` says why not otherwise); any other folder or file is never replaced.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from auditor.errors import TargetError
 from auditor.findings import AppliedFix
 from auditor.targets import FIXED_MANIFEST
 
-FORMAT = 1
+FORMAT = 2  # 2: the manifest lists the files written ("files"), the marker --force checks
 INPUTS_LIMIT = 32 * 2**20  # bytes of example inputs worth keeping next to the model
 
 
@@ -53,19 +55,27 @@ def save_tensors(path: Path, tensors: dict[str, Any]) -> None:
     torch.save({k: v.detach().cpu().clone() for k, v in tensors.items()}, path)
 
 
-def save_inputs(folder: Path, inputs: tuple[Any, ...]) -> bool:
-    """inputs.pt with the example inputs when they are plain tensors of reasonable size."""
+def keeps_inputs(inputs: tuple[Any, ...]) -> bool:
+    """Whether the example inputs go into inputs.pt: plain tensors of reasonable size."""
     import torch
 
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
         return False
-    if sum(t.numel() * t.element_size() for t in inputs) > INPUTS_LIMIT:
+    return sum(t.numel() * t.element_size() for t in inputs) <= INPUTS_LIMIT
+
+
+def save_inputs(folder: Path, inputs: tuple[Any, ...]) -> bool:
+    """inputs.pt with the example inputs when `keeps_inputs`; returns whether it was written."""
+    import torch
+
+    if not keeps_inputs(inputs):
         return False
     torch.save([t.detach().cpu().clone() for t in inputs], folder / "inputs.pt")
     return True
 
 
 def write_manifest(folder: Path, contents: FolderContents, extra: dict[str, Any] | None = None) -> None:
+    """The manifest `audit DIR` loads, written last: it lists every file in the folder (the --force marker)."""
     manifest = {
         "format": FORMAT,
         "tool": f"auditor {__version__}",
@@ -76,6 +86,7 @@ def write_manifest(folder: Path, contents: FolderContents, extra: dict[str, Any]
         "input_specs": contents.input_specs,
         "fixes": [f.to_json() for f in contents.fixes],
         **(extra or {}),
+        "files": sorted({p.name for p in folder.iterdir()} | {FIXED_MANIFEST}),
     }
     (folder / FIXED_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
@@ -89,9 +100,16 @@ def fixes_markdown(contents: FolderContents) -> str:
             lines.append(f"| {fix.code} | `{fix.module or '<root>'}` | {fix.action.replace('|', '/')} | {safety} |")
     else:
         lines.append("No fix applied: the model is written unchanged.")
+    lines += ["", "`load_model()` in `model.py` returns the model in eval mode (every submodule alike, so its outputs are",
+              "deterministic); call `.train()` on it to train."]
     if contents.kind == "weights":
         lines += ["", "This model could not be traced with torch.fx, so its code is not regenerated: `model.py` rebuilds",
                   "it from your source file (which must stay where it is) and loads the fixed weights."]
+    else:
+        lines += ["", "The module tree is yours: same attribute names, `nn.Sequential` / `nn.ModuleList` / `nn.ModuleDict`",
+                  "containers kept, so unchanged layers keep their `state_dict()` keys and load from your old checkpoints.",
+                  "Submodules built from your own classes are plain `nn.Module` parents (their code is in the model's",
+                  "one `forward`): call the model, not its blocks."]
     if contents.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in contents.notes]
     lines += ["", "## Re-audit of the fixed model", ""]
@@ -119,8 +137,7 @@ class OutputFolder:
         self._created: list[Path] = []  # parent folders made for --out, removed again if nothing is written
 
     def check(self) -> None:
-        if self.out.exists() and not self.force:
-            raise TargetError(f"--out {self.out}: already exists; pass --force to replace it")
+        check_replaceable(self.out, self.force)
 
     def stage(self, label: str) -> Path:
         """A fresh folder for one model inside the staging area."""
@@ -151,10 +168,9 @@ class OutputFolder:
             (staged,) = self._staged.values()
             source, final = staged, {staged: self.out}
         else:
-            (staging / FIXED_MANIFEST).write_text(
-                json.dumps({"format": FORMAT, "tool": f"auditor {__version__}", "models": sorted(self._staged)}, indent=2) + "\n",
-                encoding="utf-8",
-            )
+            top = {"format": FORMAT, "tool": f"auditor {__version__}", "models": sorted(self._staged),
+                   "files": sorted([*self._staged, FIXED_MANIFEST])}
+            (staging / FIXED_MANIFEST).write_text(json.dumps(top, indent=2) + "\n", encoding="utf-8")
             source, final = staging, {v: self.out / k for k, v in self._staged.items()}
         old: Path | None = None
         if self.out.exists() or self.out.is_symlink():
@@ -182,6 +198,40 @@ class OutputFolder:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
         self._created = []
+
+
+def check_replaceable(out: Path, force: bool) -> None:
+    """Refuse (TargetError, one line) an existing `--out` unless `force` and it is an earlier --fix output."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    reason = foreign(out)
+    if reason is not None:
+        raise TargetError(f"--out {out}: {reason}; --fix never replaces it (choose a new folder)")
+    if not force:
+        raise TargetError(f"--out {out}: already exists (an earlier --fix output); pass --force to replace it")
+
+
+def foreign(path: Path) -> str | None:
+    """None when `path` is a folder an earlier --fix wrote and holds nothing else, else what is wrong."""
+    if path.is_symlink() or not path.is_dir():
+        return "is a symbolic link" if path.is_symlink() else "is not a folder"
+    try:
+        manifest = json.loads((path / FIXED_MANIFEST).read_text(encoding="utf-8"))
+        written = set(manifest["files"])
+        models = list(manifest.get("models", []))
+        if not str(manifest.get("tool", "")).startswith("auditor "):
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"exists and was not written by --fix (no {FIXED_MANIFEST} marker listing its files)"
+    extra = sorted(p.name for p in path.iterdir() if p.name not in written)
+    if extra:
+        shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        return f"holds files --fix did not write ({shown})"
+    for model in models:
+        inner = foreign(path / str(model))
+        if inner is not None:
+            return f"its folder {model} {inner}"
+    return None
 
 
 def folder_name(label: str) -> str:
