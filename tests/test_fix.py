@@ -451,3 +451,107 @@ def test_api_model_is_independent_of_the_callers(tmp_path):
     ours = {p.data_ptr() for p in net.parameters()} | {b.data_ptr() for b in net.buffers()}
     assert not ours & ({p.data_ptr() for p in fixed.parameters()} | {b.data_ptr() for b in fixed.buffers()})
     assert type(fixed.blocks) is nn.Sequential and fixed.blocks[0].fc1.weight is not net.blocks[0].fc1.weight
+
+
+# --- undoing a fix restores what it changed, without a copy of the model -----------------------------------------
+
+
+def test_workspace_shares_tensors_until_a_fix_writes_one():
+    from auditor.fixing.workspace import Workspace
+
+    net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    tied = nn.Sequential(net, nn.Linear(4, 4))
+    tied[1].weight = net[0].weight  # tied: two modules, one tensor
+    workspace = Workspace.of(tied)
+    copy = workspace.model
+    assert copy[0][0] is not net[0] and copy[0][0].weight is net[0].weight  # new modules, the user's tensors
+    mark = workspace.journal.mark()
+    owned = workspace.writable(copy[0][0], "weight")
+    with torch.no_grad():
+        owned.zero_()
+    assert copy[1].weight is owned and copy[0][0].weight is owned  # still tied, now to the copy's own tensor
+    assert float(net[0].weight.detach().abs().sum()) > 0  # the user's is untouched
+    workspace.journal.undo(mark)
+    assert copy[0][0].weight is net[0].weight and copy[1].weight is net[0].weight
+
+
+def test_a_fix_after_which_the_model_fails_is_undone_and_the_others_kept(monkeypatch):
+    """A rewrite that breaks the forward is found at the next capture and undone from the journal alone."""
+    from auditor_rules.dro001_dropout_before_activation import DropoutBeforeActivation
+
+    original = DropoutBeforeActivation.fix
+
+    def breaks_the_second_block(self, ctx, finding):
+        applied = original(self, ctx, finding)
+        if finding.module == "1.1":  # then the moved dropout reads a reshape that fails at run time
+            dropout = ctx.node(finding)
+            source = ctx.fx(dropout).args[0]
+            broken = ctx.insert_before(dropout, "call_function", torch.reshape, (source, (5, 5)))
+            ctx.replace_input(dropout, source, broken)
+        return applied
+
+    monkeypatch.setattr(DropoutBeforeActivation, "fix", breaks_the_second_block)
+    block = lambda: nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.ReLU(), nn.Linear(8, 8))  # noqa: E731
+    net = nn.Sequential(block(), block(), block())
+    x = torch.randn(2, 8)
+    fixed, report = auditor.fix(net, x, select=["DRO001"])
+    result = report.results[0]
+    assert sorted(f.module for f in result.fixes) == ["0.1", "2.1"]
+    assert any(n.startswith("fix: DRO001 [1.1]: fix reverted: the model failed after it") for n in result.capture.notes)
+    assert [f.module for f in result.findings] == ["1.1"]
+    assert eval_out(fixed, x).shape == (2, 8)
+
+
+def test_a_safe_fix_that_changes_outputs_is_undone_and_its_tensors_restored(monkeypatch):
+    from auditor_rules.nrm002_bias_before_batchnorm import BiasBeforeBatchNorm
+
+    def drops_the_bias_without_folding(self, ctx, finding):
+        layer = ctx.node(finding)
+        ctx.workspace.set_tensor(ctx.module(layer.module), "bias", None)
+        return ctx.fixed(finding, "bias dropped", safe=True)
+
+    monkeypatch.setattr(BiasBeforeBatchNorm, "fix", drops_the_bias_without_folding)
+    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2))
+    for _ in range(3):
+        net(torch.randn(8, 4) * 3 + 1)  # running statistics that are not the defaults
+    x = torch.randn(4, 4)
+    fixed, report = auditor.fix(net, x, select=["NRM002"])
+    assert report.results[0].fixes == []
+    assert any("fix reverted: it changed the outputs" in n for n in report.results[0].capture.notes)
+    torch.testing.assert_close(eval_out(fixed, x), eval_out(net, x))
+    assert torch.equal(fixed.get_submodule("0").bias, net[0].bias)
+
+
+def test_non_persistent_buffers_are_written_too(tmp_path):
+    """state_dict() leaves non-persistent buffers out; the written model still has their values."""
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.drop = nn.Linear(4, 4), nn.Dropout(0.5)
+            self.register_buffer("scale", torch.full((4,), 3.0), persistent=False)
+
+        def forward(self, x):
+            return torch.relu(self.drop(self.fc(x))) * self.scale
+
+    x = torch.randn(2, 4)
+    result = auditor.fix(Scaled(), x, out=tmp_path / "scaled")
+    assert [f.code for f in result.fixes] == ["DRO001"] and result.fixed_path is not None
+    written = import_file(tmp_path / "scaled" / "model.py").load_model()
+    assert "scale" not in written.state_dict() and torch.equal(written.scale, torch.full((4,), 3.0))
+    torch.testing.assert_close(eval_out(written, x), eval_out(result.model, x))
+
+
+CRASHING = FIX / "crashing_residuals.py"
+
+
+@pytest.mark.parametrize(("factory", "spec"), [("bottleneck_branch_first", "2,3,8,8"), ("mlp_branch_first", "4,64")])
+def test_a_residual_add_that_crashes_the_forward_gets_its_shortcut(factory, spec, tmp_path):
+    """The model fails at a mismatched residual add (the projection was forgotten): --fix inserts the shortcut,
+    and the written model runs and re-audits clean."""
+    out = tmp_path / "fixed"
+    (result,) = run(f"{CRASHING}:{factory}", inputs=[spec], fix=FixOptions(out=out)).results
+    assert result.status == "ok", result.error
+    assert [f.code for f in result.fixes] == ["RES001"] and result.findings == []
+    (again,) = run(out).results
+    assert again.status == "ok" and again.findings == []

@@ -345,6 +345,7 @@ def render_model(gm: fx.GraphModule, source: ModelSource) -> tuple[str, list[str
     forward, imports = forward_source(gm, notes)
     ties = _ties(gm)
     frozen = [n for n, p in gm.named_parameters() if not p.requires_grad]
+    unsaved = sorted(unsaved_buffers(gm))
     changes = "\n".join(f"  - {line}" for line in source.summary) or "  (none: the model is unchanged)"
     inputs_doc = (
         "example_inputs() returns the inputs the audit ran it on (inputs.pt)."
@@ -375,6 +376,7 @@ import torch.nn as nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIED = {ties!r}  # (parameter, the parameter it shares storage with)
 FROZEN = {frozen!r}  # parameters with requires_grad=False
+UNSAVED = {unsaved!r}  # non-persistent buffers (not in state_dict()): their values are in buffers.pt
 
 
 class {source.class_name}({"nn.Sequential" if isinstance(gm, nn.Sequential) else "nn.Module"}):
@@ -399,9 +401,14 @@ def _attach(root, qualname, value, buffer=False, persistent=True):
 
 def load_model(device="cpu"):
     """The fixed model with its weights, on `device`, in eval mode (call .train() to train it)."""
-    model = {source.class_name}()
+    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
+        model = {source.class_name}()
     state = torch.load(os.path.join(HERE, "weights.pt"), map_location=device, weights_only=True)
     model.load_state_dict(state, assign=True)
+    if UNSAVED:
+        buffers = torch.load(os.path.join(HERE, "buffers.pt"), map_location=device, weights_only=True)
+        for name in UNSAVED:
+            _attach(model, name, buffers[name], buffer=True, persistent=False)
     for name, same_as in TIED:
         _attach(model, name, model.get_parameter(same_as))
     for name in FROZEN:
@@ -420,6 +427,12 @@ def build_model():
 {_example_inputs_source(source)}
 '''
     return text, notes
+
+
+def unsaved_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The non-persistent buffers (which `state_dict()` leaves out), by qualified name."""
+    return {f"{name}.{b}" if name else b: module._buffers[b] for name, module in model.named_modules()
+            for b in module._non_persistent_buffers_set if module._buffers.get(b) is not None}
 
 
 def _example_inputs_source(source: ModelSource) -> str:

@@ -271,8 +271,7 @@ class FixSession:
         end = journal.mark()
         changed = journal.touched(start, end)
         for node in changed:
-            if node.graph is not None:
-                dirty.update((node, *node.all_input_nodes, *node.users))
+            dirty.update((node, *node.all_input_nodes, *node.users))
         for node in ctx.stale_after:
             dirty.update(_descendants(node))
         assert applied is not None

@@ -56,9 +56,11 @@ def _nothing() -> None:
 
 
 def snapshot(journal: Journal, nodes: Iterable[fx.Node], moved: Iterable[fx.Node] = ()) -> None:
-    """Record the arguments of `nodes` and the position of `moved`, so that an edit of them can be undone."""
+    """Record the arguments of `nodes` and the position of `moved`, so that an edit of them can be undone; the
+    nodes they read before the edit count as touched too (their users change)."""
     saved = [(n, n.args, dict(n.kwargs)) for n in dict.fromkeys(nodes)]
     places = [(n, n.prev) for n in moved]
+    before = [i for n, _, _ in saved for i in n.all_input_nodes]
 
     def undo() -> None:
         for node, before in reversed(places):
@@ -66,7 +68,7 @@ def snapshot(journal: Journal, nodes: Iterable[fx.Node], moved: Iterable[fx.Node
         for node, args, kwargs in saved:
             node.args, node.kwargs = args, kwargs
 
-    journal.record(undo, [n for n, _, _ in saved] + [n for n, _ in places])
+    journal.record(undo, [n for n, _, _ in saved] + [n for n, _ in places] + before)
 
 
 # --- checks (read-only) ----------------------------------------------------------------------------------------

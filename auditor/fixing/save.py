@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from auditor.fixing.codegen import ModelSource, class_name_for, render_model, render_weights_loader
+from auditor.fixing.codegen import ModelSource, class_name_for, render_model, render_weights_loader, unsaved_buffers
 from auditor.fixing.loop import Fixed
 from auditor.fixing.rewrite import CannotFix
 from auditor.fixing.verify import FixFailure
@@ -53,6 +53,8 @@ def save_fixed(folder: Path, fixed: Fixed, loaded: Any, inputs: tuple[Any, ...],
         fixed.notes.extend(notes)
         (folder / "model.py").write_text(text, encoding="utf-8")
         save_tensors(folder / "weights.pt", dict(gm.state_dict()))
+        if unsaved_buffers(gm):
+            save_tensors(folder / "buffers.pt", unsaved_buffers(gm))
     else:
         _save_weights_loader(folder, fixed, loaded, contents, summary, has_inputs)
     write_fixes(folder, contents)

@@ -1,9 +1,10 @@
 """The fixed-model folder and the atomic `--out`.
 
-A fixed model is a folder (see `write_code_folder` / `write_weights_folder`):
+A fixed model is a folder (written by `save.py`):
 
     model.py             generated code: the model's class, load_model(), example_inputs()
     weights.pt           its state_dict, tensors only (torch.load(..., weights_only=True))
+    buffers.pt           its non-persistent buffers, which state_dict() leaves out (only when it has some)
     inputs.pt            the example inputs the audit ran it on (tensors only; omitted when large)
     auditor-fixed.json   the manifest `audit DIR` loads: {"format", "module", "factory", "target", "kind", ...}
     FIXES.md             what changed (code, module, before => after, safety) and what remains
@@ -50,9 +51,16 @@ class FolderContents:
 
 
 def save_tensors(path: Path, tensors: dict[str, Any]) -> None:
+    """Tensors only (loadable with weights_only=True); a view is saved as its own values, not its whole storage,
+    and nothing else is copied first."""
     import torch
 
-    torch.save({k: v.detach().cpu().clone() for k, v in tensors.items()}, path)
+    torch.save({k: _compact(v.detach().cpu()) for k, v in tensors.items()}, path)
+
+
+def _compact(tensor: Any) -> Any:
+    whole = tensor.is_contiguous() and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    return tensor if whole else tensor.clone()
 
 
 def keeps_inputs(inputs: tuple[Any, ...]) -> bool:
