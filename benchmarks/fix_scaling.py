@@ -5,15 +5,17 @@ with one fix each (a dropout between the two convs of every block: DRO002, moved
     python benchmarks/fix_scaling.py --repeat 5
 
 Each run is the CLI end to end in a fresh process (import, build, capture, rules; with --fix also the fix passes,
-writing, loading the written folder back and re-auditing it). The two commands run back to back, alternating, so
-a busy machine slows both alike; the ratio is the median of the per-pair ratios. `--fix` must stay linear in the
-number of fixes: the 40-block ratio is meant to stay within 3x.
+writing, loading the written folder back and re-auditing it), timed as wall-clock and as the CPU time the process
+used (user + system: steadier than wall-clock on a shared machine). The two commands run back to back,
+alternating, so a busy machine slows both alike; each ratio is the median of the per-pair ratios. `--fix` must
+stay linear in the number of fixes: the 40-block ratio is meant to stay within 3x.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -26,13 +28,17 @@ DEPTHS = (10, 20, 40)
 INPUT = "2,3,32,32"
 
 
-def timed(command: list[str]) -> tuple[float, str]:
+def timed(command: list[str]) -> tuple[float, float, str]:
+    """(wall-clock seconds, CPU seconds of the process, its stdout)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr}")
-    return elapsed, done.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu, done.stdout
 
 
 def main() -> None:
@@ -44,23 +50,26 @@ def main() -> None:
         for depth in DEPTHS:
             target = f"{HERE / 'models.py'}:dropout_resnet_{depth}"
             audit_cmd = [sys.executable, "-m", "auditor", target, "-i", INPUT, "-q"]
-            plain, fixing, ratios, fixes = [], [], [], 0
+            runs: list[tuple[float, float, float, float]] = []
+            fixes = 0
             for attempt in range(args.repeat):
                 out = Path(scratch) / f"fixed-{depth}-{attempt}"
-                seconds, _ = timed(audit_cmd)
-                fix_seconds, stdout = timed([*audit_cmd, "--fix", "--out", str(out), "--format", "json"])
+                wall, cpu, _ = timed(audit_cmd)
+                fix_wall, fix_cpu, stdout = timed([*audit_cmd, "--fix", "--out", str(out), "--format", "json"])
                 (result,) = json.loads(stdout)["results"]
                 if result["status"] != "ok" or result["findings"]:
                     raise SystemExit(f"--fix did not fix {target}: {result.get('error') or result['findings']}")
                 fixes = len(result["fixes"])
-                plain.append(seconds)
-                fixing.append(fix_seconds)
-                ratios.append(fix_seconds / seconds)
-            rows.append((depth, fixes, statistics.median(plain), statistics.median(fixing), statistics.median(ratios)))
-    print(f"| residual blocks | fixes | `audit` | `audit --fix` | ratio |  (input {INPUT}, median of {args.repeat})")
+                runs.append((wall, fix_wall, cpu, fix_cpu))
+            median = [statistics.median(r[i] for r in runs) for i in range(4)]
+            ratios = [statistics.median(r[1] / r[0] for r in runs), statistics.median(r[3] / r[2] for r in runs)]
+            rows.append((depth, fixes, *median, *ratios))
+    print(f"Input {INPUT}, median of {args.repeat} back-to-back pairs.\n")
+    print("| residual blocks | fixes | `audit` wall / CPU | `audit --fix` wall / CPU | ratio wall / CPU |")
     print("| --- | --- | --- | --- | --- |")
-    for depth, fixes, plain_s, fix_s, ratio in rows:
-        print(f"| {depth} | {fixes} | {plain_s:.2f} s | {fix_s:.2f} s | {ratio:.2f}x |")
+    for depth, fixes, wall, fix_wall, cpu, fix_cpu, wall_ratio, cpu_ratio in rows:
+        print(f"| {depth} | {fixes} | {wall:.2f} s / {cpu:.2f} s | {fix_wall:.2f} s / {fix_cpu:.2f} s | "
+              f"{wall_ratio:.2f}x / {cpu_ratio:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -115,3 +115,13 @@ def test_dro002_fix_moves_the_dropout_past_the_weight_layer_after_the_norm_and_i
     assert applied.action == "Dropout -> Linear -> BatchNorm1d -> ReLU => Linear -> BatchNorm1d -> ReLU -> Dropout"
     assert [type(m).__name__ for m in fixed] == ["Linear", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
     assert report.findings == []
+
+
+def test_nothing_is_fixable_when_the_fixed_code_could_not_be_written(tmp_path: Path) -> None:
+    path = FIXTURES / "fix" / "user_function.py"
+    (audited,) = model_results(run(path, capture=("fx",)))
+    assert [(f.code, f.fixable) for f in audited.findings] == [("DRO001", False)]
+    (fixed,) = model_results(run(path, capture=("fx",), fix=FixOptions(out=tmp_path / "out")))
+    assert fixed.status == "error" and "cannot write the fixed model" in (fixed.error or "") and "doubled" in (fixed.error or "")
+    assert not fixed.fixes and [(f.code, f.fixable) for f in fixed.findings] == [("DRO001", False)]
+    assert not (tmp_path / "out").exists()

@@ -332,6 +332,17 @@ def _resolve(module_name: str, qualname: str) -> Any:
         return None
 
 
+def unwritable(gm: fx.GraphModule) -> str | None:
+    """Why no `model.py` can be generated for this GraphModule (a module no torch.nn constructor rebuilds, a
+    forward that calls the user's own functions), or None. Builds nothing but meta-device modules."""
+    try:
+        attribute_lines(gm)
+        forward_source(gm)
+    except CannotFix as exc:
+        return str(exc)
+    return None
+
+
 def class_name_for(name: str) -> str:
     cleaned = re.sub(r"\W", "_", name) or "FixedModel"
     if cleaned[0].isdigit() or keyword.iskeyword(cleaned) or cleaned in {"nn", "torch", "os"}:

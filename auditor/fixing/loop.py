@@ -50,7 +50,6 @@ class Fixed:
     workspace: Workspace
     fixes: list[AppliedFix] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    passes: int = 0
 
 
 @dataclass
@@ -171,7 +170,7 @@ class FixSession:
             graph = self._recapture(applied_now)
         self._finalize()
         return Fixed(model=self.model, method=self.method, workspace=self.workspace,
-                     fixes=[a.fix for a in self.applied], notes=self.notes, passes=self.passes)
+                     fixes=[a.fix for a in self.applied], notes=self.notes)
 
     def _todo(self, graph: AuditGraph) -> list[tuple[Any, Finding]]:
         """The findings not tried yet whose fix applies; the others get a note saying why not (once)."""

@@ -102,10 +102,9 @@ def _existing_owner(gm: fx.GraphModule, owner: str) -> str:
 
 @contextlib.contextmanager
 def train_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.train()
-    try:
+    """Train mode for the duration, then every module's own flag back as it was."""
+    from auditor.capture import eval_mode
+
+    with eval_mode(model):  # which restores every module's flag on the way out
+        model.train()
         yield
-    finally:
-        for module, mode in modes:
-            module.training = mode

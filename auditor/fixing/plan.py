@@ -196,6 +196,12 @@ def reasons(graph: AuditGraph, findings: list[Finding], shortcut_option: str = "
             verdicts.append("this rule has no automatic fix")
         else:
             verdicts.append(why_not(rule, ctx, finding))
+    if any(v is None for v in verdicts) and ctx.can_rewrite:
+        from auditor.fixing.codegen import unwritable
+
+        problem = unwritable(ctx.gm)
+        if problem is not None:
+            verdicts = [v or f"--fix cannot write this model's code ({problem})" for v in verdicts]
     repaired = {f.node for f, v in zip(findings, verdicts) if v is None}
     broken = [n for n in graph.nodes if n.error is not None and n.name not in repaired]
     if broken:
