@@ -70,6 +70,7 @@ def fix(
     out: str | Path | None = None,
     force: bool = False,
     shortcut: str = "conv",
+    skip_concat: str = "pad",
     seed: int = 0,
     select: Iterable[str] | None = None,
     ignore: Iterable[str] | None = None,
@@ -78,14 +79,17 @@ def fix(
     """Fix what can be fixed in a copy of `model` (as `audit --fix`): returns the fixed module and the report
     (`report.results[0].fixes` lists each change and whether it keeps outputs; `findings` what remains).
     `out`: also write the fixed model as a self-contained folder (refused if it exists, unless `force`).
-    `shortcut`: RES001's shortcut, "conv" (1x1 conv + BN) or "pad" (parameter-free). Re-inits are seeded
+    `shortcut`: RES001's shortcut, "conv" (1x1 conv + BN) or "pad" (parameter-free). `skip_concat`: RES004's
+    alignment of a skip concatenation, "pad" the smaller operand or center-"crop" the larger. Re-inits are seeded
     with `seed`. Raises TargetError when the model cannot be captured or the fix fails."""
     if shortcut not in ("conv", "pad"):
         raise ValueError(f"shortcut={shortcut!r}: expected 'conv' or 'pad'")
+    if skip_concat not in ("pad", "crop"):
+        raise ValueError(f"skip_concat={skip_concat!r}: expected 'pad' or 'crop'")
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         _check_replaceable(out_path, force)
-    options = api_options(select, ignore, settings, fix=FixOptions(out=out_path, force=force, shortcut=shortcut, seed=seed))
+    options = api_options(select, ignore, settings, fix=FixOptions(out=out_path, force=force, shortcut=shortcut, skip_concat=skip_concat, seed=seed))
     engine = Engine(options)
     loaded = live_model(model, example_inputs)
     loaded.origin = _class_origin(model)

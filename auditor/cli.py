@@ -57,6 +57,7 @@ def audit(
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the fixed model(s).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="With --fix: overwrite an existing --out folder.")] = False,
     shortcut: Annotated[str, typer.Option("--shortcut", help="RES001 fix: 'conv' (1x1 conv + BN) or 'pad' (zero-pad, parameter-free).")] = "conv",
+    skip_concat: Annotated[str, typer.Option("--skip-concat", help="RES004 fix: 'pad' the smaller operand of a skip concatenation (zero-pad) or center-'crop' the larger.")] = "pad",
     diff: Annotated[bool, typer.Option("--diff", help="With --fix: print the generated code before and after.")] = False,
     output_format: Annotated[str, typer.Option("--format", help="text, json, sarif or github.")] = "text",
     select: Annotated[Optional[list[str]], typer.Option("--select", help="Codes, prefixes or ALL (comma-separated).", show_default=False)] = None,
@@ -78,7 +79,7 @@ def audit(
     err = Console(stderr=True, soft_wrap=True)
     try:
         config = _config(config_file)
-        options = _options(config, inputs, kwargs, probe, fix, out, force, shortcut, diff, output_format, select, ignore, fail_on, device, clip_norm, plot, trust_pickle, verbose)
+        options = _options(config, inputs, kwargs, probe, fix, out, force, shortcut, skip_concat, diff, output_format, select, ignore, fail_on, device, clip_norm, plot, trust_pickle, verbose)
         if capture_method is not None:
             options.capture = _capture_methods(capture_method)
         target_list, base = _targets(targets, config)
@@ -162,7 +163,7 @@ def _config(config_file: Path | None) -> Config:
 
 def _options(
     config: Config, inputs: list[str] | None, kwargs: str | None, probe: bool, fix: bool, out: Path | None, force: bool,
-    shortcut: str, diff: bool, output_format: str, select: list[str] | None, ignore: list[str] | None,
+    shortcut: str, skip_concat: str, diff: bool, output_format: str, select: list[str] | None, ignore: list[str] | None,
     fail_on: str | None, device: str | None, clip_norm: float | None, plot: Path | None, trust_pickle: bool, verbose: bool,
 ) -> Options:
     from auditor.specs import parse_spec
@@ -193,7 +194,9 @@ def _options(
             raise UsageError("--fix needs --out DIR (the user's files are never modified)")
         if shortcut not in ("conv", "pad"):
             raise UsageError(f"--shortcut {shortcut!r}: expected 'conv' or 'pad'")
-        fix_options = FixOptions(out=out, force=force, shortcut=shortcut, diff=diff)
+        if skip_concat not in ("pad", "crop"):
+            raise UsageError(f"--skip-concat {skip_concat!r}: expected 'pad' or 'crop'")
+        fix_options = FixOptions(out=out, force=force, shortcut=shortcut, skip_concat=skip_concat, diff=diff)
     elif out is not None or diff:
         raise UsageError("--out and --diff go with --fix")
     try:

@@ -208,7 +208,7 @@ def run_graph_rules(graph: AuditGraph, options: Options, notes: list[str]) -> li
     from auditor.fixing.plan import judge
 
     findings = run_rules("graph", GraphContext(graph=graph, settings=options.settings), options.selection, notes, options.verbose)
-    return _chained(graph, judge(graph, findings, options.fix.shortcut if options.fix is not None else "conv"))
+    return _chained(graph, judge(graph, findings, options.fix))
 
 
 def _chained(graph: AuditGraph, findings: list[Finding]) -> list[Finding]:

@@ -17,6 +17,7 @@ class FixOptions:
     out: Path | None  # None: fix in memory only (the Python API without `out`)
     force: bool = False
     shortcut: str = "conv"  # RES001 shortcut: "conv" (1x1 conv + BN) or "pad" (parameter-free zero padding)
+    skip_concat: str = "pad"  # RES004: "pad" the smaller operands of a skip concatenation, or "crop" the larger
     diff: bool = False
     seed: int = 0  # re-inits and new layers are drawn from generators seeded with this
 

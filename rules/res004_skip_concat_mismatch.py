@@ -8,6 +8,12 @@ from auditor.rule import GraphContext, Rule, register
 
 from auditor_rules._shared import block_name, residual_roles, shape_text, source_label
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from auditor.findings import AppliedFix
+    from auditor.fixing import FixContext, PlanContext
+
 
 @register
 class SkipConcatMismatch(Rule):
@@ -42,8 +48,11 @@ class SkipConcatMismatch(Rule):
     ```
 
     ## Fix
-    Pad the upsampled tensor to the skip's size (as above), or center-crop the skip to the upsampled size
-    (the original U-Net's "copy and crop"); or only feed input sizes the encoder divides evenly.
+    `--fix` zero-pads the smaller operand to the larger one's size before the concatenation, the odd pixel on
+    the far side (as above); with `--skip-concat crop` it center-crops the larger operand to the smaller one's
+    size instead (the original U-Net's "copy and crop": the output is then smaller than the input). No new
+    parameters; the fixed model runs on the size that failed. By hand you may also feed only input sizes the
+    encoder divides evenly.
 
     ## References
     Ronneberger, Fischer, Brox, "U-Net: Convolutional Networks for Biomedical Image Segmentation", MICCAI 2015
@@ -54,6 +63,7 @@ class SkipConcatMismatch(Rule):
     name = "skip-concat-mismatch"
     severity = Severity.ERROR
     summary = "a skip connection concatenated (`torch.cat`) with a tensor whose spatial size differs"
+    fix_title = "Pad the smaller operand to the skip's size before concatenating (or center-crop the larger)"
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
         graph = ctx.graph
@@ -81,6 +91,18 @@ class SkipConcatMismatch(Rule):
                 at=cat,
             )
 
+
+    def fix_plan(self, ctx: PlanContext, cat: Node) -> object:
+        """How the operands become the same size outside the concatenated dim (pad or crop)."""
+        if cat.error is None:
+            ctx.cannot("the concatenation does not fail")
+        return ctx.plan_concat(cat)
+
+    def fix(self, ctx: FixContext, finding: Finding) -> AppliedFix | None:
+        """Zero-pad the smaller operands to the largest size (or center-crop the larger, `--skip-concat crop`)."""
+        cat = ctx.node(finding)
+        self.fix_plan(ctx, cat)
+        return ctx.fixed(finding, ctx.align_concat(cat))
 
 def _dim(cat: Node, rank: int) -> int:
     dim = cat.attrs.get("dim", cat.attrs.get("axis", 0))

@@ -545,7 +545,10 @@ def test_non_persistent_buffers_are_written_too(tmp_path):
 CRASHING = FIX / "crashing_residuals.py"
 
 
-@pytest.mark.parametrize(("factory", "spec"), [("bottleneck_branch_first", "2,3,8,8"), ("mlp_branch_first", "4,64")])
+@pytest.mark.parametrize(("factory", "spec"), [
+    ("bottleneck_branch_first", "2,3,8,8"), ("bottleneck_identity_first", "2,3,8,8"),
+    ("mlp_branch_first", "4,64"), ("mlp_identity_first", "4,64"),
+])
 def test_a_residual_add_that_crashes_the_forward_gets_its_shortcut(factory, spec, tmp_path):
     """The model fails at a mismatched residual add (the projection was forgotten): --fix inserts the shortcut,
     and the written model runs and re-audits clean."""
@@ -555,3 +558,38 @@ def test_a_residual_add_that_crashes_the_forward_gets_its_shortcut(factory, spec
     assert [f.code for f in result.fixes] == ["RES001"] and result.findings == []
     (again,) = run(out).results
     assert again.status == "ok" and again.findings == []
+
+
+@pytest.mark.parametrize(("mode", "size"), [("pad", (11, 13)), ("crop", (8, 12))])
+def test_skip_concatenations_of_an_odd_input_are_aligned(mode, size, tmp_path):
+    """RES004 on both skips of a U-Net fed 11x13: --fix zero-pads the upsampled tensor to the skip's size (the
+    output keeps the input's size), or with --skip-concat crop center-crops the skip (the output shrinks, as in
+    the original U-Net); the written model loads in a fresh process, runs, and re-audits clean."""
+    out = tmp_path / "unet"
+    result = invoke(str(FIX / "unet.py"), "--fix", "--out", str(out), "--skip-concat", mode, "--format", "json")
+    assert result.exit_code == 0, result.output
+    (model,) = [r for r in json.loads(result.stdout)["results"] if r["target"].endswith(":UNet")]
+    assert [f["code"] for f in model["fixes"]] == ["RES004", "RES004"] and model["findings"] == []
+    verb = "zero-padded" if mode == "pad" else "center-cropped"
+    assert all(verb in f["action"] for f in model["fixes"])
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(out)!r})
+        import model
+        print(tuple(model.load_model()(*model.example_inputs()).shape))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str((1, 2, *size))
+    (again,) = run(out).results
+    assert again.status == "ok" and again.findings == []
+
+
+def test_skip_concat_option_is_checked_and_reaches_the_api():
+    assert invoke(str(FIX / "unet.py"), "--fix", "--out", "x", "--skip-concat", "trim").exit_code == 2
+    with pytest.raises(ValueError, match="skip_concat"):
+        auditor.fix(nn.Linear(2, 2), torch.randn(1, 2), skip_concat="trim")
+    net, x = fixture_module("unet").UNet(), fixture_module("unet").example_inputs()[0]
+    fixed, report = auditor.fix(net, x, skip_concat="crop")
+    assert [f.code for f in report.results[0].fixes] == ["RES004", "RES004"]
+    assert eval_out(fixed, x).shape == (1, 2, 8, 12)

@@ -125,3 +125,13 @@ def test_nothing_is_fixable_when_the_fixed_code_could_not_be_written(tmp_path: P
     assert fixed.status == "error" and "cannot write the fixed model" in (fixed.error or "") and "doubled" in (fixed.error or "")
     assert not fixed.fixes and [(f.code, f.fixable) for f in fixed.findings] == [("DRO001", False)]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_partial_graph_offers_no_fix(tmp_path: Path) -> None:
+    """The forward stops past the mismatched add whatever the add computes: a shortcut there would not give a
+    model that runs, so RES001 is not called fixable, and --fix says so."""
+    path = FIXTURES / "models" / "partial_graph.py"
+    (audited,) = model_results(run(path))
+    assert [(f.code, f.fixable) for f in audited.findings] == [("RES001", False)]
+    (fixed,) = model_results(run(path, fix=FixOptions(out=tmp_path / "out")))
+    assert fixed.status == "error" and "partial graph" in (fixed.error or "") and not (tmp_path / "out").exists()

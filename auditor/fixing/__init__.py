@@ -8,7 +8,8 @@ Layers, each importing only the ones below it (the engine calls `fixer`; nothing
 - `save.py` (one folder's files, with `codegen.py` for model.py) and `writer.py` (the folder format, the manifest
   that marks it, the atomic `--out`); `verify.py`: running and comparing outputs.
 - `context.py` (`FixContext`, what a rule's `fix` uses) over `plan.py` (`PlanContext`, the read-only
-  preconditions a rule's `fix_plan` states and the audit's `fixable` flag comes from), `shortcut.py`, `init.py`.
+  preconditions a rule's `fix_plan` states and the audit's `fixable` flag comes from), `shortcut.py` (RES001),
+  `concat.py` (RES004), `init.py`.
 - `workspace.py` (the copy that shares the user's tensors until a fix writes one), `layout.py` (the user's
   module tree in the GraphModule), `modes.py` (`self.training` at run time), `rewrite.py` (fx edits + journal).
 

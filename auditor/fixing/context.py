@@ -131,6 +131,20 @@ class FixContext(PlanContext):
             self.stale_after.append(self.fx(merge))
         return planned.describe(name)
 
+    def align_concat(self, cat: Node) -> str:
+        """RES004: zero-pad the smaller operands of a concatenation to the largest size (or, with
+        `--skip-concat crop`, center-crop the larger to the smallest) in every dim but the concatenated one;
+        returns the action text."""
+        planned = self.plan_concat(cat)
+        operands = cat.tensor_inputs
+        for operand, step in zip(operands, planned.steps):
+            if step is not None:
+                function, extra = step
+                self.replace_input(cat, operand, self.insert_before(cat, "call_function", function, (operand, *extra)))
+        if cat.shape != planned.output:  # the capture went on with another stand-in: what follows was measured wrong
+            self.stale_after.append(self.fx(cat))
+        return planned.describe([o.label() for o in operands])
+
     # --- module-level changes (every capture) ---------------------------------------------------------------
     def generator(self, key: str) -> torch.Generator:
         """A CPU generator seeded from the run's seed and `key` (use the tensor's qualified name)."""

@@ -66,7 +66,7 @@ def fix_model(loaded: Any, inputs: tuple[Any, ...], method: str, options: Option
     contents = contents_for(loaded.label, fixed, inputs)
     if not loaded.owned:  # the caller still holds the model: the fixed one must not share its tensors
         fixed.workspace.detach_from_source()
-    expected = runs(fixed.model, inputs)
+    expected = runs(fixed.model, inputs, next((n for n in fixed.notes if ": not fixed: " in n), None))
     if output is None:
         return FixOutcome(fixed, _live(loaded, fixed, inputs))
     folder = output.stage(loaded.label)

@@ -119,32 +119,33 @@ class FixSession:
             return capture_traced(self.model, self.inputs, self.sites)
 
     def _recapture(self, applied_now: list[_Applied]) -> AuditGraph:
-        """A new capture after a pass; a fix after which the forward fails is undone (latest first among the
-        fixes upstream of the failing node) until the copy runs."""
+        """A new capture after a pass; a fix after which the forward fails (or stops short, past a merge still
+        stepped over) is undone, the latest of the fixes upstream of where it failed first, until it does not."""
         from auditor.capture import capture
         from auditor.capture.forward import ForwardFailure
 
         while True:
-            if isinstance(self.model, fx.GraphModule):
-                rewrite.finish(self.model)
-            try:
-                if isinstance(self.model, fx.GraphModule):
-                    return self._capture_traced()
+            if not isinstance(self.model, fx.GraphModule):
                 return capture(self.model, self.inputs, self.sites, (self.method,))
+            rewrite.finish(self.model)
+            try:
+                graph = self._capture_traced()
+                failing, why = _stop(self.model, graph), graph.stopped
             except ForwardFailure as failure:
-                culprit = self._culprit(failure, applied_now)
-                if culprit is None:
-                    raise FixFailure(f"the fixed copy could not be captured with {self.method}: {failure}") from failure
-                applied_now.remove(culprit)
-                self._undo(culprit, f"the model failed after it ({first_line(failure.cause)})")
+                graph, why = None, first_line(failure.cause)
+                failing = next((n for n in self.model.graph.nodes if n.name == failure.node), None)
+            culprit = self._culprit(failing, applied_now) if failing is not None else None
+            if culprit is None:
+                if graph is None:
+                    raise FixFailure(f"the fixed copy could not be captured with {self.method}: {why}")
+                return graph
+            applied_now.remove(culprit)
+            self._undo(culprit, f"the model failed after it ({why})")
 
-    def _culprit(self, failure: Any, candidates: list[_Applied]) -> _Applied | None:
+    def _culprit(self, failing: fx.Node, candidates: list[_Applied]) -> _Applied | None:
         """The latest fix of the pass that touched the failing node or what it reads."""
         assert self.workspace is not None
-        if not isinstance(self.model, fx.GraphModule):
-            return candidates[-1] if candidates else None
-        failing = next((n for n in self.model.graph.nodes if n.name == failure.node), None)
-        upstream = ({failing} | rewrite.ancestors(failing)) if failing is not None else set()
+        upstream = {failing} | rewrite.ancestors(failing)
         for applied in reversed(candidates):
             if self.workspace.journal.touched(applied.start, applied.end) & upstream:
                 return applied
@@ -178,7 +179,7 @@ class FixSession:
 
         todo = []
         findings = [f for f in self.findings_of(graph) if _key(f) not in self.tried]
-        for finding, reason in zip(findings, reasons(graph, findings, self.fix_options.shortcut)):
+        for finding, reason in zip(findings, reasons(graph, findings, self.fix_options)):
             rule = find_rule(finding.code)
             if rule is None or getattr(rule, "fix", None) is None:
                 continue
@@ -191,7 +192,7 @@ class FixSession:
 
     def _pass(self, graph: AuditGraph, todo: list[tuple[Any, Finding]]) -> list[_Applied]:
         """One pass over `graph`: the safe fixes (verified together), then the others. Returns what was applied."""
-        ctx = FixContext(graph=graph, shortcut=self.fix_options.shortcut, settings=self.options.settings,
+        ctx = FixContext(graph=graph, shortcut=self.fix_options.shortcut, skip_concat=self.fix_options.skip_concat, settings=self.options.settings,
                          workspace=self.workspace, inputs=self.inputs, seed=self.fix_options.seed, bypassed=self.bypassed)
         dirty: set[fx.Node] = set()
         applied: list[_Applied] = []
@@ -292,6 +293,14 @@ class FixSession:
             gm.delete_submodule(name)
         rewrite.finish(gm)
         self.notes.extend(align_sequentials(gm))
+
+
+def _stop(gm: fx.GraphModule, graph: AuditGraph) -> fx.Node | None:
+    """Where a partial capture stopped: the first node of the GraphModule its graph does not have."""
+    if graph.stopped is None:
+        return None
+    captured = {id(n.meta.get("fx_node")) for n in graph.nodes}
+    return next((n for n in gm.graph.nodes if id(n) not in captured and n.op != "output"), None)
 
 
 def _key(finding: Finding) -> Key:

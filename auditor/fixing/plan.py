@@ -12,9 +12,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from auditor.findings import Finding
-from auditor.fixing import rewrite, shortcut
+from auditor.fixing import concat, rewrite, shortcut
 from auditor.fixing.rewrite import CannotFix, Stale
 from auditor.graph import MODULE, AuditGraph, Node, ops
+from auditor.options import FixOptions
 
 if TYPE_CHECKING:
     from torch.fx import GraphModule
@@ -31,6 +32,7 @@ class PlanContext:
 
     graph: AuditGraph
     shortcut: str = "conv"  # RES001: "conv" (1x1 conv + BN) or "pad" (parameter-free)
+    skip_concat: str = "pad"  # RES004: "pad" the smaller operands or "crop" the larger
     settings: dict[str, Any] = field(default_factory=dict)
     read: set[Any] = field(default_factory=set)  # fx nodes (fx captures) the plans looked at
     _positions: dict[int, int] | None = field(default=None, repr=False)
@@ -156,6 +158,12 @@ class PlanContext:
         self._saw_fx([self.fx(merge), self.fx(identity)])
         return planned
 
+    def plan_concat(self, cat: Node) -> concat.Alignment:
+        """How `align_concat(cat)` would make the concatenated operands the same size."""
+        planned = concat.plan(cat, cat.tensor_inputs, self.skip_concat)
+        self._saw_fx([self.fx(cat), *(self.fx(o) for o in cat.tensor_inputs)])
+        return planned
+
     # --- internals ------------------------------------------------------------------------------------------
     def _saw(self, node: Node) -> None:
         fx_node = node.meta.get("fx_node")
@@ -180,15 +188,17 @@ def why_not(rule: Any, ctx: PlanContext, finding: Finding) -> str | None:
     return None
 
 
-def reasons(graph: AuditGraph, findings: list[Finding], shortcut_option: str = "conv") -> list[str | None]:
+def reasons(graph: AuditGraph, findings: list[Finding], options: FixOptions | None = None) -> list[str | None]:
     """For each finding of a fixable rule: None when `--fix` would apply its fix, else why not. A model whose
-    forward fails at a node no fix repairs gets no fixed model at all (--fix writes only models that run), so
-    then none of its findings is fixable."""
+    forward fails at a node no fix repairs, or stops further on (a partial graph: the capture already tried what
+    a repaired merge would compute), gets no fixed model at all (--fix writes only models that run), so then
+    none of its findings is fixable."""
     from auditor.rule import find_rule
 
     if graph.model is None:  # a saved program: no model code to fix
         return ["a saved torch.export program has no model code to fix" for _ in findings]
-    ctx = PlanContext(graph=graph, shortcut=shortcut_option)
+    chosen = options or FixOptions(out=None)
+    ctx = PlanContext(graph=graph, shortcut=chosen.shortcut, skip_concat=chosen.skip_concat)
     verdicts: list[str | None] = []
     for finding in findings:
         rule = find_rule(finding.code)
@@ -208,10 +218,13 @@ def reasons(graph: AuditGraph, findings: list[Finding], shortcut_option: str = "
         where = f"{broken[0].label()}" + (f" ({broken[0].file}:{broken[0].line})" if broken[0].file else "")
         blocked = f"the forward fails at {where}, which --fix cannot repair, so no fixed model would be written"
         verdicts = [v or blocked for v in verdicts]
+    elif graph.stopped is not None:
+        verdicts = [v or "the forward pass stops further on (a partial graph), so no fixed model would run or be written"
+                    for v in verdicts]
     return verdicts
 
 
-def judge(graph: AuditGraph, findings: list[Finding], shortcut_option: str = "conv") -> list[Finding]:
-    """The findings with `fixable` true exactly where `--fix` would apply the rule's fix."""
-    verdicts = reasons(graph, findings, shortcut_option)
+def judge(graph: AuditGraph, findings: list[Finding], options: FixOptions | None = None) -> list[Finding]:
+    """The findings with `fixable` true exactly where `--fix` (with these options) would apply the rule's fix."""
+    verdicts = reasons(graph, findings, options)
     return [replace(f, fixable=False) if f.fixable and v is not None else f for f, v in zip(findings, verdicts)]

@@ -37,15 +37,16 @@ def try_outputs(model: nn.Module, inputs: tuple[Any, ...]) -> list[torch.Tensor]
         return None
 
 
-def runs(model: nn.Module, inputs: tuple[Any, ...]) -> list[torch.Tensor]:
-    """The fixed model's outputs on the example inputs; FixFailure when it still fails (a finding that breaks
-    the forward was not fixed), since a fixed model must run."""
+def runs(model: nn.Module, inputs: tuple[Any, ...], why: str | None = None) -> list[torch.Tensor]:
+    """The fixed model's outputs on the example inputs; FixFailure when it still fails (what breaks the forward
+    was not fixed: `why` says which finding and why), since a fixed model must run."""
     try:
         return eval_outputs(model, inputs)
     except Exception as exc:  # noqa: BLE001
+        reason = f" ({why})" if why else ""
         raise FixFailure(
             f"the fixed model still fails on the example inputs ({type(exc).__name__}: {first_line(exc)}); "
-            "nothing was written: fix what breaks the forward (RES001 with --select, or by hand) and run --fix again"
+            f"nothing was written: fix what breaks the forward by hand{reason}"
         ) from exc
 
 
