@@ -542,34 +542,34 @@ def test_non_persistent_buffers_are_written_too(tmp_path):
     torch.testing.assert_close(eval_out(written, x), eval_out(result.model, x))
 
 
-CRASHING = FIX / "crashing_residuals.py"
-
-
-@pytest.mark.parametrize(("factory", "spec"), [
-    ("bottleneck_branch_first", "2,3,8,8"), ("bottleneck_identity_first", "2,3,8,8"),
-    ("mlp_branch_first", "4,64"), ("mlp_identity_first", "4,64"),
-])
-def test_a_residual_add_that_crashes_the_forward_gets_its_shortcut(factory, spec, tmp_path):
-    """The model fails at a mismatched residual add (the projection was forgotten): --fix inserts the shortcut,
-    and the written model runs and re-audits clean."""
+@pytest.mark.parametrize("fixture", ["res001_crash_bottleneck", "res001_crash_mlp"])
+def test_a_residual_add_that_crashes_the_forward_gets_its_shortcut(fixture, tmp_path):
+    """The model fails at a mismatched residual add (the projection was forgotten; the identity comes first, and
+    `x += branch` in place): --fix inserts the shortcut, and the written model runs and re-audits clean. (The
+    branch-first order is the last block of containers.py.)"""
+    path = FIXTURES / "rules" / f"{fixture}.py"
     out = tmp_path / "fixed"
-    (result,) = run(f"{CRASHING}:{factory}", inputs=[spec], fix=FixOptions(out=out)).results
+    (result,) = model_results(run(path, inputs=fixture_header(path)["input"], fix=FixOptions(out=out)))
     assert result.status == "ok", result.error
     assert [f.code for f in result.fixes] == ["RES001"] and result.findings == []
     (again,) = run(out).results
     assert again.status == "ok" and again.findings == []
 
 
-@pytest.mark.parametrize(("mode", "size"), [("pad", (11, 13)), ("crop", (8, 12))])
+UNET = FIXTURES / "canonical" / "unet.py"
+
+
+@pytest.mark.parametrize(("mode", "size"), [("pad", (19, 21)), ("crop", (16, 16))])
 def test_skip_concatenations_of_an_odd_input_are_aligned(mode, size, tmp_path):
-    """RES004 on both skips of a U-Net fed 11x13: --fix zero-pads the upsampled tensor to the skip's size (the
-    output keeps the input's size), or with --skip-concat crop center-crops the skip (the output shrinks, as in
-    the original U-Net); the written model loads in a fresh process, runs, and re-audits clean."""
+    """RES004 on the canonical U-Net fed 19x21 (three skips, in one of them only the width differs): --fix
+    zero-pads the upsampled tensor to the skip's size (the output keeps the input's size), or with
+    --skip-concat crop center-crops the skip (the output shrinks, as in the original U-Net; each crop changes
+    what the next skip sees); the written model loads in a fresh process, runs, and re-audits clean."""
     out = tmp_path / "unet"
-    result = invoke(str(FIX / "unet.py"), "--fix", "--out", str(out), "--skip-concat", mode, "--format", "json")
+    result = invoke(str(UNET), "--input", "1,1,19,21", "--fix", "--out", str(out), "--skip-concat", mode, "--format", "json")
     assert result.exit_code == 0, result.output
     (model,) = [r for r in json.loads(result.stdout)["results"] if r["target"].endswith(":UNet")]
-    assert [f["code"] for f in model["fixes"]] == ["RES004", "RES004"] and model["findings"] == []
+    assert [f["code"] for f in model["fixes"]] == ["RES004"] * 3 and model["findings"] == []
     verb = "zero-padded" if mode == "pad" else "center-cropped"
     assert all(verb in f["action"] for f in model["fixes"])
     script = textwrap.dedent(f"""
@@ -586,10 +586,11 @@ def test_skip_concatenations_of_an_odd_input_are_aligned(mode, size, tmp_path):
 
 
 def test_skip_concat_option_is_checked_and_reaches_the_api():
-    assert invoke(str(FIX / "unet.py"), "--fix", "--out", "x", "--skip-concat", "trim").exit_code == 2
+    refused = invoke(str(UNET), "--fix", "--out", "x", "--skip-concat", "trim")
+    assert refused.exit_code == 2 and "--skip-concat 'trim'" in refused.stderr
     with pytest.raises(ValueError, match="skip_concat"):
         auditor.fix(nn.Linear(2, 2), torch.randn(1, 2), skip_concat="trim")
-    net, x = fixture_module("unet").UNet(), fixture_module("unet").example_inputs()[0]
+    net, x = import_file(UNET).UNet(), torch.randn(1, 1, 19, 21)
     fixed, report = auditor.fix(net, x, skip_concat="crop")
-    assert [f.code for f in report.results[0].fixes] == ["RES004", "RES004"]
-    assert eval_out(fixed, x).shape == (1, 2, 8, 12)
+    assert [f.code for f in report.results[0].fixes] == ["RES004"] * 3
+    assert eval_out(fixed, x).shape == (1, 2, 16, 16)

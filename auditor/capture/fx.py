@@ -63,7 +63,7 @@ class _ShapeRecorder(fx.Interpreter):
             stepped = step_over(_op_name(n), args, kwargs, lambda t: lengths.get(id(t), 0), self.recovery)
         if stepped is None:
             label = f"nn.{type(self.fetch_attr(str(n.target))).__name__}" if n.op == "call_module" else _target_label(n)
-            raise ForwardFailure(n.name, label, _owner(n), n.meta.get("user_frame"), exc) from exc
+            raise ForwardFailure(n.name, label, owner(n), n.meta.get("user_frame"), exc) from exc
         self.failures[n] = stepped.message
         return stepped.value
 
@@ -112,7 +112,7 @@ def _convert(n: fx.Node, gm: fx.GraphModule, sites: dict[str, Site]) -> Node:
     if n.op == "output":
         return Node(name=n.name, kind=OUTPUT, op="output", target="output")
     if n.op == "get_attr":
-        node = Node(name=n.name, kind=PARAM, op="param", target=str(n.target), module=_owner(n))
+        node = Node(name=n.name, kind=PARAM, op="param", target=str(n.target), module=owner(n))
     elif n.op == "call_module":
         module = gm.get_submodule(str(n.target))
         qualname = str(n.target)
@@ -120,7 +120,7 @@ def _convert(n: fx.Node, gm: fx.GraphModule, sites: dict[str, Site]) -> Node:
         node.meta["call_site"] = frame
         return node
     else:
-        node = call_node(n.name, _op_name(n), _target_label(n), _owner(n), n.args, n.kwargs, lambda v: isinstance(v, fx.Node))
+        node = call_node(n.name, _op_name(n), _target_label(n), owner(n), n.args, n.kwargs, lambda v: isinstance(v, fx.Node))
     if frame is not None:
         node.file, node.line = frame
     return node
@@ -142,7 +142,7 @@ def _target_label(n: fx.Node) -> str:
     return str(n.target)
 
 
-def _owner(n: fx.Node) -> str:
+def owner(n: fx.Node) -> str:
     """The module whose forward made this call: the innermost entry of fx's nn_module_stack ("" for the root)."""
     stack = n.meta.get("nn_module_stack") or {}
     if not stack:

@@ -22,7 +22,7 @@ def restore_training_flags(gm: fx.GraphModule, model: nn.Module, notes: list[str
     self.training)` becomes `training=False`, `dropout_p=p if self.training else 0.0` becomes 0.0. Trace again
     in train mode and, where the two differ only in such a value, compute it from the owning module's
     `training` at run time instead (the flag itself, or `training * p`)."""
-    from auditor.capture.fx import trace
+    from auditor.capture.fx import owner, trace
 
     try:
         with train_mode(model):
@@ -46,7 +46,7 @@ def restore_training_flags(gm: fx.GraphModule, model: nn.Module, notes: list[str
                 return
             patches.append((e, where, in_train))
     for node, where, in_train in patches:
-        value = get_training_flag(gm, node, _existing_owner(gm, _owner(node)))
+        value = get_training_flag(gm, node, _existing_owner(gm, owner(node)))
         if not isinstance(in_train, bool):
             with gm.graph.inserting_before(node):
                 value = gm.graph.call_function(operator.mul, (value, in_train))
@@ -78,14 +78,6 @@ def _same(a: Any, b: Any) -> bool:
         return bool(type(a) is type(b) and a == b)
     except Exception:  # noqa: BLE001 - tensors and other values without a plain ==
         return a is b
-
-
-def _owner(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    qualname, _ = list(stack.values())[-1]
-    return str(qualname)
 
 
 def _existing_owner(gm: fx.GraphModule, owner: str) -> str:
