@@ -16,7 +16,9 @@ from auditor.findings import CaptureInfo, Finding, TargetResult
 from auditor.locations import display_path
 from auditor.options import Options
 from auditor.rule import GraphContext, ProbeContext, run_rules
-from auditor.source import check_source, may_define_models, parse
+from auditor.source import check_source, parse
+from auditor.static.outline import not_imported
+from auditor.static.project import Project, read_source
 from auditor.targets import Kind, Target
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ class Engine:
         self._output: OutputFolder | None = None  # --fix --out: the staged folders, moved into place by commit_fixes
         self._staged: list[tuple[TargetResult, Path]] = []
         self.last_fixed: Any = None  # the last fixed model (auditor.fix returns it)
+        self.project = Project()  # what the files' sources say about importing them, read once per run
 
     @property
     def loader(self) -> ModelLoader:
@@ -67,11 +70,21 @@ class Engine:
         return self._audit_models(target, target.text)
 
     def _audit_models(self, target: Target, label: str) -> list[TargetResult]:
-        loaded: list[LoadedModel] = []
+        from auditor.loading.models import BuildFailure, Skipped
+
+        loaded: list[LoadedModel | Skipped | BuildFailure] = []
         failure = self._guarded(label, lambda: loaded.extend(self.loader.load(_with_options(target, self.options))))
         if failure is not None:
             return [failure]
-        return [self._guarded(model.label, lambda model=model: self.audit_loaded(model)) for model in loaded]
+        results = []
+        for item in loaded:
+            if isinstance(item, Skipped):
+                results.append(TargetResult(target=item.label, status="skipped", reason=item.reason))
+            elif isinstance(item, BuildFailure):
+                results.append(_error(item.label, str(item.error), item.error, self.options))
+            else:
+                results.append(self._guarded(item.label, lambda model=item: self.audit_loaded(model)))
+        return results
 
     # --- source files -----------------------------------------------------------------------------------------
     def _audit_file(self, target: Target) -> list[TargetResult]:
@@ -79,7 +92,7 @@ class Engine:
         label = display_path(str(target.path))
         started = time.perf_counter()
         try:
-            text = target.path.read_text(encoding="utf-8")
+            text = read_source(target.path)
             tree = parse(label, text)
         except SyntaxError as exc:
             return [_error(label, f"{label}:{exc.lineno}: syntax error: {exc.msg}", exc, self.options)]
@@ -92,8 +105,12 @@ class Engine:
         if notes:  # a source rule crashed: a bug of the tool's, shown rather than hidden
             source.status, source.error = "error", "; ".join(notes)
         source.seconds = time.perf_counter() - started
-        if not may_define_models(tree):
-            return [source]
+        self.project.facts(target.path, tree)
+        if not self.project.reaches_torch(target.path):
+            return [source]  # a plain utility module: never executed
+        blocker = self.project.import_blocker(target.path)
+        if blocker is not None:  # a script: read, not run; its models are listed with the command that audits them
+            return [source, *[TargetResult(target=name, status="skipped", reason=reason) for name, reason in not_imported(label, blocker, tree)]]
         return [source, *self._audit_models(target, label)]
 
     # --- models -----------------------------------------------------------------------------------------------

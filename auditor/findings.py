@@ -88,8 +88,9 @@ class TargetResult:
     """The outcome for one audited thing: a model, or a source file's static checks."""
 
     target: str
-    status: str = "ok"  # "ok" or "error"
+    status: str = "ok"  # "ok", "error", or "skipped" (found but not audited: `reason` says why and how to audit it)
     error: str | None = None
+    reason: str | None = None  # for "skipped": why, and the command or config that audits it
     capture: CaptureInfo | None = None
     findings: list[Finding] = field(default_factory=list)
     fixes: list[AppliedFix] = field(default_factory=list)
@@ -103,6 +104,8 @@ class TargetResult:
         record: dict[str, Any] = {"target": self.target, "status": self.status}
         if self.error is not None:
             record["error"] = self.error
+        if self.reason is not None:
+            record["reason"] = self.reason
         record["capture"] = self.capture.to_json() if self.capture else None
         record["findings"] = [f.to_json() for f in self.findings]
         record["fixes"] = [f.to_json() for f in self.fixes]
@@ -128,7 +131,17 @@ class Report:
 
     @property
     def failed_targets(self) -> list[TargetResult]:
-        return [r for r in self.results if r.status != "ok"]
+        return [r for r in self.results if r.status == "error"]
+
+    @property
+    def skipped(self) -> list[TargetResult]:
+        """Models found but not audited; they never count as passed, and never change the exit code."""
+        return [r for r in self.results if r.status == "skipped"]
+
+    @property
+    def models_audited(self) -> int:
+        """Results that captured a graph (the others are source-file checks, failures and skips)."""
+        return sum(1 for r in self.results if r.status == "ok" and r.capture is not None)
 
     def exit_code(self, fail_on: Severity) -> int:
         if self.failed_targets:
@@ -137,8 +150,9 @@ class Report:
 
     def summary(self) -> dict[str, int]:
         return {
-            "targets": len(self.results),
+            "targets": len(self.results) - len(self.skipped),
             "error": self.count(Severity.ERROR),
             "warning": self.count(Severity.WARNING),
             "info": self.count(Severity.INFO),
+            "skipped": len(self.skipped),
         }

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from auditor.errors import TargetError
-from auditor.loading.models import ModelLoader
+from auditor.loading.models import BuildFailure, LoadedModel, ModelLoader, Skipped
 from auditor.targets import Kind, parse_target
 from support import FIXTURES, model_results, run
 
@@ -19,9 +21,12 @@ def load(text: str, **kwargs):
 
 
 def test_discovery_finds_instances_factories_and_top_level_classes_only():
-    labels = [m.label.split(":")[1] for m in load(str(MODELS / "discovery.py"))]
-    # Block is used inside Net, Wide needs an argument: neither is audited on its own.
-    assert labels == ["Net", "build_model", "tiny"]
+    found = load(str(MODELS / "discovery.py"))
+    # Block is used inside Net: audited as part of it. Wide needs an argument: skipped, with the command.
+    assert [m.label.split(":")[1] for m in found if isinstance(m, LoadedModel)] == ["Net", "build_model", "tiny"]
+    [wide] = [m for m in found if isinstance(m, Skipped)]
+    assert wide.label.endswith("discovery.py:Wide")
+    assert wide.reason.endswith("""needs constructor arguments (width); audit it with `audit tests/fixtures/models/discovery.py:Wide --kwargs '{"width": ...}'`""")
 
 
 def test_creation_sites_are_exact_for_loops_and_module_list_append():
@@ -39,7 +44,7 @@ def test_member_target_builds_class_with_kwargs():
 
 
 def test_constructor_needing_arguments_names_them():
-    with pytest.raises(TargetError, match=r"Net\(\) needs arguments depth; pass them with --kwargs '\{\"depth\": \"...\"\}'"):
+    with pytest.raises(TargetError, match=r"Net\(\) needs arguments depth; pass them with --kwargs '\{\"depth\": \.\.\.\}'"):
         load(f"{MODELS / 'needs_args.py'}:Net")
 
 
@@ -59,8 +64,9 @@ def test_import_error_names_file_and_line():
 
 
 def test_constructor_failure_names_the_line():
-    with pytest.raises(TargetError, match=r"build_error.py:8: building Net failed: ValueError: bad config"):
-        load(str(MODELS / "build_error.py"))
+    [failure] = load(str(MODELS / "build_error.py"))
+    assert isinstance(failure, BuildFailure) and failure.label.endswith("build_error.py:Net")
+    assert re.search(r"build_error.py:8: building Net failed: ValueError: bad config", str(failure.error))
 
 
 def test_missing_file_and_unknown_module():
@@ -107,7 +113,7 @@ def test_state_dict_pickle_is_explained(tmp_path):
 def test_failed_targets_do_not_stop_the_others():
     report = run(MODELS / "build_error.py", MODELS / "discovery.py", MODELS / "syntax_error.py")
     statuses = {r.target.rsplit("/", 1)[-1]: r.status for r in report.results}
-    assert statuses["build_error.py"] == "error"
+    assert statuses["build_error.py:Net"] == "error"
     assert statuses["syntax_error.py"] == "error"
     assert statuses["discovery.py:Net"] == statuses["discovery.py:tiny"] == "ok"
     assert report.exit_code(fail_on=__import__("auditor.findings").findings.Severity.ERROR) == 2

@@ -45,7 +45,7 @@ def test_json_has_every_contract_field():
     assert first["probes"] == {}
     failed = document["results"][2]
     assert failed["status"] == "error" and failed["error"].startswith("models/broken.py:3")
-    assert document["summary"] == {"targets": 3, "error": 1, "warning": 1, "info": 1}
+    assert document["summary"] == {"targets": 3, "error": 1, "warning": 1, "info": 1, "skipped": 0}
 
 
 def test_sarif_is_structurally_what_github_code_scanning_reads():

@@ -30,6 +30,18 @@ def import_file(path: Path) -> ModuleType:
         return _load_standalone(path)
 
 
+@contextlib.contextmanager
+def script_argv(program: Path | str) -> Iterator[None]:
+    """`sys.argv` as a script run on its own would see it: just its file, so top-level argument parsing reads
+    no audit options (and `parse_args()` with required options fails inside the import, as one clear error)."""
+    saved = sys.argv
+    sys.argv = [str(program)]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 def import_dotted(name: str) -> ModuleType:
     """Import `package.module` as `python -m` would see it from the working directory."""
     with _on_sys_path(Path.cwd()), _import_errors(None, name):

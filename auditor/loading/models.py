@@ -1,7 +1,8 @@
 """From a target to built models: import, find the models in a file (the contract's rules), build them.
 
 Everything the user's code constructs here runs under one `CreationSites` recording, so every submodule knows
-the line that created it.
+the line that created it. A whole file yields its models, and a `Skipped` record for every candidate it does not
+audit (it needs constructor arguments, it is a loss or a parameter-free helper), so none passes unseen.
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import torch.nn as nn
 
 from auditor.errors import TargetError, first_line
-from auditor.loading.importing import error_site, import_dotted, import_file
+from auditor.loading.arguments import accepted, call_with, describe_arguments, kwargs_template, missing_arguments, unknown_arguments
+from auditor.loading.importing import error_site, import_dotted, import_file, script_argv
 from auditor.loading.sites import CreationSites, Site
 from auditor.locations import display_path
-from auditor.source import FACTORY_NAMES
+from auditor.static.outline import FACTORY_NAMES, Outline
+from auditor.static.project import read_source
 from auditor.targets import FIXED_MANIFEST, Kind, Target
-
 
 
 @dataclass
@@ -39,6 +41,25 @@ class LoadedModel:
 
 
 @dataclass
+class Skipped:
+    """A model candidate found but not audited, why, and the command that audits it."""
+
+    label: str
+    reason: str
+
+
+@dataclass
+class BuildFailure:
+    """A discovered candidate whose constructor failed: an error of that candidate alone."""
+
+    label: str
+    error: TargetError
+
+
+Loaded = Union[LoadedModel, Skipped, BuildFailure]
+
+
+@dataclass
 class _Candidate:
     name: str
     obj: Any
@@ -52,7 +73,13 @@ class ModelLoader:
         self.sites = CreationSites()
         self.trust_pickle = trust_pickle
 
-    def load(self, target: Target) -> list[LoadedModel]:
+    def load(self, target: Target) -> list[Loaded]:
+        """The target's models; for a whole file also its skipped candidates and failed builds, in file order.
+        While the user's code runs, `sys.argv` holds only its file, so its argument parsing sees no audit options."""
+        with script_argv(target.path if target.path is not None else target.module or target.text):
+            return self._load(target)
+
+    def _load(self, target: Target) -> list[Loaded]:
         if target.kind is Kind.FILE:
             return self._load_file(target)
         if target.kind is Kind.FILE_MEMBER:
@@ -72,40 +99,39 @@ class ModelLoader:
         raise TargetError(f"{target.text}: cannot be loaded as a model")
 
     # --- whole files ------------------------------------------------------------------------------------------
-    def _load_file(self, target: Target) -> list[LoadedModel]:
+    def _load_file(self, target: Target) -> list[Loaded]:
         assert target.path is not None
+        where = display_path(str(target.path))
+        outline = _outline(target.path)
         with self.sites.recording():
             namespace = import_file(target.path)
-            candidates = [c for c in self._candidates(namespace, target.kwargs)]
-            built = [(c, self._build(c, display_path(str(target.path)))) for c in candidates]
-        label = display_path(str(target.path))
-        kept = _drop_submodule_classes(built)
-        return [
-            LoadedModel(f"{label}:{c.name}", model, self.sites.for_model(model), namespace, list(target.inputs),
-                        origin=_origin(namespace, c.name, {} if isinstance(c.obj, nn.Module) else _accepted(c.obj, target.kwargs)))
-            for c, model in kept
-        ]
-
-    def _candidates(self, namespace: ModuleType, kwargs: dict[str, Any]) -> list[_Candidate]:
-        """Instances, no-argument factories and no-argument Module classes defined in the file, in file order."""
-        found: list[_Candidate] = []
-        for name, obj in vars(namespace).items():
-            if name.startswith("_"):
-                continue
-            if isinstance(obj, nn.Module):
-                found.append(_Candidate(name, obj, lambda obj=obj: obj))
-            elif getattr(obj, "__module__", None) != namespace.__name__:
-                continue
-            elif inspect.isclass(obj) and issubclass(obj, nn.Module) and not inspect.isabstract(obj):
-                if not _missing_arguments(obj, kwargs):
-                    found.append(_Candidate(name, obj, lambda obj=obj: obj(**_accepted(obj, kwargs))))
-            elif inspect.isfunction(obj) and name in FACTORY_NAMES and not _missing_arguments(obj, kwargs):
-                found.append(_Candidate(name, obj, lambda obj=obj: obj(**_accepted(obj, kwargs))))
-        return found
+            found = _discover(namespace, outline, target.kwargs, where)
+            built: list[tuple[_Candidate, nn.Module]] = []
+            results: dict[str, Loaded] = {}
+            for item in found:
+                if isinstance(item, Skipped):
+                    results[item.label] = item
+                    continue
+                try:
+                    built.append((item, self._build(item, where)))
+                except TargetError as exc:
+                    results[f"{where}:{item.name}"] = BuildFailure(f"{where}:{item.name}", exc)
+        covered = _types_inside(built)
+        for candidate, model in built:
+            label = f"{where}:{candidate.name}"
+            if inspect.isclass(candidate.obj) and candidate.obj in covered:
+                continue  # audited as part of another model of the file
+            kwargs = {} if isinstance(candidate.obj, nn.Module) else accepted(candidate.obj, target.kwargs)
+            results[label] = _helper(model, label) or LoadedModel(
+                label, model, self.sites.for_model(model), namespace, list(target.inputs), origin=_origin(namespace, candidate.name, kwargs))
+        order = [f"{where}:{item.name}" if isinstance(item, _Candidate) else item.label for item in found]
+        return [results[label] for label in order if label in results and not _covered_skip(results[label], namespace, covered, where)]
 
     def _build(self, candidate: _Candidate, where: str) -> nn.Module:
         try:
             model = candidate.build()
+        except TargetError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the user's constructor failed
             site = error_site(exc) or where
             raise TargetError(f"{site}: building {candidate.name} failed: {type(exc).__name__}: {first_line(exc)}") from exc
@@ -126,14 +152,14 @@ class ModelLoader:
                 raise TargetError(f"{label}: {name} is an instance; --kwargs only applies to classes and factories")
             candidate = _Candidate(name, obj, lambda: obj)
         elif callable(obj):
-            missing = _missing_arguments(obj, target.kwargs)
+            missing = missing_arguments(obj, target.kwargs)
             if missing:
-                example = json.dumps({m: "..." for m in missing})
-                raise TargetError(f"{label}: {name}() needs arguments {', '.join(missing)}; pass them with --kwargs '{example}'")
-            unknown = _unknown_arguments(obj, target.kwargs)
+                raise TargetError(f"{label}: {name}() needs arguments {describe_arguments(obj, missing)}; pass them with "
+                                  f"--kwargs '{kwargs_template(obj, missing)}'")
+            unknown = unknown_arguments(obj, target.kwargs)
             if unknown:
                 raise TargetError(f"{label}: {name}() takes no argument {', '.join(unknown)}")
-            candidate = _Candidate(name, obj, lambda: obj(**target.kwargs))
+            candidate = _Candidate(name, obj, lambda: call_with(obj, target.kwargs))
         else:
             raise TargetError(f"{label}: {name} is a {type(obj).__name__}, not a model, class or factory")
         with self.sites.recording():
@@ -192,21 +218,108 @@ def _origin(namespace: ModuleType, name: str, kwargs: dict[str, Any], by_file: b
     return {"file": str(Path(path).resolve()) if path else None, "module": namespace.__name__, "name": name, "kwargs": kwargs}
 
 
-def _drop_submodule_classes(built: list[tuple[_Candidate, nn.Module]]) -> list[tuple[_Candidate, nn.Module]]:
-    """A class candidate used inside another candidate, or already built by an instance or factory, is not
-    audited on its own."""
-    inner_types: set[type] = set()
-    root_types: set[type] = set()
+def _outline(path: Path) -> Outline | None:
+    """The file's declarations, read from its source (factories and building blocks are not visible on the
+    imported objects alone)."""
+    import ast
+
+    try:
+        return Outline(ast.parse(read_source(path), filename=str(path)))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None  # the import reports it
+
+
+def _discover(namespace: ModuleType, outline: Outline | None, kwargs: dict[str, Any], where: str) -> list[_Candidate | Skipped]:
+    """Candidates in file order: module-level instances, factories (functions returning a model, whatever
+    their name) and nn.Module classes defined here; those that need arguments become `Skipped`. Building
+    blocks (used inside another model class or factory of the file) are no candidates of their own."""
+    blocks = outline.building_blocks() if outline is not None else set()
+    found: list[_Candidate | Skipped] = []
+    for name, obj in vars(namespace).items():
+        if name.startswith("_"):
+            continue
+        if isinstance(obj, nn.Module):
+            found.append(_Candidate(name, obj, lambda obj=obj: obj))
+        elif getattr(obj, "__module__", None) != namespace.__name__:
+            continue
+        elif inspect.isclass(obj) and issubclass(obj, nn.Module) and not inspect.isabstract(obj):
+            if name not in blocks:
+                found.append(_buildable(name, obj, kwargs, where))
+        elif inspect.isfunction(obj) and name not in blocks and _is_factory(name, obj, outline, namespace):
+            missing = missing_arguments(obj, kwargs)
+            if not missing or name in FACTORY_NAMES:
+                found.append(_buildable(name, obj, kwargs, where))
+    return found
+
+
+def _buildable(name: str, obj: Callable[..., Any], kwargs: dict[str, Any], where: str) -> _Candidate | Skipped:
+    missing = missing_arguments(obj, kwargs)
+    if not missing:
+        return _Candidate(name, obj, lambda: call_with(obj, accepted(obj, kwargs)))
+    what = "a loss function, not a model" if _is_loss(obj) else f"needs constructor arguments: {describe_arguments(obj, missing)}"
+    return Skipped(f"{where}:{name}", f"{what}; audit it with `audit {where}:{name} --kwargs '{kwargs_template(obj, missing)}'`")
+
+
+def _is_factory(name: str, fn: Callable[..., Any], outline: Outline | None, namespace: ModuleType) -> bool:
+    """Named like a factory, or returning a model: a call of an nn.Module class (of this file or imported),
+    or annotated to return one."""
+    if name in FACTORY_NAMES or (outline is not None and outline.returns_model(name)):
+        return True
+    definition = outline.functions.get(name) if outline is not None else None
+    named = [*definition.returns, *([definition.annotation] if definition.annotation else [])] if definition else []
+    return any(_is_module_class(_resolve(dotted, namespace)) for dotted in named)
+
+
+def _resolve(dotted: str, namespace: ModuleType) -> Any:
+    """A dotted name as the module sees it (`nn.Sequential`, `ResNet`, `models.resnet.ResNet`)."""
+    parts = dotted.split(".")
+    value: Any = vars(namespace).get(parts[0])
+    if value is None:  # the outline resolved an import alias (`torch.nn.Sequential`): start from sys.modules
+        import sys
+
+        value = sys.modules.get(parts[0])
+    for part in parts[1:]:
+        value = getattr(value, part, None)
+    return value
+
+
+def _is_module_class(obj: Any) -> bool:
+    return inspect.isclass(obj) and issubclass(obj, nn.Module)
+
+
+def _is_loss(obj: Any) -> bool:
+    cls = obj if inspect.isclass(obj) else type(obj)
+    return issubclass(cls, nn.modules.loss._Loss) or any(c.__name__.endswith("Loss") for c in cls.__mro__)
+
+
+def _helper(model: nn.Module, label: str) -> Skipped | None:
+    """Losses and parameter-free modules (activations, shuffles) are not models of their own."""
+    if _is_loss(model):
+        return Skipped(label, f"a loss function ({type(model).__name__}), not a model; `audit {label}` audits it anyway")
+    if next(model.parameters(), None) is None:
+        return Skipped(label, f"has no parameters ({type(model).__name__}: an activation or helper), not audited on its own; "
+                              f"`audit {label} --input SPEC` audits it")
+    return None
+
+
+def _types_inside(built: list[tuple[_Candidate, nn.Module]]) -> set[type]:
+    """Classes whose instances appear inside a built model, or are built by an instance or factory: such a class
+    is audited as part of them, not on its own."""
+    inside: set[type] = set()
     for candidate, model in built:
         if not inspect.isclass(candidate.obj):
-            root_types.add(type(model))
-        inner_types.update(type(m) for name, m in model.named_modules() if name)
-    kept = []
-    for candidate, model in built:
-        if inspect.isclass(candidate.obj) and (candidate.obj in inner_types or candidate.obj in root_types):
-            continue
-        kept.append((candidate, model))
-    return kept
+            inside.add(type(model))
+        inside.update(type(m) for name, m in model.named_modules() if name)
+    return inside
+
+
+def _covered_skip(item: Loaded, namespace: ModuleType, covered: set[type], where: str) -> bool:
+    """A class skipped for its arguments that a factory or another model builds anyway (kuangliu's `ResNet`,
+    built by `ResNet18()`) is audited there: no skipped record for it."""
+    if not isinstance(item, Skipped):
+        return False
+    obj = vars(namespace).get(item.label[len(where) + 1:])
+    return inspect.isclass(obj) and obj in covered
 
 
 def _is_model_like(obj: Any, namespace: ModuleType) -> bool:
@@ -215,31 +328,3 @@ def _is_model_like(obj: Any, namespace: ModuleType) -> bool:
     if getattr(obj, "__module__", None) != namespace.__name__:
         return False
     return (inspect.isclass(obj) and issubclass(obj, nn.Module)) or inspect.isfunction(obj)
-
-
-def _parameters(fn: Callable[..., Any]) -> list[inspect.Parameter]:
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return []
-    return [p for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-
-
-def _missing_arguments(fn: Callable[..., Any], kwargs: dict[str, Any]) -> list[str]:
-    return [p.name for p in _parameters(fn) if p.default is p.empty and p.name not in kwargs]
-
-
-def _unknown_arguments(fn: Callable[..., Any], kwargs: dict[str, Any]) -> list[str]:
-    try:
-        parameters = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return []
-    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-        return []
-    return [k for k in kwargs if k not in parameters]
-
-
-def _accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The subset of --kwargs a discovered candidate takes."""
-    names = {p.name for p in _parameters(fn)}
-    return {k: v for k, v in kwargs.items() if k in names}

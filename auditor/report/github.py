@@ -11,8 +11,10 @@ _COMMAND = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO:
 def render(report: Report) -> str:
     lines = []
     for result in report.results:
-        if result.status != "ok":
+        if result.status == "error":
             lines.append(f"::error title=audit::{_data(f'{result.target}: {result.error}')}")
+        elif result.status == "skipped":
+            lines.append(f"::notice title={_property('audit: not audited')}::{_data(f'{result.target}: {result.reason}')}")
         elif result.capture is not None and result.capture.stopped:
             lines.append(f"::warning title=audit::{_data(f'{result.target}: {result.capture.stopped}')}")
         lines.extend(_annotation(group) for group in grouped(result.findings))

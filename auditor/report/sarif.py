@@ -21,7 +21,10 @@ def document(report: Report) -> dict[str, Any]:
     index = {rule.code: i for i, rule in enumerate(rules)}
     results = [_result(f, index, r.target) for r in report.results for f in r.findings]
     notifications = [
-        {"level": "error", "message": {"text": f"{r.target}: {r.error}"}} for r in report.results if r.status != "ok"
+        {"level": "error", "message": {"text": f"{r.target}: {r.error}"}} for r in report.results if r.status == "error"
+    ]
+    skipped = [  # found but not audited: a note, not a failure of the run
+        {"level": "note", "message": {"text": f"{r.target}: not audited: {r.reason}"}} for r in report.skipped
     ]
     return {
         "$schema": SCHEMA,
@@ -29,7 +32,7 @@ def document(report: Report) -> dict[str, Any]:
         "runs": [
             {
                 "tool": {"driver": {"name": "auditor", "version": __version__, "informationUri": "https://github.com/auditor-dev/auditor", "rules": [_descriptor(r) for r in rules]}},
-                "invocations": [{"executionSuccessful": not notifications, "toolExecutionNotifications": notifications}],
+                "invocations": [{"executionSuccessful": not notifications, "toolExecutionNotifications": notifications + skipped}],
                 "results": results,
             }
         ],

@@ -19,11 +19,12 @@ STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: 
 def print_report(report: Report, console: Console, *, quiet: bool = False, verbose: bool = False, diff: bool = False) -> None:
     for result in report.results:
         if result.status != "ok":
-            continue  # failed targets are reported on stderr by the CLI
+            continue  # failed targets are reported on stderr by the CLI, skipped ones below
         partial = result.capture is not None and result.capture.stopped is not None
         if result.findings or partial or (verbose and not quiet) or (result.probes and not quiet) or result.fixes or result.fixed_path:
             _print_result(result, console, verbose=verbose, quiet=quiet, diff=diff)
     if not quiet:
+        _print_skipped(report, console)
         fixes = fix_summary_line(report)
         if fixes is not None:
             console.print(fixes)
@@ -91,6 +92,20 @@ def _print_written(result: TargetResult, console: Console, *, diff: bool) -> Non
         console.print(Text(result.fix_diff.rstrip("\n")))
 
 
+def _print_skipped(report: Report, console: Console) -> None:
+    """Models found but not audited, each with why and the command that audits it: never a silent pass."""
+    skipped = report.skipped
+    if not skipped:
+        return
+    console.print(Text(f"Not audited ({len(skipped)}):", style="bold yellow"))
+    for result in skipped:
+        line = Text("  ")
+        line.append(result.target, style="bold")
+        line.append(f" skipped: {result.reason}")
+        console.print(line)
+    console.print()
+
+
 def finding_text(finding: Finding, group: Group | None = None) -> Text:
     line = Text("  ")
     where = f"{finding.file}:{finding.line}" if finding.file and finding.line else finding.file or "-"
@@ -127,14 +142,18 @@ def fix_summary_line(report: Report) -> Text | None:
 def summary_line(report: Report) -> Text:
     counts = report.summary()
     failed = len(report.failed_targets)
-    targets = counts["targets"]
+    targets, skipped = counts["targets"], counts["skipped"]
     total = counts["error"] + counts["warning"] + counts["info"]
     text = Text()
     hidden = report.baseline.hidden if report.baseline is not None else 0
     if total == 0 and not failed:
+        if skipped and not report.models_audited:  # only source checks ran: never say the models passed
+            text.append(f"No model was audited: {_plural(skipped, 'model')} skipped (listed above)", style="bold yellow")
+            text.append(f"; source checks passed ({_plural(targets, 'file')}).", style="dim")
+            return text
         text.append("All checks passed!", style="bold green")
         also = f"; {_plural(hidden, 'finding')} hidden by the baseline" if hidden else ""
-        text.append(f" ({_plural(targets, 'target')} audited{also})", style="dim")
+        text.append(f" ({_plural(targets, 'target')} audited{also}{_skipped_note(skipped)})", style="dim")
         return text
     parts = [
         (counts["error"], "error", STYLE[Severity.ERROR]),
@@ -148,6 +167,8 @@ def summary_line(report: Report) -> Text:
     text.append(f" in {_plural(targets, 'target')}")
     if failed:
         text.append(f" ({_plural(failed, 'target')} failed)", style=STYLE[Severity.ERROR])
+    if skipped:
+        text.append(_skipped_note(skipped), style="yellow")
     fixable = sum(1 for f in report.findings if f.fixable)
     if fixable:
         text.append(f"; {fixable} fixable with `audit --fix`", style="dim")
@@ -168,6 +189,10 @@ def stale_note(report: Report, shown: int = 5) -> Text | None:
     file = report.baseline.file
     return Text(f"note: {count} baseline {'entry' if count == 1 else 'entries'} no longer found (fixed since?): {', '.join(names)}{more}; "
                 f"`--write-baseline {file}` drops {'it' if count == 1 else 'them'}", style="dim")
+
+
+def _skipped_note(skipped: int) -> str:
+    return f"; {_plural(skipped, 'model')} skipped, not audited (listed above)" if skipped else ""
 
 
 def _plural(count: int, noun: str) -> str:
