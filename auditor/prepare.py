@@ -1,7 +1,8 @@
 """Getting a built model ready to audit: its device, its example inputs, and its captured graph.
 
 Inputs come from --input specs, then the user's `example_inputs()` / `example_input_array`, then inference;
-inferred candidates are tried in turn until the model runs on one.
+inferred candidates are ranked on fake tensors, then tried for real in that order until the model runs on one.
+The global random streams are the same afterwards as before (the user's forward may draw from them).
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import torch
 
 from auditor.capture import capture
 from auditor.capture.forward import ForwardFailure
+from auditor.capture.state import ModuleState
 from auditor.errors import TargetError
 from auditor.graph import AuditGraph
 from auditor.loading.inputs import infer_candidates, make_inputs, provided_inputs
 from auditor.loading.models import LoadedModel
-from auditor.specs import InputSpec, parse_spec
+from auditor.loading.shapes import FIRST_TRY_SECONDS, OverBudget, rank, runs_on_fake, time_budget
+from auditor.rng import preserved_rng
+from auditor.specs import Spec, parse_spec
 
 
 def place_on_device(loaded: LoadedModel, device: str | None) -> None:
@@ -38,6 +42,13 @@ def capture_model(
 ) -> tuple[AuditGraph, tuple[Any, ...]]:
     """The graph and the inputs it was captured with: `given` inputs, else --input specs, else the user's
     example inputs, else inferred ones."""
+    with preserved_rng():
+        return _resolve_and_capture(loaded, specs, methods, given)
+
+
+def _resolve_and_capture(
+    loaded: LoadedModel, specs: list[str], methods: tuple[str, ...], given: tuple[Any, ...] | None
+) -> tuple[AuditGraph, tuple[Any, ...]]:
     device = model_device(loaded.model)
     if given is not None:
         return _capture(loaded, given, device, "the given inputs", methods)
@@ -48,9 +59,26 @@ def capture_model(
     if provided is not None:
         inputs, source = provided
         return _capture(loaded, inputs, device, source, methods)
+    return _inferred(loaded, device, methods)
+
+
+def _inferred(loaded: LoadedModel, device: torch.device, methods: tuple[str, ...]) -> tuple[AuditGraph, tuple[Any, ...]]:
+    """Inferred candidates tried for real in order, as long as that stays quick; when it runs long (a large
+    image through a small-image network), the candidates are ranked on fake tensors and tried in that order."""
     candidates = infer_candidates(loaded.model)
+    state = ModuleState(loaded.model)
+    try:
+        with time_budget(FIRST_TRY_SECONDS):
+            return _first_that_runs(loaded, candidates, device, methods)
+    except OverBudget:
+        state.restore()  # what the interrupted forward wrote into the model
+    ranked = rank(candidates, lambda c: runs_on_fake(loaded.model, _moved(make_inputs(c, loaded.model), device)))
+    return _first_that_runs(loaded, ranked, device, methods)
+
+
+def _first_that_runs(loaded: LoadedModel, candidates: list[list[Spec]], device: torch.device, methods: tuple[str, ...]) -> tuple[AuditGraph, tuple[Any, ...]]:
     first_failure: ForwardFailure | None = None
-    partial: tuple[AuditGraph, tuple[Any, ...], list[InputSpec]] | None = None
+    partial: tuple[AuditGraph, tuple[Any, ...], list[Spec]] | None = None
     for tried in candidates:
         try:
             graph, inputs = _capture(loaded, make_inputs(tried, loaded.model), device, _shapes(tried), methods, raise_forward=True)
@@ -60,14 +88,14 @@ def capture_model(
         if graph.stopped is not None:  # perhaps a wrong guess: an input the whole forward runs on comes first
             partial = partial or (graph, inputs, tried)
             continue
-        return _inferred(graph, inputs, tried)
+        return _noted(graph, inputs, tried)
     if partial is not None:
-        return _inferred(*partial)
+        return _noted(*partial)
     tried_all = "; ".join(_shapes(c) for c in candidates)
     raise TargetError(f"forward failed on every inferred input ({tried_all}), first with {first_failure}; pass --input SPEC")
 
 
-def _inferred(graph: AuditGraph, inputs: tuple[Any, ...], tried: list[InputSpec]) -> tuple[AuditGraph, tuple[Any, ...]]:
+def _noted(graph: AuditGraph, inputs: tuple[Any, ...], tried: list[Spec]) -> tuple[AuditGraph, tuple[Any, ...]]:
     graph.notes.append(f"input inferred as {_shapes(tried)}; pass --input to choose another")
     return graph, inputs
 
@@ -76,7 +104,7 @@ def _capture(
     loaded: LoadedModel, inputs: tuple[Any, ...], device: torch.device, described: str, methods: tuple[str, ...],
     raise_forward: bool = False,
 ) -> tuple[AuditGraph, tuple[Any, ...]]:
-    moved = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in inputs)
+    moved = _moved(inputs, device)
     try:
         return capture(loaded.model, moved, loaded.sites, methods), moved
     except ForwardFailure as failure:
@@ -85,5 +113,10 @@ def _capture(
         raise TargetError(f"forward failed with input {described}: {failure}") from failure
 
 
-def _shapes(specs: list[InputSpec]) -> str:
+def _moved(inputs: tuple[Any, ...], device: torch.device) -> tuple[Any, ...]:
+    """Inputs on the model's device, tuples (an LSTM's `(h0, c0)`) included."""
+    return tuple(_moved(v, device) if isinstance(v, tuple) else v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs)
+
+
+def _shapes(specs: list[Spec]) -> str:
     return " ".join(str(s) for s in specs)

@@ -1,9 +1,19 @@
-"""Input specs `[DTYPE:]D0,D1,...`: parsed without torch, so a malformed --input fails before anything loads."""
+"""Input specs, parsed without torch, so a malformed or impossible --input fails before anything loads.
+
+    SPEC   := TENSOR | GROUP ("," GROUP)*      one forward argument: a tensor, or a tuple of groups
+    GROUP  := "(" SPEC ")"                     one item of a tuple
+    TENSOR := [DTYPE ":"] D0 ("," D)*          e.g. 2,3,224,224  long:2,128  bfloat16:1,16
+
+So `--input long:16,2 --input "(2,2,32),(2,2,32)"` feeds an LSTM language model's `forward(input, (h0, c0))`,
+and `"((1,4),(1,4)),(long:2)"` a tuple whose first item is itself a pair.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from typing import Union
 
 from auditor.errors import UsageError
 
@@ -13,7 +23,9 @@ DTYPE_NAMES = {
     "float64": "float64", "double": "float64", "int64": "int64", "long": "int64", "int32": "int32", "int": "int32",
     "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool",
 }
-_SPEC = re.compile(r"^(?:(?P<dtype>[a-z0-9]+):)?(?P<dims>\d+(?:,\d+)*)$")
+ITEM_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
+_TENSOR = re.compile(r"^(?:(?P<dtype>[a-z0-9]+):)?(?P<dims>\d+(?:,\d+)*)$")
+_EXAMPLES = "such as 2,3,224,224, long:2,128 or (1,2,32),(1,2,32) for a tuple"
 
 
 @dataclass(frozen=True)
@@ -25,16 +37,95 @@ class InputSpec:
         dims = ",".join(str(d) for d in self.shape)
         return dims if self.dtype == "float32" else f"{self.dtype}:{dims}"
 
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * ITEM_BYTES[self.dtype]
 
-def parse_spec(text: str) -> InputSpec:
-    """`[DTYPE:]D0,D1,...`, e.g. `2,3,224,224` or `long:2,128`. Malformed specs are usage errors."""
-    match = _SPEC.match(text.strip().replace(" ", ""))
+
+@dataclass(frozen=True)
+class TupleSpec:
+    """A tuple argument, such as an LSTM's `(h0, c0)`."""
+
+    items: tuple[Spec, ...]
+
+    def __str__(self) -> str:
+        return ",".join(f"({item})" for item in self.items)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(item.nbytes for item in self.items)
+
+
+Spec = Union[InputSpec, TupleSpec]
+
+
+def parse_spec(text: str, limit: int | None = None) -> Spec:
+    """One --input. Malformed specs, and inputs larger than `limit` bytes (default: this machine's memory),
+    are usage errors."""
+    compact = text.strip().replace(" ", "")
+    spec = _parse(compact, text)
+    limit = memory_bytes() if limit is None else limit
+    if limit and spec.nbytes > limit:
+        raise UsageError(f"--input {text!r}: input too large: {_size(spec.nbytes)}, more than this machine's memory "
+                         f"({_size(limit)}); pass a smaller shape")
+    return spec
+
+
+def _parse(text: str, original: str) -> Spec:
+    if text.startswith("("):
+        return TupleSpec(tuple(_parse(group, original) for group in _groups(text, original)))
+    match = _TENSOR.match(text)
     if match is None:
-        raise UsageError(f"--input {text!r}: expected [DTYPE:]D0,D1,... such as 2,3,224,224 or long:2,128")
+        raise UsageError(f"--input {original!r}: expected [DTYPE:]D0,D1,... {_EXAMPLES}")
     dtype = match.group("dtype") or "float32"
     if dtype not in DTYPE_NAMES:
-        raise UsageError(f"--input {text!r}: unknown dtype {dtype!r} (known: {', '.join(sorted(DTYPE_NAMES))})")
+        raise UsageError(f"--input {original!r}: unknown dtype {dtype!r} (known: {', '.join(sorted(DTYPE_NAMES))})")
     shape = tuple(int(d) for d in match.group("dims").split(","))
     if any(d == 0 for d in shape):
-        raise UsageError(f"--input {text!r}: dimensions must be positive")
+        raise UsageError(f"--input {original!r}: dimensions must be positive")
     return InputSpec(DTYPE_NAMES[dtype], shape)
+
+
+def _groups(text: str, original: str) -> list[str]:
+    """`(a),(b,(c))` -> ["a", "b,(c)"]: the contents of each top-level parenthesized group."""
+    groups: list[str] = []
+    depth, start, closed = 0, 0, False  # closed: a group just ended, so "," (or the end) must follow
+    for index, char in enumerate(text):
+        if depth == 0:
+            if closed and char == ",":
+                closed = False
+                continue
+            if closed or char != "(":
+                break
+            depth, start = 1, index + 1
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                groups.append(text[start:index])
+                closed = True
+    else:
+        if closed and all(groups):
+            return groups
+    raise UsageError(f"--input {original!r}: unbalanced or misplaced parentheses; a tuple is written (SPEC),(SPEC),... {_EXAMPLES}")
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine (0 when unknown): no input can be larger."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:.3g} {unit}"
+        value /= 1024
+    return f"{value:.3g} EiB"

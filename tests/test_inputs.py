@@ -8,8 +8,8 @@ import torch.nn as nn
 
 from auditor.errors import TargetError, UsageError
 from auditor.loading.inputs import infer_candidates, make_inputs
-from auditor.specs import InputSpec, parse_spec
-from support import FIXTURES, model_results, run
+from auditor.specs import InputSpec, TupleSpec, parse_spec
+from support import FIXTURES, cli, model_results, run
 
 MODELS = FIXTURES / "models"
 
@@ -119,3 +119,96 @@ def test_a_forward_with_only_optional_arguments_is_fed_its_first():
             return self.out(hidden)
 
     assert infer_candidates(TokenModel())[0] == [InputSpec("int64", (2, 16))]
+
+
+# --- per-argument inference, nested specs, sizes -----------------------------------------------------------------
+INPUTS = FIXTURES / "inputs"
+
+
+def _inferred(result) -> str:
+    [note] = [n for n in result.capture.notes if n.startswith("input inferred as ")]
+    return note[len("input inferred as "):].split(";")[0]
+
+
+def test_each_forward_argument_is_inferred_on_its_own():
+    results = {r.target.rsplit(":", 1)[-1]: r for r in model_results(run(INPUTS / "sequences.py"))}
+    assert all(r.status == "ok" for r in results.values()), [r.error for r in results.values()]
+    assert _inferred(results["PairDiscriminator"]) == "2,6,224,224 2,6,224,224"  # two images of half the channels
+    assert _inferred(results["LanguageModel"]) == "int64:16,2 (1,2,32),(1,2,32)"  # time-major tokens, (h0, c0)
+    assert _inferred(results["PackedClassifier"]) == "int64:2,16 int64:2"
+
+
+def test_lengths_are_valid_for_the_sequences_they_go_with():
+    import sys
+
+    sys.path.insert(0, str(INPUTS))
+    try:
+        from sequences import PackedClassifier
+    finally:
+        sys.path.remove(str(INPUTS))
+    tokens, lengths = make_inputs([parse_spec("long:4,10"), parse_spec("long:4")], PackedClassifier())
+    assert lengths.tolist() == [10, 9, 8, 7] and int(tokens.max()) < 100
+
+
+def test_a_tuple_argument_is_given_with_parenthesized_groups():
+    report = run(f"{INPUTS / 'sequences.py'}:LanguageModel", inputs=["long:5,3", "(1,3,32),(1,3,32)"])
+    [result] = report.results
+    assert result.status == "ok", result.error
+    [tokens, (h0, c0)] = make_inputs([parse_spec("long:5,3"), parse_spec("(1,3,32),(1,3,32)")], nn.Embedding(100, 4))
+    assert tokens.shape == (5, 3) and h0.shape == c0.shape == (1, 3, 32)
+
+
+@pytest.mark.parametrize(
+    ("text", "spec"),
+    [
+        ("(1,2,32),(1,2,32)", TupleSpec((InputSpec("float32", (1, 2, 32)), InputSpec("float32", (1, 2, 32))))),
+        ("((1,4),(long:1,4)),(2)", TupleSpec((TupleSpec((InputSpec("float32", (1, 4)), InputSpec("int64", (1, 4)))), InputSpec("float32", (2,))))),
+    ],
+)
+def test_nested_specs_parse_and_print_back(text, spec):
+    assert parse_spec(text) == spec
+    assert parse_spec(str(spec)) == spec
+
+
+@pytest.mark.parametrize("text", ["(1,2", "(1,2),", "(1,2)(3)", "()", "(1,2),3", "((1)"])
+def test_malformed_tuple_specs_say_how_to_write_one(text):
+    with pytest.raises(UsageError, match=r"a tuple is written \(SPEC\),\(SPEC\)"):
+        parse_spec(text)
+
+
+def test_an_input_too_large_to_exist_is_refused_before_anything_runs():
+    with pytest.raises(UsageError, match=r"input too large: 3.55 PiB, more than this machine's memory"):
+        parse_spec("100000,100000,100000")
+    done = cli("tests/fixtures/models/discovery.py:Net", "--input", "100000,100000,100000")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "audit: error: --input '100000,100000,100000': input too large: 3.55 PiB, more than this machine's memory "
+        f"({done.stderr.split('memory (')[1].split(')')[0]}); pass a smaller shape"]
+
+
+def test_a_slow_first_guess_is_replaced_by_the_shape_that_fits_on_fake_tensors(monkeypatch):
+    """A CIFAR-sized network gets no real forward at 224x224 once the first try runs long (here: at once)."""
+    import auditor
+    import auditor.prepare
+
+    seen: list[tuple[int, ...]] = []
+
+    class CifarNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 32 * 32, 10)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1))
+
+    def record(module, args):
+        if type(args[0]) is torch.Tensor:  # a real forward, not a fake one
+            seen.append(tuple(args[0].shape))
+
+    model = CifarNet()
+    model.conv.register_forward_pre_hook(record)
+    monkeypatch.setattr(auditor.prepare, "FIRST_TRY_SECONDS", 0.0)
+    [result] = auditor.audit(model).results
+    assert _inferred(result) == "2,3,32,32"
+    assert set(seen) == {(2, 3, 32, 32)}  # the interrupted first try never ran; only the shape that fits did

@@ -17,6 +17,7 @@ import torch.nn as nn
 from auditor.capture.common import Site
 from auditor.errors import first_line
 from auditor.capture.forward import ForwardFailure
+from auditor.capture.state import ModuleState
 from auditor.graph import AuditGraph
 from auditor.options import CAPTURE_METHODS
 
@@ -35,6 +36,7 @@ def capture(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site], m
     """
     notes: list[str] = []
     forward_failed: ForwardFailure | None = None
+    state = ModuleState(model)  # a failed attempt must not leave its traces (a Proxy, a fake tensor) for the next
     with eval_mode(model), quiet_torch():
         for method in methods:
             if method == "export" and forward_failed is not None:
@@ -42,14 +44,18 @@ def capture(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site], m
             try:
                 graph = _capturer(method)(model, inputs, sites)
             except ForwardFailure as failure:
+                state.restore()
                 if method == "hooks":
                     raise
                 forward_failed = failure
                 notes.append(f"{method}: the traced forward failed ({failure}); checked eagerly")
                 continue
             except Exception as exc:  # noqa: BLE001 - any capture failure moves on to the next method
+                state.restore()
                 notes.append(f"{method}: {type(exc).__name__}: {first_line(exc)}")
                 continue
+            if method == "export":  # symbolic: what its forward wrote into the module is fake
+                state.restore()
             graph.notes = notes + graph.notes
             return graph
     if forward_failed is not None:

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from auditor.capture.common import Site, call_node, describe_value, function_label, is_leaf, module_node
 from auditor.capture.forward import Attempt, ForwardFailure, Recovery, is_recoverable, mark_partial, run_recovering, step_over
+from auditor.capture.state import restored
 from auditor.graph import INPUT, OUTPUT, PARAM, AuditGraph, Node
 from auditor.locations import user_frame
 
@@ -32,8 +33,10 @@ class _LocatingTracer(fx.Tracer):
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
+    """The traced module; what the symbolic forward wrote into the model (a Proxy) is undone first."""
     tracer = _LocatingTracer()
-    graph = tracer.trace(model)
+    with restored(model):
+        graph = tracer.trace(model)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 

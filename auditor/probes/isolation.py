@@ -8,24 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import random
-import sys
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn as nn
+
+from auditor.rng import restore_rng, rng_states
 
 
 @contextlib.contextmanager
 def preserved(model: nn.Module) -> Iterator[None]:
     """Restore the RNG states, grad mode and each module's train/eval flag on exit."""
-    states = _rng_states()
+    states = rng_states()
     modes = [(m, m.training) for m in model.modules()]
     grad_enabled = torch.is_grad_enabled()
     try:
         yield
     finally:
-        _restore_rng(states)
+        restore_rng(states)
         for module, training in modes:
             module.training = training
         torch.set_grad_enabled(grad_enabled)
@@ -37,25 +37,6 @@ def working_copy(model: nn.Module) -> nn.Module:
     for parameter in clone.parameters():
         parameter.grad = None
     return clone
-
-
-def _rng_states() -> dict[str, Any]:
-    states: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        states["numpy"] = numpy.random.get_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _restore_rng(states: dict[str, Any]) -> None:
-    random.setstate(states["python"])
-    torch.set_rng_state(states["torch"])
-    if "numpy" in states:
-        sys.modules["numpy"].random.set_state(states["numpy"])
-    if "cuda" in states:
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def seed(value: int, device: torch.device) -> None:

@@ -1,0 +1,72 @@
+"""Each capture attempt starts from the model as the user built it, and the audit leaves the process's random
+streams as it found them."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import auditor
+from auditor.capture.state import ModuleState, restored
+from support import FIXTURES, run
+
+INPUTS = FIXTURES / "inputs"
+
+
+@pytest.mark.parametrize("capture", [("fx", "export", "hooks"), ("hooks",)])
+def test_a_forward_that_caches_on_its_module_survives_failed_attempts(capture):
+    """Llama 2's `self.freqs_cis = self.freqs_cis.to(h.device)`: fx tracing stores a Proxy there, then fails."""
+    [result] = [r for r in run(INPUTS / "cached_table.py", capture=capture).results if ":" in r.target]
+    assert result.status == "ok", result.error
+    assert result.capture.method == "hooks"
+
+
+def test_the_users_model_keeps_real_tensors_after_the_audit():
+    sys.path.insert(0, str(INPUTS))
+    try:
+        from cached_table import CachedTable
+    finally:
+        sys.path.remove(str(INPUTS))
+    model = CachedTable()
+    table = model.table
+    auditor.audit(model)
+    assert type(model.table) is torch.Tensor and torch.equal(model.table, table)
+    assert model._buffers["table"] is model.table
+
+
+def test_restored_puts_back_attributes_buffers_children_and_lazy_classes():
+    model = nn.Sequential(nn.LazyLinear(3))
+    model.register_buffer("seen", torch.zeros(1))
+    with restored(model):
+        model(torch.randn(2, 5))  # materializes the lazy layer (its class changes)
+        model.seen = torch.ones(1)
+        model.extra = nn.ReLU()
+        model.note = "written by forward"
+    assert type(model[0]) is nn.LazyLinear and not hasattr(model, "note") and "extra" not in model._modules
+    assert torch.equal(model.seen, torch.zeros(1))
+    state = ModuleState(model)
+    model[0] = nn.Identity()
+    state.restore()
+    assert type(model[0]) is nn.LazyLinear
+
+
+def test_auditing_without_inputs_leaves_the_global_random_streams_alone():
+    class VAE(nn.Module):  # the forward draws from the global generator
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Linear(8, 4)
+            self.dec = nn.Linear(2, 8)
+
+        def forward(self, x):
+            mu, logvar = self.enc(x).chunk(2, -1)
+            return self.dec(mu + torch.randn_like(mu) * (0.5 * logvar).exp())
+
+    model = VAE()
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    auditor.audit(model)
+    assert torch.equal(torch.rand(3), expected)
