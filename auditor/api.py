@@ -19,8 +19,10 @@ from auditor.findings import AppliedFix, Report
 from auditor.loading.models import LoadedModel
 from auditor.loading.sites import CreationSites
 from auditor.options import FixOptions, Options
-from auditor.rule import default_settings
-from auditor.selection import Selection
+from auditor.config import validate_settings
+from auditor.errors import UsageError
+from auditor.rule import all_rules, default_settings
+from auditor.selection import Selection, is_valid_selector
 
 
 def audit(
@@ -134,9 +136,24 @@ def _class_origin(model: nn.Module) -> dict[str, Any] | None:
 
 
 def api_options(select: Iterable[str] | None, ignore: Iterable[str] | None, settings: dict[str, Any] | None, **extra: Any) -> Options:
-    merged = default_settings()
-    merged.update(settings or {})
-    return Options(selection=Selection(select=list(select or ["ALL"]), ignore=list(ignore or [])), settings=merged, **extra)
+    """Options checked as the command line checks them: an unknown selector or setting is a ValueError naming it."""
+    known = [(rule.code, rule.name) for rule in all_rules()]
+    selection = Selection(select=_selectors(select, "select", known) or ["ALL"], ignore=_selectors(ignore, "ignore", known))
+    try:
+        merged = validate_settings(dict(settings or {}), default_settings(), "passed to the API")
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+    return Options(selection=selection, settings=merged, **extra)
+
+
+def _selectors(patterns: Iterable[str] | None, name: str, known: list[tuple[str, str]]) -> list[str]:
+    if isinstance(patterns, str):  # select="DRO001": one selector, not its letters
+        patterns = [patterns]
+    checked = list(patterns or [])
+    for pattern in checked:
+        if not isinstance(pattern, str) or not is_valid_selector(pattern, known):
+            raise ValueError(f"{name}: unknown rule selector {pattern!r} (see `audit rules`)")
+    return checked
 
 
 def live_model(model: nn.Module, example_inputs: Any) -> LoadedModel:

@@ -76,44 +76,64 @@ def audit(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
 ) -> None:
     """Audit PyTorch models for missing or misplaced training tricks."""
-    err = Console(stderr=True, soft_wrap=True)
+    err = Console(stderr=True, soft_wrap=True, emoji=False, markup=False, highlight=False)  # user text stays literal
     try:
-        config = _config(config_file)
-        options = _options(config, inputs, kwargs, probe, fix, out, force, shortcut, skip_concat, diff, output_format, select, ignore, fail_on, device, clip_norm, plot, trust_pickle, verbose)
-        if capture_method is not None:
-            options.capture = _capture_methods(capture_method)
-        target_list, base = _targets(targets, config)
-        if options.fix is not None and options.fix.out is not None:
-            _check_out(options.fix.out, [t.target for t in target_list])
-            _check_replaceable(options.fix.out, options.fix.force)
-        baseline_path = None if write_baseline is not None else baseline_file or config.baseline
-        recorded = baselines.load(baseline_path) if baseline_path is not None else None
+        runs = []
+        for config, group in _configured(targets, config_file):
+            options = _options(config, inputs, kwargs, probe, fix, out, force, shortcut, skip_concat, diff, output_format, select, ignore, fail_on, device, clip_norm, plot, trust_pickle, verbose)
+            if capture_method is not None:
+                options.capture = _capture_methods(capture_method)
+            target_list, base = _targets(group, config)
+            if options.fix is not None and options.fix.out is not None:
+                _check_out(options.fix.out, [t.target for t in target_list])
+                _check_replaceable(options.fix.out, options.fix.force)
+            baseline_path = None if write_baseline is not None else baseline_file or config.baseline
+            recorded = baselines.load(baseline_path) if baseline_path is not None else None
+            runs.append((target_list, base, options, config, baseline_path, recorded))
+        if len(runs) > 1 and fix:
+            raise UsageError("--fix: the targets fall under different configurations (pyproject.toml files); fix one project at a time")
     except UsageError as exc:
         _usage_error(err, exc)
-    report = _run(target_list, base, options, config, err, quiet or output_format != "text")
+    report, exit_code = Report(), 0
+    for target_list, base, options, config, baseline_path, recorded in runs:  # each judged by its own project's configuration
+        part = _run(target_list, base, options, config, err, quiet or output_format != "text")
+        if recorded is not None:
+            baselines.apply(part, recorded, baseline_path, options)
+        exit_code = max(exit_code, part.exit_code(options.fail_on))
+        _merge(report, part)
     if write_baseline is not None:
         try:
             written = baselines.write(report, write_baseline)
         except UsageError as exc:
             _usage_error(err, exc)
-    elif recorded is not None:
-        baselines.apply(report, recorded, baseline_path, options)
     _emit(report, output_format, quiet, verbose, diff=options.fix is not None and options.fix.diff)
     if options.plot is not None:
         _plot(report, options.plot, err)
     for result in report.failed_targets:
-        err.print(f"audit: error: {result.target}: {result.error}", style="red", highlight=False, markup=False)
+        err.print(f"audit: error: {result.target}: {result.error}", style="red")
         if result.traceback:
-            err.print(result.traceback, highlight=False, markup=False)
+            err.print(result.traceback)
     if write_baseline is not None:
-        err.print(f"audit: recorded {written} finding{'s' if written != 1 else ''} in the baseline {write_baseline}", highlight=False, markup=False)
+        err.print(f"audit: recorded {written} finding{'s' if written != 1 else ''} in the baseline {write_baseline}")
         raise typer.Exit(2 if report.failed_targets else 0)
-    raise typer.Exit(report.exit_code(options.fail_on))
+    raise typer.Exit(exit_code)
 
 
 def _usage_error(err: Console, exc: UsageError) -> NoReturn:
-    err.print(f"audit: error: {exc}", style="red", highlight=False, markup=False)
+    err.print(f"audit: error: {exc}", style="red")
     raise typer.Exit(2) from None
+
+
+def _merge(report: Report, part: Report) -> None:
+    """One configuration's results into the run's report (baselines: hidden counts add up, stale entries join)."""
+    report.results.extend(part.results)
+    if part.baseline is None:
+        return
+    if report.baseline is None:
+        report.baseline = part.baseline
+    else:
+        report.baseline.hidden += part.baseline.hidden
+        report.baseline.stale.extend(part.baseline.stale)
 
 
 def _run(targets: list[Any], base: Path | None, options: Options, config: Config, err: Console, silent: bool) -> Report:
@@ -132,7 +152,7 @@ def _emit(report: Report, output_format: str, quiet: bool, verbose: bool, diff: 
     if output_format == "text":
         from auditor.report.text import print_report
 
-        print_report(report, Console(highlight=False, soft_wrap=True), quiet=quiet, verbose=verbose, diff=diff)
+        print_report(report, Console(highlight=False, soft_wrap=True, emoji=False, markup=False), quiet=quiet, verbose=verbose, diff=diff)
         return
     from auditor.report import renderer
 
@@ -149,16 +169,38 @@ def _plot(report: Report, path: Path, err: Console) -> None:
     try:
         written = write_chart(report, path)
     except OSError as exc:
-        err.print(f"audit: error: --plot {path}: {exc}", style="red", highlight=False, markup=False)
+        err.print(f"audit: error: --plot {path}: {exc}", style="red")
         raise typer.Exit(2) from None
     if not written:
-        err.print(f"audit: note: --plot {path}: no probe results to chart", highlight=False, markup=False)
+        err.print(f"audit: note: --plot {path}: no probe results to chart")
 
 
-def _config(config_file: Path | None) -> Config:
+def _configured(targets: list[str] | None, config_file: Path | None) -> list[tuple[Config, list[str] | None]]:
+    """The configuration of each TARGET: --config for all; else, as ruff does for each file, the nearest
+    pyproject.toml with [tool.auditor] from the target's own folder upward. Targets sharing a file form one
+    group, in order of first appearance. With no TARGET: the file found from the working directory."""
     if config_file is not None:
-        return load_config(config_file, explicit=True)
-    return load_config(find_pyproject(Path.cwd()))
+        return [(load_config(config_file, explicit=True), targets)]
+    if not targets:
+        return [(load_config(find_pyproject(Path.cwd())), None)]
+    grouped: dict[Path | None, list[str]] = {}
+    found: dict[Path, Path | None] = {}
+    for text in targets:
+        folder = _folder_of(text)
+        if folder not in found:
+            found[folder] = find_pyproject(folder)
+        grouped.setdefault(found[folder], []).append(text)
+    return [(load_config(path), group) for path, group in grouped.items()]
+
+
+def _folder_of(text: str) -> Path:
+    """Where a target's configuration search starts: its folder (a directory: itself); the working directory
+    for an importable module."""
+    location = text.rsplit(":", 1)[0] if ":" in text and not Path(text).exists() else text
+    path = Path(location)
+    if path.is_dir():
+        return path.resolve()
+    return path.resolve().parent if path.exists() else Path.cwd()
 
 
 def _options(
@@ -344,7 +386,7 @@ def explain(code: Annotated[str, typer.Argument(help="A rule code (DRO001) or na
 
     rule = find_rule(code)
     if rule is None:
-        Console(stderr=True, soft_wrap=True).print(f"audit: error: unknown rule {code!r} (see `audit rules`)", style="red", markup=False)
+        Console(stderr=True, soft_wrap=True, emoji=False).print(f"audit: error: unknown rule {code!r} (see `audit rules`)", style="red", markup=False, highlight=False)
         raise typer.Exit(2)
     console = Console(highlight=False)
     if console.is_terminal:

@@ -130,3 +130,30 @@ def test_end_to_end_subprocess_and_no_torch_import_for_plain_files(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "exit 0 False", done.stderr
     version = cli("--version")
     assert version.returncode == 0 and version.stdout.strip() == "auditor 0.1.0"
+
+
+def test_user_text_is_printed_literally_never_as_markup_or_emoji(tmp_path):
+    model = tmp_path / "odd.py"
+    model.write_text("import torch.nn as nn\n\n\nclass M(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                     "        raise ValueError('file.py:M: :smile: [bold red]x[/bold red]')\n")
+    done = cli(str(model))
+    assert done.returncode == 2
+    assert "file.py:M: :smile: [bold red]x[/bold red]" in done.stderr
+    assert "\U0001f604" not in done.stderr and "\u24c2" not in done.stderr
+
+
+def test_the_api_checks_selectors_and_settings_like_the_command_line():
+    import torch.nn as nn
+
+    import auditor
+
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="select: unknown rule selector 'NOPE'"):
+        auditor.audit(model, select=["NOPE"])
+    with pytest.raises(ValueError, match="ignore: unknown rule selector 'XYZ9'"):
+        auditor.audit(model, ignore=["XYZ9"])
+    with pytest.raises(ValueError, match="unknown setting 'nope'"):
+        auditor.audit(model, settings={"nope": 1})
+    with pytest.raises(ValueError, match="setting 'max-plain-depth' passed to the API: expected int"):
+        auditor.fix(model, settings={"max-plain-depth": "deep"})
+    assert auditor.audit(model, select="DRO").findings == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from auditor.config import find_pyproject, load_config, validate_settings
 from auditor.errors import UsageError
 from auditor.findings import Severity
+from support import cli
 
 
 def write(tmp_path: Path, body: str) -> Path:
@@ -86,3 +88,28 @@ def test_explicit_config_file_may_hold_keys_at_top_level(tmp_path):
     path = tmp_path / "audit.toml"
     path.write_text('ignore = ["DRO"]\n')
     assert load_config(path, explicit=True).ignore == ["DRO"]
+
+
+def _project(root: Path, ignore: str, fail_on: str) -> Path:
+    """A project whose model has a DRO001 warning, configured to ignore `ignore` and fail on `fail_on`."""
+    root.mkdir()
+    (root / "pyproject.toml").write_text(f'[tool.auditor]\nignore = ["{ignore}"]\nfail-on = "{fail_on}"\n')
+    model = root / "net.py"
+    model.write_text("import torch.nn as nn\n\nmodel = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1), nn.Tanh(), nn.Linear(4, 2))\n")
+    return model
+
+
+def test_each_target_uses_the_config_found_from_its_own_folder(tmp_path):
+    """As ruff does: run from anywhere, each file gets its project's [tool.auditor]; the exit code is the worst."""
+    quiet = _project(tmp_path / "quiet", "DRO001", "warning")
+    strict = _project(tmp_path / "strict", "INI", "warning")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    only_quiet = cli(str(quiet), "--format", "json", cwd=elsewhere)
+    assert only_quiet.returncode == 0 and '"DRO001"' not in only_quiet.stdout
+    both = cli(str(quiet), str(strict), "--format", "json", cwd=elsewhere)
+    codes = {r["target"].split("/")[-2]: [f["code"] for f in r["findings"]] for r in json.loads(both.stdout)["results"] if ":" in r["target"]}
+    assert codes == {"quiet": [], "strict": ["DRO001"]}
+    assert both.returncode == 1  # strict's warning fails under strict's fail-on
+    refused = cli(str(quiet), str(strict), "--fix", "--out", str(tmp_path / "fixed"), cwd=elsewhere)
+    assert refused.returncode == 2 and "different configurations" in refused.stderr
