@@ -94,8 +94,23 @@ def test_text_report_groups_by_target_with_locations_and_summary():
 
 def test_text_report_for_a_clean_run():
     buffer = io.StringIO()
-    print_report(Report([TargetResult("a.py")]), Console(file=buffer, no_color=True, width=200))
-    assert buffer.getvalue().strip() == "All checks passed! (1 target audited)"
+    print_report(Report([TargetResult("a.py"), TargetResult("a.py:Net", capture=CaptureInfo("fx", 3))]), Console(file=buffer, no_color=True, width=200))
+    assert buffer.getvalue().strip() == "All checks passed! (2 targets audited)"
+
+
+def test_text_report_says_when_no_model_was_found_or_audited():
+    buffer = io.StringIO()
+    print_report(Report([TargetResult("a.py"), TargetResult("b.py")]), Console(file=buffer, no_color=True, width=200))
+    assert buffer.getvalue().strip() == "All checks passed! (2 files checked; no model found)"
+    skipped = TargetResult("a.py:Net", status="skipped", reason="needs constructor arguments: depth; audit it with `audit a.py:Net --kwargs '{\"depth\": ...}'`")
+    buffer = io.StringIO()
+    print_report(Report([TargetResult("a.py"), skipped]), Console(file=buffer, no_color=True, width=200))
+    assert buffer.getvalue().strip().splitlines() == [
+        "Not audited (1):",
+        "  a.py:Net skipped: needs constructor arguments: depth; audit it with `audit a.py:Net --kwargs '{\"depth\": ...}'`",
+        "",
+        "No model was audited: 1 model skipped (listed above); source checks passed (1 file).",
+    ]
 
 
 def test_findings_of_one_rule_on_one_line_are_shown_once_for_people():

@@ -153,6 +153,9 @@ def summary_line(report: Report) -> Text:
             return text
         text.append("All checks passed!", style="bold green")
         also = f"; {_plural(hidden, 'finding')} hidden by the baseline" if hidden else ""
+        if not report.models_audited:
+            text.append(f" ({_plural(targets, 'file')} checked; no model found{also})", style="dim")
+            return text
         text.append(f" ({_plural(targets, 'target')} audited{also}{_skipped_note(skipped)})", style="dim")
         return text
     parts = [

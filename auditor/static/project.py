@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import tokenize
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from auditor.static.safety import Hazard, import_hazard, module_statements
@@ -33,8 +34,12 @@ class FileFacts:
     path: Path
     tree: ast.Module | None  # None when it cannot be read or parsed (its import will say why)
     imports_torch: bool = False
-    hazard: Hazard | None = None
     local_imports: list[Path] = field(default_factory=list)  # the local files its import runs, in order
+
+    @cached_property
+    def hazard(self) -> Hazard | None:
+        """Computed only for files that reach torch: a plain utility module never needs it."""
+        return import_hazard(self.tree) if self.tree is not None else None
 
 
 class Project:
@@ -82,7 +87,7 @@ def _read_facts(path: Path, tree: ast.Module | None) -> FileFacts:
             tree = ast.parse(read_source(path), filename=str(path))
         except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
             return FileFacts(path, None)
-    facts = FileFacts(path, tree, hazard=import_hazard(tree))
+    facts = FileFacts(path, tree)
     roots = _search_roots(path)
     for statement in module_statements(tree.body):
         if isinstance(statement, ast.Import):
