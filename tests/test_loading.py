@@ -26,7 +26,7 @@ def test_discovery_finds_instances_factories_and_top_level_classes_only():
     assert [m.label.split(":")[1] for m in found if isinstance(m, LoadedModel)] == ["Net", "build_model", "tiny"]
     [wide] = [m for m in found if isinstance(m, Skipped)]
     assert wide.label.endswith("discovery.py:Wide")
-    assert wide.reason.endswith("""needs constructor arguments (width); audit it with `audit tests/fixtures/models/discovery.py:Wide --kwargs '{"width": ...}'`""")
+    assert wide.reason.endswith("""needs constructor arguments: width; audit it with `audit tests/fixtures/models/discovery.py:Wide --kwargs '{"width": ...}'`""")
 
 
 def test_creation_sites_are_exact_for_loops_and_module_list_append():
