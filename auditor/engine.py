@@ -95,6 +95,8 @@ class Engine:
             text = read_source(target.path)
             tree = parse(label, text)
         except SyntaxError as exc:
+            if exc.lineno is None:  # a PEP 263 coding line naming an unknown encoding
+                return [_error(label, f"{label}: cannot be read: {exc.msg}", exc, self.options)]
             return [_error(label, f"{label}:{exc.lineno}: syntax error: {exc.msg}", exc, self.options)]
         except (OSError, UnicodeDecodeError) as exc:
             return [_error(label, f"{label}: cannot be read: {first_line(exc)}", exc, self.options)]

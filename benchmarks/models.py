@@ -110,3 +110,25 @@ def dropout_resnet_20() -> nn.Module:
 
 def dropout_resnet_40() -> nn.Module:
     return DropoutResNet(40)
+
+
+class CifarWide(nn.Module):
+    """A CIFAR network that keeps its resolution (as kuangliu's GoogLeNet does): a 224x224 guess costs ~50x a
+    32x32 forward and then fails at the classifier, which only fits 32x32 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in (128, 192, 256, 256):
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            channels = width
+        self.features = nn.Sequential(*layers, nn.AvgPool2d(8))
+        self.classifier = nn.Linear(256 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+def cifar_wide() -> CifarWide:
+    return CifarWide()

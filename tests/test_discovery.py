@@ -216,3 +216,29 @@ def test_fixture_models_in_this_repository_are_all_imported():
         if path.name in ("syntax_error.py", "script_runs_on_import.py"):
             continue
         assert import_hazard(ast.parse(Path(path).read_text())) is None, path
+
+
+def test_an_unknown_coding_line_is_a_clear_read_error(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("# -*- coding: nonsense -*-\nimport torch\n")
+    [result] = run(bad).results
+    assert result.status == "error" and result.error == f"{bad}: cannot be read: unknown encoding for '{bad}': nonsense"
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("package", ["torchvision.models", "timm.models", "transformers.models.llama", "transformers.models.bert"])
+def test_library_model_files_are_safe_to_import(package):
+    """torchvision-, timm- and Hugging Face-style model files (registries, config tables filled in loops,
+    decorators) only declare things."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package.split(".")[0])
+    if spec is None:
+        pytest.skip(f"{package} is not installed")
+    root = Path(spec.submodule_search_locations[0]).joinpath(*package.split(".")[1:])
+    unsafe = {}
+    for path in sorted(root.glob("*.py")):
+        hazard = import_hazard(ast.parse(path.read_text(encoding="utf-8")))
+        if hazard is not None:
+            unsafe[path.name] = str(hazard)
+    assert unsafe == {}
