@@ -16,6 +16,8 @@ import torch.nn as nn
 from auditor.engine import Engine
 from auditor.errors import TargetError
 from auditor.findings import AppliedFix, Report
+from auditor.memory import default_budget
+from auditor.loading.meta import weights_of
 from auditor.loading.models import LoadedModel
 from auditor.loading.sites import CreationSites
 from auditor.options import FixOptions, Options
@@ -167,4 +169,5 @@ def live_model(model: nn.Module, example_inputs: Any) -> LoadedModel:
         namespace=sys.modules.get(type(model).__module__),
         owned=False,
         example_inputs=example_inputs,
+        weights=weights_of(model, default_budget()),
     )

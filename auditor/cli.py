@@ -71,6 +71,8 @@ def audit(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="With --probe: write the per-layer chart to this PNG (needs matplotlib).", show_default=False)] = None,
     capture_method: Annotated[Optional[str], typer.Option("--capture", help="Force one capture method: fx, export or hooks (default: the first that works, in that order).", show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled models (.pt/.pth), which runs any code they contain.")] = False,
+    meta: Annotated[bool, typer.Option("--meta", help="Audit the structure without materializing weights (meta device; init rules read the recorded init calls).")] = False,
+    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Audit models whose weights exceed SIZE (e.g. 8GiB, 500MB) on meta. Default: 1/8 of available memory.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only findings; no summary or progress.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Capture notes, timings, and tracebacks for failures.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
@@ -83,6 +85,7 @@ def audit(
             options = _options(config, inputs, kwargs, probe, fix, out, force, shortcut, skip_concat, diff, output_format, select, ignore, fail_on, device, clip_norm, plot, trust_pickle, verbose)
             if capture_method is not None:
                 options.capture = _capture_methods(capture_method)
+            options.meta, options.max_memory = _weights(meta, max_memory, options)
             target_list, base = _targets(group, config)
             if options.fix is not None and options.fix.out is not None:
                 _check_out(options.fix.out, [t.target for t in target_list])
@@ -258,6 +261,17 @@ def _options(
         selection=selection, settings=settings, fail_on=threshold, inputs=list(inputs or []), kwargs=_kwargs(kwargs),
         probe=probe, plot=plot, fix=fix_options, device=device or config.device, trust_pickle=trust_pickle, verbose=verbose,
     )
+
+
+def _weights(meta: bool, max_memory: str | None, options: Options) -> tuple[bool, int | None]:
+    """--meta and --max-memory; --probe and --fix need real weights, so they cannot go with --meta."""
+    from auditor.memory import parse_size
+
+    if meta and options.probe:
+        raise UsageError("--probe needs real weights; it cannot run with --meta")
+    if meta and options.fix is not None:
+        raise UsageError("--fix cannot run with --meta yet: fixing a model without its weights is not supported")
+    return meta, parse_size(max_memory) if max_memory is not None else None
 
 
 def _require_matplotlib() -> None:

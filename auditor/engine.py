@@ -45,9 +45,11 @@ class Engine:
     @property
     def loader(self) -> ModelLoader:
         if self._loader is None:
+            from auditor.loading.meta import WeightPolicy
             from auditor.loading.models import ModelLoader
 
-            self._loader = ModelLoader(trust_pickle=self.options.trust_pickle)
+            policy = WeightPolicy(meta=self.options.meta, max_memory=self.options.max_memory)
+            self._loader = ModelLoader(trust_pickle=self.options.trust_pickle, weights=policy)
         return self._loader
 
     def run(self, targets: Iterable[Target]) -> list[TargetResult]:
@@ -124,14 +126,23 @@ class Engine:
         place_on_device(loaded, self.options.device)
         graph, inputs = capture_model(loaded, self.options.inputs or loaded.inputs, self.options.capture, loaded.example_inputs)
         result = TargetResult(target=loaded.label, capture=CaptureInfo(graph.method, len(graph), list(graph.notes), graph.stopped))
-        findings = run_graph_rules(graph, self.options, result.capture.notes)
-        if self.options.probe:
+        result.capture.notes.extend(loaded.weights.notes())
+        findings = run_graph_rules(graph, self.options, result.capture.notes, loaded.weights.inits)
+        refusal = self._refusal(loaded)
+        if self.options.probe and refusal is None:
             findings += run_probes(loaded.model, inputs, graph, self.options, result)
         result.findings = _kept(findings, self.options)
-        if self.options.fix is not None:
+        if refusal is not None:  # the structure was audited; what was asked beyond it was not
+            result.status, result.error = "error", refusal
+        elif self.options.fix is not None:
             self._fix(loaded, graph, inputs, result)
         result.seconds = time.perf_counter() - started
         return result
+
+    def _refusal(self, loaded: LoadedModel) -> str | None:
+        """Why --probe or --fix, which need the real weights and a copy of them, cannot run on this model."""
+        asked = [flag for flag, wanted in (("--probe", self.options.probe), ("--fix", self.options.fix is not None)) if wanted]
+        return loaded.weights.refusal(" and ".join(asked)) if asked else None
 
     # --- --fix ------------------------------------------------------------------------------------------------
     def _fix(self, loaded: LoadedModel, graph: AuditGraph, inputs: tuple[Any, ...], result: TargetResult) -> None:
@@ -222,11 +233,13 @@ class Engine:
             return _error(label, f"internal error: {type(exc).__name__}: {first_line(exc)} (--verbose shows the traceback)", exc, self.options)
 
 
-def run_graph_rules(graph: AuditGraph, options: Options, notes: list[str]) -> list[Finding]:
-    """Every enabled graph rule over one graph; a finding is `fixable` only where --fix would apply its fix."""
+def run_graph_rules(graph: AuditGraph, options: Options, notes: list[str], inits: Any = None) -> list[Finding]:
+    """Every enabled graph rule over one graph (`inits`: the init record of a model built without weights); a
+    finding is `fixable` only where --fix would apply its fix."""
     from auditor.fixing.plan import judge
 
-    findings = run_rules("graph", GraphContext(graph=graph, settings=options.settings), options.selection, notes, options.verbose)
+    ctx = GraphContext(graph=graph, settings=options.settings, inits=inits)
+    findings = run_rules("graph", ctx, options.selection, notes, options.verbose)
     return _chained(graph, judge(graph, findings, options.fix))
 
 

@@ -37,3 +37,5 @@ class Options:
     capture: tuple[str, ...] = CAPTURE_METHODS  # the methods to try, in order (--capture forces one)
     trust_pickle: bool = False
     verbose: bool = False
+    meta: bool = False  # audit every model without materializing its weights
+    max_memory: int | None = None  # bytes; above it a model is audited on meta (None: a share of available memory)

@@ -22,6 +22,7 @@ from auditor.findings import Finding, Severity
 if TYPE_CHECKING:
     from auditor.selection import Selection
     from auditor.graph import AuditGraph, Node
+    from auditor.graph.inits import Init
 
 SCOPES = ("graph", "source", "probe")
 DOC_SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead", "Fix", "References")
@@ -145,9 +146,20 @@ class GraphContext:
 
     graph: AuditGraph
     settings: dict[str, Any]
+    inits: Any = None  # the init calls recorded while the model was built without weights (an InitRecord), if so
 
     def setting(self, name: str) -> Any:
         return self.settings[name]
+
+    def init_of(self, param: Any) -> Init | None:
+        """What is known of a weight's initial values (`auditor.graph.inits.Init`): read from its values, or,
+        for a model built without weights, from the init calls recorded while it was built; None when
+        neither says (values loaded from a file, say)."""
+        if self.inits is not None:
+            return self.inits.init_of(param)
+        from auditor.graph.inits import measured
+
+        return measured(param)
 
     @property
     def nodes(self) -> list[Node]:

@@ -23,6 +23,7 @@ class Kind(enum.Enum):
     PROGRAM = "program"  # path/program.pt2
     FIXED = "fixed"  # a folder written by --fix
     PICKLE = "pickle"  # a pickled model: refused unless --trust-pickle
+    CONFIG = "config"  # path/config.json: a Hugging Face model config, built without downloading anything
 
 
 @dataclass
@@ -70,7 +71,9 @@ def parse_target(text: str, *, exclude: list[str] | None = None, base: Path | No
         return [Target(Kind.PROGRAM, raw, path=path)]
     if suffix in PICKLE_SUFFIXES:
         return [Target(Kind.PICKLE, raw, path=path, name=member)]
-    raise TargetError(f"{raw}: not a Python file, a .pt2 program or a directory")
+    if suffix == ".json" and member is None:
+        return [Target(Kind.CONFIG, raw, path=path)]
+    raise TargetError(f"{raw}: not a Python file, a .pt2 program, a config.json or a directory")
 
 
 def python_files(folder: Path, exclude: list[str]) -> list[Path]:

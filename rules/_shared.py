@@ -40,13 +40,12 @@ def has_bias(node: Node) -> bool:
 
 
 def weight_of(node: Node) -> Any:
-    """The weight tensor of a module node, when the capture has real values (not meta or fake tensors)."""
+    """The floating-point weight tensor of a module node (real, or on meta for a model built without weights:
+    ask `ctx.init_of` about its values)."""
     if not node.is_module:
         return None
     weight = node.params.get("weight")
-    if weight is None or getattr(weight, "is_meta", False) or not weight.is_floating_point():
-        return None
-    if type(weight).__name__ == "FakeTensor":
+    if weight is None or not weight.is_floating_point():
         return None
     return weight
 

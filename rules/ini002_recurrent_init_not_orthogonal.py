@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 from auditor.findings import Finding, Severity
@@ -68,8 +67,6 @@ class RecurrentInitNotOrthogonal(Rule):
     settings = {"orthogonal-tolerance": 0.1}
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
-        import torch
-
         tolerance = float(ctx.setting("orthogonal-tolerance"))
         seen: set[int] = set()
         for node in ctx.graph.find(ops.RNN):
@@ -80,13 +77,12 @@ class RecurrentInitNotOrthogonal(Rule):
             bad: list[str] = []
             worst = 0.0
             for name, weight in sorted(node.params.items()):
-                if not name.startswith("weight_hh") or weight.is_meta or not weight.requires_grad:
+                if not name.startswith("weight_hh") or not weight.requires_grad:
                     continue
-                if weight.shape[0] % len(gates):
+                init = ctx.init_of(weight)
+                deviations = init.block_deviations(len(gates)) if init is not None else None
+                if deviations is None:
                     continue
-                with torch.no_grad():
-                    blocks = weight.detach().float().chunk(len(gates), dim=0)
-                    deviations = [_deviation(torch, block) for block in blocks]
                 failing = [g for g, d in zip(gates, deviations) if d is not None and d > tolerance]
                 if failing:
                     worst = max(worst, max(d for d in deviations if d is not None))
@@ -123,15 +119,3 @@ def _gate_names(class_name: str, mode: object) -> str:
         if kind.startswith(key):
             return names
     return "h"
-
-
-def _deviation(torch: object, block: object) -> float | None:
-    """|| W^T W / c - I ||_F / sqrt(n) for the smaller Gram matrix, c its mean diagonal; None for a zero block."""
-    rows, cols = block.shape  # type: ignore[attr-defined]
-    gram = block.T @ block if rows >= cols else block @ block.T  # type: ignore[attr-defined]
-    n = gram.shape[0]
-    scale = float(gram.diagonal().mean())
-    if not math.isfinite(scale) or scale <= 0:
-        return None
-    identity = torch.eye(n, dtype=gram.dtype, device=gram.device)  # type: ignore[attr-defined]
-    return float(torch.linalg.matrix_norm(gram / scale - identity)) / math.sqrt(n)  # type: ignore[attr-defined]

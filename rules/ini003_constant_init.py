@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
     from auditor.fixing import FixContext, PlanContext
+    from auditor.graph.inits import Init
 
 # Relative spread below which entries (or units) count as identical: random inits are ~1.0 on this scale.
 _TOLERANCE = 1e-3
@@ -74,16 +75,14 @@ class ConstantInit(Rule):
     fix_title = "Re-initialize the weight randomly"
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
-        import torch
-
         seen: set[int] = set()
         for node in ctx.graph.nodes:
             if node.op not in _CHECKED or not node.is_module or id(node.obj) in seen:
                 continue
             seen.add(id(node.obj))
             for name, weight in _weights(node):
-                with torch.no_grad():
-                    problem = _symmetry(node, weight.detach().float())
+                init = ctx.init_of(weight)
+                problem = _symmetry(node, weight, init) if init is not None else None
                 if problem is None or _deliberate(node):
                     continue
                 consequence = "every token starts with the same vector" if node.op == ops.EMBEDDING else (
@@ -118,38 +117,26 @@ def _weights(node: Node) -> list[tuple[str, Any]]:
     for name, param in sorted(node.params.items()):
         if "bias" in name or param.dim() < 2 or param.numel() < 2:
             continue
-        if param.is_meta or not param.is_floating_point() or not param.requires_grad:
+        if not param.is_floating_point() or not param.requires_grad:
             continue
         found.append((name, param))
     return found
 
 
-def _symmetry(node: Node, weight: Any) -> str | None:
-    """How the weight's entries or units are identical, or None when they are not."""
-    if node.op == ops.EMBEDDING:
-        padding = node.attrs.get("padding_idx")
-        if isinstance(padding, int) and weight.shape[0] > 1:
-            keep = [i for i in range(weight.shape[0]) if i != padding % weight.shape[0]]
-            weight = weight[keep]
+def _symmetry(node: Node, weight: Any, init: Init) -> str | None:
+    """How the weight's entries or units are identical, or None when they are not (or it is not known)."""
+    padding = node.attrs.get("padding_idx") if node.op == ops.EMBEDDING else None
+    skip = padding if isinstance(padding, int) and weight.shape[0] > 1 else None
+    value = init.constant(_TOLERANCE, skip_row=skip)
+    if value is not None:
+        count = weight.numel() - (weight.numel() // weight.shape[0] if skip is not None else 0)
+        return f"has all {count} entries equal to {value:.4g}"
     unit_dim = 1 if node.op == ops.CONV_TRANSPOSE else 0
-    units = weight.movedim(unit_dim, 0).flatten(1)
-    # Cheap rejections first (a random weight fails them at once): two units that differ already rule out
-    # identical units, and entries that differ within the first unit rule out a constant tensor.
-    first = units[0]
-    first_scale = float(first.abs().mean())
-    first_spread = float(first.max() - first.min())
-    if units.shape[0] > 1 and float((units[1] - first).abs().max()) > 2 * _TOLERANCE * first_scale + 1e-12:
+    units = int(weight.shape[unit_dim])
+    if node.op in (ops.EMBEDDING, ops.RNN, ops.ATTENTION) or units < 2:
         return None
-    scale = float(weight.abs().mean())
-    if first_spread <= 2 * _TOLERANCE * first_scale + 1e-12:
-        low, high = weight.aminmax()
-        if float(high - low) <= _TOLERANCE * scale:
-            value = float(weight.flatten()[0])
-            return f"has all {weight.numel()} entries equal to {value:.4g}"
-    if node.op in (ops.EMBEDDING, ops.RNN, ops.ATTENTION) or units.shape[0] < 2:
-        return None
-    if float((units - first).abs().max()) <= _TOLERANCE * scale:
-        return f"has {units.shape[0]} output units with identical weights"
+    if init.identical_units(_TOLERANCE, unit_dim):
+        return f"has {units} output units with identical weights"
     return None
 
 

@@ -19,6 +19,7 @@ import torch.nn as nn
 from auditor.errors import TargetError, first_line
 from auditor.loading.arguments import accepted, call_with, describe_arguments, kwargs_template, missing_arguments, unknown_arguments
 from auditor.loading.importing import error_site, import_dotted, import_file, script_argv
+from auditor.loading.meta import MetaBuilder, WeightPolicy, Weights
 from auditor.loading.sites import CreationSites, Site
 from auditor.locations import display_path
 from auditor.static.outline import FACTORY_NAMES, Outline
@@ -38,6 +39,7 @@ class LoadedModel:
     owned: bool = True  # built by the tool (may be moved to a device); False for a model handed to the API
     example_inputs: tuple[Any, ...] | None = None  # inputs handed to the API
     origin: dict[str, Any] | None = None  # how to build it again (--fix of untraceable models): file/module, name, kwargs
+    weights: Weights = field(default_factory=Weights)  # real or meta, its size and budget (loading/meta.py)
 
 
 @dataclass
@@ -69,15 +71,21 @@ class _Candidate:
 class ModelLoader:
     """Loads targets for one run; one recording of creation sites covers all of them."""
 
-    def __init__(self, *, trust_pickle: bool = False) -> None:
+    def __init__(self, *, trust_pickle: bool = False, weights: WeightPolicy | None = None) -> None:
         self.sites = CreationSites()
         self.trust_pickle = trust_pickle
+        self.builder = MetaBuilder(weights or WeightPolicy())
 
     def load(self, target: Target) -> list[Loaded]:
-        """The target's models; for a whole file also its skipped candidates and failed builds, in file order.
-        While the user's code runs, `sys.argv` holds only its file, so its argument parsing sees no audit options."""
+        """The target's models, each with its `Weights` (built on meta when they would not fit the budget); for a
+        whole file also its skipped candidates and failed builds, in file order. While the user's code runs,
+        `sys.argv` holds only its file, so its argument parsing sees no audit options."""
         with script_argv(target.path if target.path is not None else target.module or target.text):
-            return self._load(target)
+            loaded = self._load(target)
+        for item in loaded:
+            if isinstance(item, LoadedModel):
+                item.weights = self.builder.weights_of(item.model)
+        return loaded
 
     def _load(self, target: Target) -> list[Loaded]:
         if target.kind is Kind.FILE:
@@ -96,6 +104,8 @@ class ModelLoader:
             return self._load_fixed(target)
         if target.kind is Kind.PICKLE:
             return [self._load_pickle(target)]
+        if target.kind is Kind.CONFIG:
+            return [self._load_config(target)]
         raise TargetError(f"{target.text}: cannot be loaded as a model")
 
     # --- whole files ------------------------------------------------------------------------------------------
@@ -129,7 +139,7 @@ class ModelLoader:
 
     def _build(self, candidate: _Candidate, where: str) -> nn.Module:
         try:
-            model = candidate.build()
+            model = self.builder.build(candidate.build)
         except TargetError:
             raise
         except Exception as exc:  # noqa: BLE001 - the user's constructor failed
@@ -209,6 +219,17 @@ class ModelLoader:
         if not isinstance(obj, nn.Module):
             raise TargetError(f"{where}: holds a {type(obj).__name__}, not an nn.Module")
         return LoadedModel(where, obj, self.sites.for_model(obj), None, list(target.inputs))
+
+    def _load_config(self, target: Target) -> LoadedModel:
+        """A Hugging Face config.json: the architecture it describes (`auditor.loading.hf_config`)."""
+        from auditor.loading.hf_config import config_factory
+
+        assert target.path is not None
+        where = display_path(str(target.path))
+        name, build = config_factory(target.path, target.kwargs)
+        with self.sites.recording():
+            model = self._build(_Candidate(name, None, build), where)
+        return LoadedModel(where, model, self.sites.for_model(model), None, list(target.inputs))
 
 
 def _origin(namespace: ModuleType, name: str, kwargs: dict[str, Any], by_file: bool = True) -> dict[str, Any]:
