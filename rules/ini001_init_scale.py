@@ -38,6 +38,7 @@ class _Layer:
     next: list[_Layer] = field(default_factory=list)
     previous: list[_Layer] = field(default_factory=list)
     size: int = 0  # number of weights (the sample the std is estimated from)
+    source: str = "values"  # where the std comes from: the values, or the recorded init call (model built on meta)
 
 
 @register
@@ -199,7 +200,7 @@ def _measure(ctx: GraphContext, order: dict[int, int]) -> dict[int, _Layer]:
         low, high = min(accepted), max(accepted)
         ratio = std / high if std > high else std / low if std < low else 1.0
         layers[id(node)] = _Layer(
-            node, std, fan_in, fan_out, method, follows, expected, ratio, after, size=int(weight.numel())
+            node, std, fan_in, fan_out, method, follows, expected, ratio, after, size=int(weight.numel()), source=init.how
         )
     return layers
 
@@ -287,8 +288,9 @@ def _drifting_runs(layers: list[_Layer], direction: int, min_length: int, min_lo
 
 
 def _describe(layer: _Layer) -> str:
+    recorded = "" if layer.source == "values" else f" (from {layer.source})"
     return (
-        f"{layer.node.label()} has weight std {layer.std:.3g}, {layer.std / layer.expected:.2g}x the "
+        f"{layer.node.label()} has weight std {layer.std:.3g}{recorded}, {layer.std / layer.expected:.2g}x the "
         f"{layer.expected:.3g} of {layer.method} init "
         f"({layer.follows}; fan_in {layer.fan_in}, fan_out {layer.fan_out})"
     )

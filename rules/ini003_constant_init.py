@@ -130,14 +130,19 @@ def _symmetry(node: Node, weight: Any, init: Init) -> str | None:
     value = init.constant(_TOLERANCE, skip_row=skip)
     if value is not None:
         count = weight.numel() - (weight.numel() // weight.shape[0] if skip is not None else 0)
-        return f"has all {count} entries equal to {value:.4g}"
+        return f"has all {count} entries equal to {value:.4g}{_source(init)}"
     unit_dim = 1 if node.op == ops.CONV_TRANSPOSE else 0
     units = int(weight.shape[unit_dim])
     if node.op in (ops.EMBEDDING, ops.RNN, ops.ATTENTION) or units < 2:
         return None
     if init.identical_units(_TOLERANCE, unit_dim):
-        return f"has {units} output units with identical weights"
+        return f"has {units} output units with identical weights{_source(init)}"
     return None
+
+
+def _source(init: Init) -> str:
+    """Where the values come from when they were not read: the recorded init call (a model built on meta)."""
+    return "" if init.how == "values" else f" (from {init.how})"
 
 
 def _deliberate(node: Node) -> bool:

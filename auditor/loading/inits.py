@@ -239,35 +239,43 @@ class InitRecorder(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        target = _written(func, name, args, kwargs)
-        key = _key(target) if target is not None else None  # before the call: `p.data = x` changes it
-        result = func(*args, **kwargs)
         if name in _PUBLIC_INITS and inspect.isfunction(func):  # an nn.init function torch dispatches whole (or a
             # library's wrapper of one put in its place, as transformers does while it initializes)
             arguments = _bound(func, args, kwargs)
-            if isinstance(arguments.get("tensor"), torch.Tensor):
-                self._init_call(name, arguments, arguments["tensor"])
-            return result
+            tensor = arguments.get("tensor")
+            if isinstance(tensor, torch.Tensor) and _key(tensor) in self._tracked:
+                self._init_call(name, arguments, tensor)
+                return tensor  # a parameter on meta: nothing to compute
+            return func(*args, **kwargs)
+        target = _written(func, name, args, kwargs)
+        tracked = self._tracked.get(_key(target)) if target is not None else None
+        if tracked is not None:
+            self._on_write(tracked, target, name, args, kwargs)  # first: `p.data = x` changes the storage
+            if name != "__set__":
+                # A write into a parameter on meta computes nothing: skipping it also spares the first random
+                # draw on meta, which imports torch._dynamo (2 s) to find its meta function.
+                return None if name == "__setitem__" else target
+        result = func(*args, **kwargs)
         if name == "__deepcopy__" and args and self._buffers.get(id(args[0])) is args[0]:
             self._buffers[id(result)] = result  # a copied buffer is one made here too
-            return result
-        if getattr(func, "__self__", None) is torch.Tensor.is_meta and args:
+        elif getattr(func, "__self__", None) is torch.Tensor.is_meta and args:
             self._in_init_function(args[0])  # some nn.init functions ask this, and skip meta tensors
-            return result
-        if isinstance(result, torch.Tensor) and (self._uninitialized or self._converted):
+        elif isinstance(result, torch.Tensor):
+            self._note_made(result, name, args)
+        if target is not None:
+            self._uninitialized.discard(_key(target))
+        return result
+
+    def _note_made(self, result: torch.Tensor, name: str, args: tuple[Any, ...]) -> None:
+        """Remember tensors made empty (never measured as values) and copies or conversions of a parameter."""
+        if self._uninitialized or self._converted:
             self._forget_reused(result, name, args)
-        if name in _EMPTY_FACTORIES and isinstance(result, torch.Tensor):
+        if name in _EMPTY_FACTORIES:
             self._uninitialized.add(_key(result))
-        elif name in _CONVERSIONS and args and isinstance(result, torch.Tensor):
+        elif name in _CONVERSIONS and args:
             tracked = self._tracked.get(_key(args[0]))
             if tracked is not None and args[0].numel() == tracked.rows * tracked.row_size:
                 self._converted[_key(result)] = tracked
-        elif target is not None:
-            self._uninitialized.discard(key)
-            tracked = self._tracked.get(key)
-            if tracked is not None:
-                self._on_write(tracked, target, name, args, kwargs)
-        return result
 
     def _forget_reused(self, result: torch.Tensor, name: str, args: tuple[Any, ...]) -> None:
         """A new tensor whose storage key was noted for a tensor since freed (the address is reused): the note
