@@ -14,8 +14,8 @@ from auditor.graph.inits import Measured
 from auditor.loading.inits import InitRecorder
 
 
-def _both(build):
-    """(values read from a real build, the record of a meta build) of the module `build()` returns."""
+def built_both_ways(build):
+    """(a real build, a meta build, the meta build's init record) of the module `build()` returns."""
     torch.manual_seed(0)
     real = build()
     recorder = InitRecorder()
@@ -82,7 +82,7 @@ def _conv(init):
 
 @pytest.mark.parametrize("name", SPREADS)
 def test_recorded_spread_matches_the_values(name):
-    real, meta, record = _both(SPREADS[name])
+    real, meta, record = built_both_ways(SPREADS[name])
     init = record.init_of(meta.weight)
     assert init is not None, record.unknown
     std, mean = init.std_mean()
@@ -106,7 +106,7 @@ def test_constants_identical_units_and_padding_rows_as_the_values_say():
         model.head = nn.Linear(16, 3)
         return model
 
-    real, meta, record = _both(build)
+    real, meta, record = built_both_ways(build)
     for name in ("embed", "zeroed", "fc", "conv", "head"):
         measured, recorded = Measured(getattr(real, name).weight), record.init_of(getattr(meta, name).weight)
         padding = getattr(getattr(real, name), "padding_idx", None)
@@ -132,7 +132,7 @@ def test_gate_blocks_orthogonal_or_not_as_the_values_say():
         nn.init.orthogonal_(model.whole.weight_hh_l0)
         return model
 
-    real, meta, record = _both(build)
+    real, meta, record = built_both_ways(build)
     for name, blocks in (("default", 4), ("gates", 4), ("whole", 3)):
         measured = Measured(getattr(real, name).weight_hh_l0).block_deviations(blocks)
         recorded = record.init_of(getattr(meta, name).weight_hh_l0).block_deviations(blocks)
@@ -149,7 +149,7 @@ def test_tied_weights_share_one_record():
         nn.init.normal_(model.embed.weight, std=0.02)
         return model
 
-    _, meta, record = _both(build)
+    _, meta, record = built_both_ways(build)
     assert meta.head.weight is meta.embed.weight
     assert record.init_of(meta.head.weight).std_mean() == pytest.approx((0.02, 0.0))
 

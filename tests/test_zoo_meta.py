@@ -12,8 +12,8 @@ import torch
 
 from auditor.graph.inits import Measured
 from auditor.loading.importing import import_file
-from auditor.loading.inits import InitRecorder
 from support import FIXTURES, run
+from test_inits import built_both_ways
 from test_zoo import HUGGING_FACE, IMAGE, TIMM, TORCHVISION
 
 pytestmark = pytest.mark.zoo
@@ -39,13 +39,7 @@ def _builder(package: str, name: str) -> Callable[[], torch.nn.Module]:
 
 @pytest.mark.parametrize(("package", "name", "target", "kwargs", "inputs"), _cases())
 def test_record_tells_what_the_values_show_and_meta_finds_what_real_finds(package, name, target, kwargs, inputs):
-    build = _builder(package, name)
-    torch.manual_seed(0)
-    real = build()
-    recorder = InitRecorder()
-    with recorder.recording():
-        meta = build()
-    record = recorder.record(meta)
+    real, meta, record = built_both_ways(_builder(package, name))
     gaps = []
     for (label, weight), meta_weight in zip(real.named_parameters(), meta.parameters()):
         init = record.init_of(meta_weight)
