@@ -36,7 +36,7 @@ def _audit(path: Path, **overrides):
     header = fixture_header(path)
     if "capture" in header and "capture" not in overrides:
         overrides["capture"] = tuple(header["capture"])
-    return run(path, inputs=header.get("input", []), **overrides)
+    return run(path, inputs=header.get("input", []), select=header.get("select", ["ALL"]), **overrides)
 
 
 def _on_meta(report) -> None:
