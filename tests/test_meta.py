@@ -196,6 +196,18 @@ def test_config_json_builds_the_architecture_on_real_weights_and_on_meta(tmp_pat
 
 
 @pytest.mark.zoo
+def test_kwargs_override_config_fields(tmp_path):
+    pytest.importorskip("transformers")
+    from auditor.loading.models import ModelLoader
+    from auditor.targets import parse_target
+
+    [target] = parse_target(str(_config(tmp_path, SMALL_LLAMA)))
+    target.kwargs = {"num_hidden_layers": 1}
+    [loaded] = ModelLoader().load(target)
+    assert type(loaded.model).__name__ == "LlamaForCausalLM" and len(loaded.model.model.layers) == 1
+
+
+@pytest.mark.zoo
 def test_a_70b_config_is_audited_on_meta_by_itself(tmp_path):
     pytest.importorskip("transformers")
     path = _config(tmp_path, {
