@@ -157,23 +157,18 @@ def test_tied_weights_share_one_record():
 @pytest.mark.parametrize(
     ("write", "reason"),
     [
-        (lambda m, path: m.load_state_dict(torch.load(path)), "values copied in by Tensor.copy_"),
-        (lambda m, path: m.fc.weight.data[:, :3].zero_(), "partly written by Tensor.zero_"),
-        (lambda m, path: m.fc.weight.data.mul_(torch.ones(16, 8)), "changed by Tensor.mul_"),
-        (lambda m, path: setattr(m.fc.weight, "data", torch.randn(16, 8, device=m.fc.weight.device)), "replaced through .data"),
+        (lambda m: m.fc.weight.data.copy_(m.fc.weight.detach() * 2), "values copied in by Tensor.copy_"),
+        (lambda m: m.fc.weight.data[:, :3].zero_(), "partly written by Tensor.zero_"),
+        (lambda m: m.fc.weight.data.mul_(torch.ones(16, 8)), "changed by Tensor.mul_"),
+        (lambda m: setattr(m.fc.weight, "data", torch.randn(16, 8, device=m.fc.weight.device)), "replaced through .data"),
     ],
-    ids=["load_state_dict", "columns", "tensor operand", "data assignment"],
+    ids=["computed from weights", "columns", "tensor operand", "data assignment"],
 )
-def test_what_the_record_cannot_follow_is_unknown_with_the_line(tmp_path, write, reason):
-    path = tmp_path / "weights.pt"
-    torch.save(nn.Sequential(nn.Linear(8, 16)).state_dict() | {}, path)
-
+def test_what_the_record_cannot_follow_is_unknown_with_the_line(write, reason):
     def build():
         model = nn.Module()
         model.fc = nn.Linear(8, 16)
-        if "copied" in reason:
-            torch.save(model.state_dict(), path)
-        write(model, path)
+        write(model)
         return model
 
     recorder = InitRecorder()
@@ -183,6 +178,23 @@ def test_what_the_record_cannot_follow_is_unknown_with_the_line(tmp_path, write,
     assert record.init_of(meta.fc.weight) is None
     assert reason in record.unknown["fc.weight"]
     assert "test_inits.py:" in record.unknown["fc.weight"]
+
+
+@pytest.mark.filterwarnings("ignore:.*copying from a non-meta parameter")
+def test_loaded_values_are_measured_as_they_are_copied_in(tmp_path):
+    path = tmp_path / "weights.pt"
+    saved = nn.Linear(64, 32)
+    nn.init.constant_(saved.weight, 0.25)
+    torch.save(saved.state_dict(), path)
+
+    def build():
+        layer = nn.Linear(64, 32)
+        layer.load_state_dict(torch.load(path))
+        return layer
+
+    _, meta, record = built_both_ways(build)
+    assert record.init_of(meta.weight).constant(1e-3) == pytest.approx(0.25)
+    assert record.init_of(meta.bias).std_mean() == pytest.approx(Measured(saved.bias).std_mean(), rel=1e-3)
 
 
 def test_a_model_made_before_the_build_is_not_touched():

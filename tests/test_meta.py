@@ -136,6 +136,43 @@ def test_an_instance_made_at_import_is_never_moved(tmp_path):
     assert not [n for n in result.capture.notes if "meta" in n]  # it was real before the tool saw it
 
 
+EDGES = """
+import torch
+import torch.nn as nn
+
+
+def moved():
+    return nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.1), nn.ReLU(), nn.Linear(16, 2)).to("cpu").to(torch.bfloat16)
+
+
+def lazy():
+    return nn.Sequential(nn.LazyLinear(16), nn.Dropout(0.1), nn.ReLU(), nn.Linear(16, 2))
+
+
+def weight_normed():
+    return nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(8, 16)), nn.Dropout(0.1), nn.ReLU(), nn.Linear(16, 2))
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "on_meta", "note"),
+    [
+        ("moved", True, None),  # .to("cpu") keeps meta parameters on meta; the dtype still applies
+        ("lazy", False, None),  # lazy parameters get their shape from a forward: built with weights
+        ("weight_normed", True, "computed from other weights while the model was built without them"),
+    ],
+)
+def test_factories_that_move_defer_or_derive_their_weights(tmp_path, name, on_meta, note):
+    path = tmp_path / "edges.py"
+    path.write_text(EDGES)
+    [result] = model_results(run(f"{path}:{name}", meta=True, inputs=["bfloat16:2,8" if name == "moved" else "2,8"]))
+    assert result.status == "ok", result.error
+    assert {f.code for f in result.findings} == {"DRO001"}
+    assert any(n.startswith("audited on meta") for n in result.capture.notes) == on_meta
+    if note is not None:
+        assert any(note in n for n in result.capture.notes), result.capture.notes
+
+
 def test_live_models_on_meta_audit_but_do_not_probe():
     with torch.device("meta"):
         model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.1), nn.ReLU(), nn.Linear(8, 2))

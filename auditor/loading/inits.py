@@ -6,10 +6,12 @@ torch dispatches some as one call, the others are recognised by their frame whil
 in-place methods (`normal_`, `uniform_`, `fill_`, `zero_`, `copy_`, `mul_`, `x[i] = v`), and `.data`
 assignments. Writes are followed to their parameter through the storage they share, so `p.data.normal_()`,
 `p[0].fill_(0)` and `p.chunk(4)[i]` all count; a write that covers whole rows replaces those rows' distribution.
-What cannot be followed (values copied from a file or computed at run time, a write through a strided view)
-makes the parameter unknown, with the reason and the line: `init_of` returns None there, never a guess.
-Parameters are moved to meta as they are registered, so `__init__` code that reads buffers or freshly made
-tensors still runs; what was computed before registration (`nn.Parameter(torch.zeros(n))`) is measured then.
+Real tensors copied in (`load_state_dict`, `w.copy_(torch.randn(...) * s)`) are measured as they arrive. What
+cannot be followed (values computed from other weights on meta, a write through a strided view) makes the
+parameter unknown, with the reason and the line: `init_of` returns None there, never a guess. Parameters are
+moved to meta as they are registered, so `__init__` code that reads buffers or freshly made tensors still runs;
+what was computed before registration (`nn.Parameter(torch.zeros(n))`) is measured then. Writes into meta
+parameters are recorded, not run, and `.to(device)` leaves them on meta.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Callable, Container, Iterator
 
 import torch
 import torch.nn as nn
+from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 
 from auditor.graph.inits import Init, Measured
@@ -33,6 +36,8 @@ Piece = tuple[int, int, Dist]  # rows [start, end) and how they were last writte
 
 _EMPTY_FACTORIES = frozenset({"empty", "empty_like", "new_empty", "empty_strided"})
 _NOT_WRITES = frozenset({"requires_grad_", "share_memory_", "detach_", "rename_", "retain_grad"})
+_MEASURABLE = 1 << 24  # entries of a real tensor copied into a parameter that are measured on the spot, at most
+_DEVICE_MOVES = frozenset({"to", "cpu", "cuda"})
 _CONVERSIONS = frozenset({"to", "half", "float", "double", "bfloat16", "type", "cpu", "cuda", "clone", "contiguous", "detach"})
 _PUBLIC_INITS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "xavier_uniform_",
                  "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_")
@@ -115,7 +120,7 @@ class _Tracked:
 
     def __init__(self, param: torch.Tensor, first: Dist) -> None:
         self.param = param  # kept alive while building, so its storage (the key of writes) is not reused
-        contiguous = param.dim() > 0 and param.is_contiguous()
+        contiguous = param.dim() > 0 and param.numel() > 0 and param.is_contiguous()
         self.rows = int(param.shape[0]) if contiguous else 1
         self.row_size = max(1, param.numel() // self.rows)
         self.offset = param.storage_offset()
@@ -175,7 +180,9 @@ class InitRecorder(TorchFunctionMode):
         from torch.nn.modules.module import register_module_parameter_registration_hook as on_parameter
 
         def parameter(module: nn.Module, name: str, param: nn.Parameter) -> nn.Parameter | None:
-            return None if id(param) in self._by_param else self._on_meta(param)
+            if id(param) in self._by_param or is_lazy(param):  # a lazy module's shapeless parameter stays as is:
+                return None  # the model is then not one built here, and is built with weights (it needs a forward)
+            return self._on_meta(param)
 
         def buffer(module: nn.Module, name: str, tensor: torch.Tensor | None) -> None:
             if tensor is not None:
@@ -216,9 +223,10 @@ class InitRecorder(TorchFunctionMode):
         copied = self._converted.get(_key(param))
         if copied is not None:
             first = unknown("")  # replaced by the pieces of the parameter it copies, below
-        elif param.is_meta or _key(param) in self._uninitialized:
-            made = "on meta" if param.is_meta else "empty"
-            first = Dist("uninitialized", how=f"never initialized (created {made} and not written)")
+        elif _key(param) in self._uninitialized:
+            first = Dist("uninitialized", how="never initialized (created empty and not written)")
+        elif param.is_meta:
+            first = unknown("computed from other weights while the model was built without them")
         else:
             first = Dist("values", summary=_summarize(param), how="values computed when it was created")
         moved = param if param.is_meta else _meta_copy(param)
@@ -255,7 +263,10 @@ class InitRecorder(TorchFunctionMode):
                 # A write into a parameter on meta computes nothing: skipping it also spares the first random
                 # draw on meta, which imports torch._dynamo (2 s) to find its meta function.
                 return None if name == "__setitem__" else target
-        result = func(*args, **kwargs)
+        if name in _DEVICE_MOVES and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            result = _kept_on_meta(args[0], name, args, kwargs)  # `model.to("cpu")` at the end of a factory
+        else:
+            result = func(*args, **kwargs)
         if name == "__deepcopy__" and args and self._buffers.get(id(args[0])) is args[0]:
             self._buffers[id(result)] = result  # a copied buffer is one made here too
         elif getattr(func, "__self__", None) is torch.Tensor.is_meta and args:
@@ -340,10 +351,15 @@ class InitRecorder(TorchFunctionMode):
 
     def copied(self, source_tensor: Any, view: torch.Tensor, how: str) -> Dist | None:
         """What a copy of `source_tensor` into `view` writes: the distribution of the parameter rows it comes
-        from (every unit the same when one row is broadcast); None when it is not one known piece."""
-        source = self._tracked.get(_key(source_tensor)) if isinstance(source_tensor, torch.Tensor) else None
-        if source is None:
+        from (every unit the same when one row is broadcast), or the measured values of a real tensor (a
+        `torch.randn(...) * s` or a loaded checkpoint's tensor, not too big); None when it is not known."""
+        if not isinstance(source_tensor, torch.Tensor):
             return None
+        source = self._tracked.get(_key(source_tensor))
+        if source is None:
+            if source_tensor.is_meta or view.numel() > _MEASURABLE:
+                return None
+            return Dist("values", summary=_summarize(source_tensor.expand_as(view)), how=f"values copied in by {how}")
         rows = int(view.shape[0]) if view.dim() else 1
         broadcast = source_tensor.dim() < view.dim() or (
             source_tensor.dim() > 0 and rows > 1 and (source_tensor.shape[0] == 1 or source_tensor.stride(0) == 0)
@@ -374,7 +390,7 @@ def _after(dist: Dist, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
         return Dist("constant", (value,), dist.shape, how=how) if value is not None else unknown(how)
     if name in ("copy_", "__setitem__"):
         copied = recorder.copied(args[-1] if name == "__setitem__" else args[1], view, how)
-        return copied or unknown(f"values copied in by {how} (loaded or computed at run time)")
+        return copied or unknown(f"values copied in by {how} (computed while building without weights, or too large to measure)")
     if name in ELEMENTWISE and None not in scalars:
         positional = tuple(_scalar(a) for a in args[1:])
         named = tuple((k, _scalar(v)) for k, v in kwargs.items())
@@ -425,6 +441,13 @@ def _method_arguments(args: tuple[Any, ...], kwargs: dict[str, Any], names: tupl
             return None
         values.append(value)
     return values[0], values[1]
+
+
+def _kept_on_meta(tensor: torch.Tensor, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """`t.to(device)`, `t.cuda()`, `t.cpu()` of a tensor on meta: it stays there (it has no data to move); a
+    dtype asked for still applies."""
+    dtype = torch._C._nn._parse_to(*args[1:], **kwargs)[1] if name == "to" else None
+    return tensor.to(dtype=dtype) if dtype is not None and dtype != tensor.dtype else tensor
 
 
 def _scalar(value: Any) -> float | None:
@@ -480,7 +503,7 @@ def _key(tensor: Any) -> int | None:
     """Identity of a tensor's storage: shared by all its views, `.data` and `.detach()`."""
     try:
         return tensor.untyped_storage()._cdata
-    except (RuntimeError, NotImplementedError, AttributeError):
+    except (RuntimeError, NotImplementedError, AttributeError, ValueError):  # ValueError: a lazy module's parameter
         return None
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
+from torch.nn.parameter import is_lazy
 
 from auditor.errors import first_line
 from auditor.loading.inits import InitRecord, InitRecorder
@@ -147,7 +148,8 @@ def weight_bytes(model: nn.Module) -> int:
     """Bytes of the model's parameters and buffers, shared ones once."""
     seen: dict[int, torch.Tensor] = {}
     for tensor in [*model.parameters(), *model.buffers()]:
-        seen[id(tensor)] = tensor
+        if not is_lazy(tensor):  # a lazy module's shape is known after its first forward
+            seen[id(tensor)] = tensor
     return sum(t.numel() * t.element_size() for t in seen.values())
 
 
@@ -166,7 +168,7 @@ def _stopped_above(budget: int, why: str) -> Iterator[None]:
     sizes: dict[int, int] = {}
 
     def count(module: nn.Module, name: str, tensor: torch.Tensor | None) -> None:
-        if tensor is not None:
+        if tensor is not None and not is_lazy(tensor):
             sizes[id(tensor)] = tensor.numel() * tensor.element_size()
         if sum(sizes.values()) > budget:
             raise OverBudget(
