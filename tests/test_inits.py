@@ -127,13 +127,15 @@ def test_gate_blocks_orthogonal_or_not_as_the_values_say():
         model.default = nn.LSTM(8, 64)
         model.gates = nn.LSTM(8, 64)
         model.whole = nn.GRU(8, 64)  # orthogonal as a whole: its gate blocks are not
+        model.drawn = nn.LSTM(8, 64)
+        model.drawn.weight_hh_l0.data.normal_(0, 0.1)
         for block in model.gates.weight_hh_l0.data.chunk(4, dim=0):
             nn.init.orthogonal_(block)
         nn.init.orthogonal_(model.whole.weight_hh_l0)
         return model
 
     real, meta, record = built_both_ways(build)
-    for name, blocks in (("default", 4), ("gates", 4), ("whole", 3)):
+    for name, blocks in (("default", 4), ("gates", 4), ("whole", 3), ("drawn", 4)):
         measured = Measured(getattr(real, name).weight_hh_l0).block_deviations(blocks)
         recorded = record.init_of(getattr(meta, name).weight_hh_l0).block_deviations(blocks)
         assert recorded == pytest.approx(measured, abs=0.15), name

@@ -233,6 +233,14 @@ def test_config_json_builds_the_architecture_on_real_weights_and_on_meta(tmp_pat
 
 
 @pytest.mark.zoo
+def test_an_unknown_model_type_is_one_clear_line(tmp_path):
+    pytest.importorskip("transformers")
+    [result] = run(_config(tmp_path, {"model_type": "no-such-model"})).results
+    assert result.status == "error"
+    assert "cannot read this config (model_type 'no-such-model')" in result.error
+
+
+@pytest.mark.zoo
 def test_kwargs_override_config_fields(tmp_path):
     pytest.importorskip("transformers")
     from auditor.loading.models import ModelLoader

@@ -3,7 +3,8 @@
 Two sources answer the same questions. With real weights, `Measured` reads the values (a sample of the entries
 for the spread, early exits for symmetry). When the model was built without weights (meta), the init calls
 recorded while it was built answer instead (`auditor.loading.inits`). The rules never know which one spoke;
-`init_of` returns None when neither knows (values loaded from a file, a write the record could not follow).
+`init_of` returns None when neither knows (values computed from other weights while building on meta, a write
+the record could not follow).
 """
 
 from __future__ import annotations

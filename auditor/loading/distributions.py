@@ -45,7 +45,7 @@ class Dist:
 
     kind: str  # IID kinds, STRUCTURED kinds, "values" (a Summary), "uninitialized" or "unknown"
     args: tuple[float, ...] = ()
-    shape: tuple[int, int] = (1, 1)
+    shape: tuple[int, int] = (1, 1)  # the region a structured init wrote (rows, entries per row)
     chain: Chain = ()
     identical_units: bool = False  # its rows are copies of one row (copied from an expanded row)
     how: str = ""  # for notes and messages: "nn.init.normal_(std=0.02) at net.py:12"
@@ -93,7 +93,7 @@ class Dist:
         """Whether all units (along `unit_dim`) of the region hold the same weights."""
         if not self.known:
             return None
-        if self.constant_value() is not None:
+        if self.constant_value(tolerance) is not None:
             return True
         if self.identical_units and unit_dim == 0:
             return True
@@ -102,12 +102,13 @@ class Dist:
             return spreads[unit_dim] <= tolerance if unit_dim < len(spreads) else None
         return False  # random draws and structured inits differ from unit to unit
 
-    def orthogonal_deviation(self, rows: int, whole: bool) -> float | None:
-        """The deviation of `rows` of this region from orthogonal (`whole`: all of them), as
-        `Init.block_deviations` measures it: 0 for an orthogonal init, expected values for random ones."""
+    def orthogonal_deviation(self, rows: int, cols: int, whole: bool) -> float | None:
+        """The deviation of a block of `rows` x `cols` of this region from orthogonal (`whole`: the region
+        written by one structured call), as `Init.block_deviations` measures it: 0 for an orthogonal init,
+        expected values for random ones."""
         from auditor.graph.inits import orthogonality_deviation
 
-        region_rows, cols = self.shape
+        region_rows = self.shape[0]
         value = self.constant_value()
         if value is not None:
             return None if value == 0 else math.sqrt(min(rows, cols) - 1)

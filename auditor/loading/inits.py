@@ -91,7 +91,7 @@ class Recorded(Init):
             piece = next((d for start, end, d in self.pieces if start <= first and first + size <= end), None)
             if piece is None:
                 return None  # a block written piecewise: not something to judge from the record
-            deviation = piece.orthogonal_deviation(size, whole=size == piece.shape[0])
+            deviation = piece.orthogonal_deviation(size, self.row_size, whole=size == piece.shape[0])
             if deviation is None and piece.constant_value(0.0) != 0:
                 return None
             deviations.append(deviation)
@@ -381,13 +381,13 @@ def _after(dist: Dist, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
     scalars = [_scalar(a) for a in args[1:]] + [_scalar(v) for k, v in kwargs.items() if k != "generator"]
     if name == "normal_":
         values = _method_arguments(args, kwargs, ("mean", "std"), (0.0, 1.0))
-        return Dist("normal", values, dist.shape, how=how) if values is not None else unknown(how)
+        return Dist("normal", values, how=how) if values is not None else unknown(how)
     if name == "uniform_":
         values = _method_arguments(args, kwargs, ("from", "to"), (0.0, 1.0))
-        return Dist("uniform", values, dist.shape, how=how) if values is not None else unknown(how)
+        return Dist("uniform", values, how=how) if values is not None else unknown(how)
     if name in ("fill_", "zero_") or (name == "__setitem__" and not isinstance(args[2], torch.Tensor)):
         value = 0.0 if name == "zero_" else _scalar(args[-1] if name == "__setitem__" else (args[1] if len(args) > 1 else kwargs.get("value")))
-        return Dist("constant", (value,), dist.shape, how=how) if value is not None else unknown(how)
+        return Dist("constant", (value,), how=how) if value is not None else unknown(how)
     if name in ("copy_", "__setitem__"):
         copied = recorder.copied(args[-1] if name == "__setitem__" else args[1], view, how)
         return copied or unknown(f"values copied in by {how} (computed while building without weights, or too large to measure)")

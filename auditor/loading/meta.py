@@ -84,8 +84,8 @@ class Weights:
                 return f"{what} needs the real weights, and this model has none ({self.reason()})"
             return f"{what} needs the real weights, and this model was audited without them ({self.reason()}); {hint} to allow it"
         if self.budget is not None and self.size > self.budget:
-            return (f"{what} needs a copy of the weights ({format_size(self.size)}), over the {format_size(self.budget)} "
-                    f"budget; pass --max-memory {_rounded_up(self.size * 2)} or more to allow it")
+            return (f"{what} needs a copy of the weights, and they ({format_size(self.size)}) exceed the "
+                    f"{format_size(self.budget)} budget; pass --max-memory {_rounded_up(self.size)} or more to allow it")
         return None
 
 
@@ -123,7 +123,6 @@ class MetaBuilder:
         if self.policy.meta or size > budget:
             self._weights[id(model)] = (model, Weights(True, size, budget, self.policy.meta, inits))
             return model
-        del model, inits, recorder
         real = make()
         if isinstance(real, nn.Module):
             self._weights[id(real)] = (real, Weights(False, size, budget))
