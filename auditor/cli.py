@@ -85,7 +85,7 @@ def audit(
             options = _options(config, inputs, kwargs, probe, fix, out, force, shortcut, skip_concat, diff, output_format, select, ignore, fail_on, device, clip_norm, plot, trust_pickle, verbose)
             if capture_method is not None:
                 options.capture = _capture_methods(capture_method)
-            options.meta, options.max_memory = _weights(meta, max_memory, options)
+            options.meta, options.max_memory = _weights(meta, max_memory, options, config)
             target_list, base = _targets(group, config)
             if options.fix is not None and options.fix.out is not None:
                 _check_out(options.fix.out, [t.target for t in target_list])
@@ -263,15 +263,16 @@ def _options(
     )
 
 
-def _weights(meta: bool, max_memory: str | None, options: Options) -> tuple[bool, int | None]:
-    """--meta and --max-memory; --probe and --fix need real weights, so they cannot go with --meta."""
+def _weights(meta: bool, max_memory: str | None, options: Options, config: Config) -> tuple[bool, int | None]:
+    """--meta and --max-memory (else `max-memory` in the config); --probe and --fix need real weights, so they
+    cannot go with --meta."""
     from auditor.memory import parse_size
 
     if meta and options.probe:
         raise UsageError("--probe needs real weights; it cannot run with --meta")
     if meta and options.fix is not None:
         raise UsageError("--fix cannot run with --meta yet: fixing a model without its weights is not supported")
-    return meta, parse_size(max_memory) if max_memory is not None else None
+    return meta, parse_size(max_memory) if max_memory is not None else config.max_memory
 
 
 def _require_matplotlib() -> None:

@@ -12,13 +12,14 @@ from typing import Any
 
 from auditor.errors import UsageError
 from auditor.findings import Severity
+from auditor.memory import parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-KNOWN_KEYS = {"select", "ignore", "fail-on", "targets", "per-module-ignores", "settings", "exclude", "device", "baseline"}
+KNOWN_KEYS = {"select", "ignore", "fail-on", "targets", "per-module-ignores", "settings", "exclude", "device", "baseline", "max-memory"}
 TARGET_KEYS = {"target", "kwargs", "input"}
 DEFAULT_EXCLUDE = [".git", ".hg", ".venv", "venv", "env", "__pycache__", "build", "dist", "site-packages", "node_modules", ".tox", ".nox", ".eggs"]
 
@@ -43,6 +44,7 @@ class Config:
     exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     device: str | None = None
     baseline: Path | None = None  # `baseline = "FILE"`, resolved against the config file's folder
+    max_memory: int | None = None  # `max-memory = "8GiB"`: above it a model is audited on meta
     path: Path | None = None  # the file it came from; target paths are relative to its folder
 
 
@@ -96,6 +98,8 @@ def parse_table(table: dict[str, Any], path: Path) -> Config:
         config.device = _string(table["device"], "device", where)
         if config.device not in ("cpu", "cuda"):
             raise UsageError(f"device {where}: expected 'cpu' or 'cuda', got {config.device!r}")
+    if "max-memory" in table:
+        config.max_memory = parse_size(_string(table["max-memory"], "max-memory", where), f"max-memory {where}:")
     if "baseline" in table:
         config.baseline = path.parent / _string(table["baseline"], "baseline", where)
     if "per-module-ignores" in table:

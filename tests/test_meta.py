@@ -89,6 +89,16 @@ def test_the_budget_decides_and_the_result_says_so():
     assert [r["findings"] for r in over["results"]] == [r["findings"] for r in within["results"]]
 
 
+def test_max_memory_in_the_config(tmp_path):
+    config = tmp_path / "pyproject.toml"
+    config.write_text('[tool.auditor]\nmax-memory = "1KB"\n')
+    document = json.loads(invoke("--config", str(config), "--format", "json", FAULTY).stdout)
+    assert any("audited on meta" in n for r in document["results"] if r["capture"] for n in r["capture"]["notes"])
+    config.write_text('[tool.auditor]\nmax-memory = "a lot"\n')
+    result = invoke("--config", str(config), FAULTY)
+    assert result.exit_code == 2 and f"max-memory in {config}: 'a lot': expected a size" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
