@@ -6,6 +6,7 @@ positional targets.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -73,6 +74,8 @@ def audit(
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled models (.pt/.pth), which runs any code they contain.")] = False,
     meta: Annotated[bool, typer.Option("--meta", help="Audit the structure without materializing weights (meta device; init rules read the recorded init calls).")] = False,
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Audit models whose weights exceed SIZE (e.g. 8GiB, 500MB) on meta. Default: 1/8 of available memory.", show_default=False)] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Audit this many targets at once, each in its own process (output stays in target order).")] = 1,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds one target may take (import, build, capture, probes, fix) before it is stopped; 0 for no limit. [default: 300]", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only findings; no summary or progress.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Capture notes, timings, and tracebacks for failures.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
@@ -87,19 +90,20 @@ def audit(
                 options.capture = _capture_methods(capture_method)
             options.meta, options.max_memory = _weights(meta, max_memory, options, config)
             target_list, base = _targets(group, config)
+            limits = _limits(jobs, timeout, config)
             if options.fix is not None and options.fix.out is not None:
                 _check_out(options.fix.out, [t.target for t in target_list])
                 _check_replaceable(options.fix.out, options.fix.force)
             baseline_path = None if write_baseline is not None else baseline_file or config.baseline
             recorded = baselines.load(baseline_path) if baseline_path is not None else None
-            runs.append((target_list, base, options, config, baseline_path, recorded))
+            runs.append((target_list, base, options, config, baseline_path, recorded, limits))
         if len(runs) > 1 and fix:
             raise UsageError("--fix: the targets fall under different configurations (pyproject.toml files); fix one project at a time")
     except UsageError as exc:
         _usage_error(err, exc)
     report, exit_code = Report(), 0
-    for target_list, base, options, config, baseline_path, recorded in runs:  # each judged by its own project's configuration
-        part = _run(target_list, base, options, config, err, quiet or output_format != "text")
+    for target_list, base, options, config, baseline_path, recorded, limits in runs:  # each judged by its own project's configuration
+        part = _run(target_list, base, options, config, err, quiet or output_format != "text", limits)
         if recorded is not None:
             baselines.apply(part, recorded, baseline_path, options)
         exit_code = max(exit_code, part.exit_code(options.fail_on))
@@ -139,16 +143,40 @@ def _merge(report: Report, part: Report) -> None:
         report.baseline.stale.extend(part.baseline.stale)
 
 
-def _run(targets: list[Any], base: Path | None, options: Options, config: Config, err: Console, silent: bool) -> Report:
-    from auditor.engine import Engine, resolve_targets
+def _run(targets: list[Any], base: Path | None, options: Options, config: Config, err: Console, silent: bool, limits: tuple[int, float]) -> Report:
+    """Each target's models are audited in a child process (`auditor.runner`); what the user's code wrote is
+    shown on stderr with --verbose, never on stdout."""
+    from auditor.engine import resolve_targets
+    from auditor.runner import run_targets
 
     parsed, errors = resolve_targets(targets, config.exclude, base)
-    show_progress = not silent and err.is_terminal and len(parsed) > 0
-    if not show_progress:
-        return Report(errors + Engine(options).run(parsed))
-    with err.status("auditing", spinner="dots") as status:
-        engine = Engine(options, progress=lambda text: status.update(f"auditing {text}"))
-        return Report(errors + engine.run(parsed))
+    jobs, timeout = limits
+    run = functools.partial(run_targets, parsed, options, jobs=jobs, timeout=timeout, show_output=_show_output(err) if options.verbose else None)
+    if silent or not err.is_terminal or not parsed:
+        return Report(errors + run())
+    from rich.text import Text
+
+    with err.status("auditing", spinner="dots") as status:  # Text: a file name is never markup or emoji
+        return Report(errors + run(progress=lambda text: status.update(Text(f"auditing {text}"))))
+
+
+def _show_output(err: Console) -> Any:
+    def show(label: str, text: str) -> None:
+        err.print(f"audit: output of {label}:")
+        err.print("\n".join(f"  | {line}" for line in text.splitlines()))
+
+    return show
+
+
+def _limits(jobs: int, timeout: float | None, config: Config) -> tuple[int, float]:
+    from auditor.runner import DEFAULT_TIMEOUT
+
+    if jobs < 1:
+        raise UsageError(f"--jobs {jobs}: expected a number of processes, 1 or more")
+    seconds = timeout if timeout is not None else config.timeout if config.timeout is not None else DEFAULT_TIMEOUT
+    if not seconds >= 0:
+        raise UsageError(f"--timeout {seconds:g}: expected seconds, 0 or more (0: no limit)")
+    return jobs, seconds
 
 
 def _emit(report: Report, output_format: str, quiet: bool, verbose: bool, diff: bool = False) -> None:

@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-KNOWN_KEYS = {"select", "ignore", "fail-on", "targets", "per-module-ignores", "settings", "exclude", "device", "baseline", "max-memory"}
+KNOWN_KEYS = {"select", "ignore", "fail-on", "targets", "per-module-ignores", "settings", "exclude", "device", "baseline", "max-memory", "timeout"}
 TARGET_KEYS = {"target", "kwargs", "input"}
 DEFAULT_EXCLUDE = [".git", ".hg", ".venv", "venv", "env", "__pycache__", "build", "dist", "site-packages", "node_modules", ".tox", ".nox", ".eggs"]
 
@@ -45,6 +45,7 @@ class Config:
     device: str | None = None
     baseline: Path | None = None  # `baseline = "FILE"`, resolved against the config file's folder
     max_memory: int | None = None  # `max-memory = "8GiB"`: above it a model is audited on meta
+    timeout: float | None = None  # seconds per target (0: no limit); None: the runner's default
     path: Path | None = None  # the file it came from; target paths are relative to its folder
 
 
@@ -102,6 +103,11 @@ def parse_table(table: dict[str, Any], path: Path) -> Config:
         config.max_memory = parse_size(_string(table["max-memory"], "max-memory", where), f"max-memory {where}:")
     if "baseline" in table:
         config.baseline = path.parent / _string(table["baseline"], "baseline", where)
+    if "timeout" in table:
+        value = table["timeout"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise UsageError(f"timeout {where}: expected seconds, 0 or more (0: no limit), got {value!r}")
+        config.timeout = float(value)
     if "per-module-ignores" in table:
         ignores = table["per-module-ignores"]
         if not isinstance(ignores, dict):

@@ -2,6 +2,11 @@
 
 Each target gets its own result: a target that fails (import, build, inputs, capture) is an "error" result and
 the others still run. torch is imported only when a target actually holds a model.
+
+A target's work has two parts: `audit_source` never runs the user's code (a file's static checks, and whether
+its models must be imported); `audit_models` imports, builds, captures, probes and fixes. `Engine.run` does both
+in this process (tests, the Python API); the command line runs `audit_models` in a child process per target
+(`auditor.runner`). The engine does not know which.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from auditor.errors import TargetError, first_line
 from auditor.findings import CaptureInfo, Finding, TargetResult
@@ -27,17 +32,17 @@ if TYPE_CHECKING:
     from auditor.graph import AuditGraph
     from auditor.loading.models import LoadedModel, ModelLoader
 
-Progress = Callable[[str], None]
+Progress = Callable[[str], None]  # told what the engine starts: "importing", "building Net", "capturing Net"
 
 
 class Engine:
     """Runs targets one after another; the model loader (and torch) is created on first need."""
 
-    def __init__(self, options: Options, progress: Progress | None = None) -> None:
+    def __init__(self, options: Options, progress: Progress | None = None, output: OutputFolder | None = None) -> None:
         self.options = options
         self.progress = progress or (lambda _: None)
         self._loader: ModelLoader | None = None
-        self._output: OutputFolder | None = None  # --fix --out: the staged folders, moved into place by commit_fixes
+        self._output = output  # --fix --out: the staged folders, moved into place by commit_fixes (default: made on first need)
         self._staged: list[tuple[TargetResult, Path]] = []
         self.last_fixed: Any = None  # the last fixed model (auditor.fix returns it)
         self.project = Project()  # what the files' sources say about importing them, read once per run
@@ -49,14 +54,14 @@ class Engine:
             from auditor.loading.models import ModelLoader
 
             policy = WeightPolicy(meta=self.options.meta, max_memory=self.options.max_memory)
-            self._loader = ModelLoader(trust_pickle=self.options.trust_pickle, weights=policy)
+            self._loader = ModelLoader(trust_pickle=self.options.trust_pickle, weights=policy, progress=self.progress)
         return self._loader
 
     def run(self, targets: Iterable[Target]) -> list[TargetResult]:
+        """Every target in this process, one after another."""
         results: list[TargetResult] = []
         try:
             for target in targets:
-                self.progress(target.text)
                 results.extend(self.audit_target(target))
         except BaseException:
             self.discard_fixes()
@@ -65,31 +70,39 @@ class Engine:
         return results
 
     def audit_target(self, target: Target) -> list[TargetResult]:
+        results, needs_models = self.audit_source(target)
+        return results + list(self.audit_models(target)) if needs_models else results
+
+    def audit_source(self, target: Target) -> tuple[list[TargetResult], bool]:
+        """What needs none of the user's code to run: a file's source checks. Also says whether `audit_models`
+        has work for this target (a file without models has none)."""
         if target.kind is Kind.FILE:
             return self._audit_file(target)
-        if target.kind is Kind.PROGRAM:
-            return [self._guarded(target.text, lambda: self._audit_program(target))]
-        return self._audit_models(target, target.text)
+        return [], True
 
-    def _audit_models(self, target: Target, label: str) -> list[TargetResult]:
+    def audit_models(self, target: Target) -> Iterator[TargetResult]:
+        """Import, build and audit the target's models, one result at a time (each as soon as it is done)."""
         from auditor.loading.models import BuildFailure, Skipped
 
+        if target.kind is Kind.PROGRAM:
+            yield self._guarded(target.text, lambda: self._audit_program(target))
+            return
+        label = target_label(target)
         loaded: list[LoadedModel | Skipped | BuildFailure] = []
         failure = self._guarded(label, lambda: loaded.extend(self.loader.load(_with_options(target, self.options))))
         if failure is not None:
-            return [failure]
-        results = []
+            yield failure
+            return
         for item in loaded:
             if isinstance(item, Skipped):
-                results.append(TargetResult(target=item.label, status="skipped", reason=item.reason))
+                yield TargetResult(target=item.label, status="skipped", reason=item.reason)
             elif isinstance(item, BuildFailure):
-                results.append(_error(item.label, str(item.error), item.error, self.options))
+                yield _error(item.label, str(item.error), item.error, self.options)
             else:
-                results.append(self._guarded(item.label, lambda model=item: self.audit_loaded(model)))
-        return results
+                yield self._guarded(item.label, lambda model=item: self.audit_loaded(model))
 
     # --- source files -----------------------------------------------------------------------------------------
-    def _audit_file(self, target: Target) -> list[TargetResult]:
+    def _audit_file(self, target: Target) -> tuple[list[TargetResult], bool]:
         assert target.path is not None
         label = display_path(str(target.path))
         started = time.perf_counter()
@@ -98,10 +111,10 @@ class Engine:
             tree = parse(label, text)
         except SyntaxError as exc:
             if exc.lineno is None:  # a PEP 263 coding line naming an unknown encoding
-                return [_error(label, f"{label}: cannot be read: {exc.msg}", exc, self.options)]
-            return [_error(label, f"{label}:{exc.lineno}: syntax error: {exc.msg}", exc, self.options)]
+                return [_error(label, f"{label}: cannot be read: {exc.msg}", exc, self.options)], False
+            return [_error(label, f"{label}:{exc.lineno}: syntax error: {exc.msg}", exc, self.options)], False
         except (OSError, UnicodeDecodeError) as exc:
-            return [_error(label, f"{label}: cannot be read: {first_line(exc)}", exc, self.options)]
+            return [_error(label, f"{label}: cannot be read: {first_line(exc)}", exc, self.options)], False
         source = TargetResult(target=label)
         notes: list[str] = []
         findings = check_source(label, text, tree, self.options, notes)
@@ -111,11 +124,11 @@ class Engine:
         source.seconds = time.perf_counter() - started
         self.project.facts(target.path, tree)
         if not self.project.reaches_torch(target.path):
-            return [source]  # a plain utility module: never executed
+            return [source], False  # a plain utility module: never executed
         blocker = self.project.import_blocker(target.path)
         if blocker is not None:  # a script: read, not run; its models are listed with the command that audits them
-            return [source, *[TargetResult(target=name, status="skipped", reason=reason) for name, reason in not_imported(label, blocker, tree)]]
-        return [source, *self._audit_models(target, label)]
+            return [source, *[TargetResult(target=name, status="skipped", reason=reason) for name, reason in not_imported(label, blocker, tree)]], False
+        return [source], True
 
     # --- models -----------------------------------------------------------------------------------------------
     def audit_loaded(self, loaded: LoadedModel) -> TargetResult:
@@ -123,6 +136,8 @@ class Engine:
         from auditor.prepare import capture_model, place_on_device
 
         started = time.perf_counter()
+        name = loaded.label.rsplit(":", 1)[-1]
+        self.progress(f"capturing {name}")
         place_on_device(loaded, self.options.device)
         graph, inputs = capture_model(loaded, self.options.inputs or loaded.inputs, self.options.capture, loaded.example_inputs)
         result = TargetResult(target=loaded.label, capture=CaptureInfo(graph.method, len(graph), list(graph.notes), graph.stopped))
@@ -130,11 +145,13 @@ class Engine:
         findings = run_graph_rules(graph, self.options, result.capture.notes, loaded.weights.inits)
         refusal = self._refusal(loaded)
         if self.options.probe and refusal is None:
+            self.progress(f"probing {name}")
             findings += run_probes(loaded.model, inputs, graph, self.options, result)
         result.findings = _kept(findings, self.options)
         if refusal is not None:  # the structure was audited; what was asked beyond it was not
             result.status, result.error = "error", refusal
         elif self.options.fix is not None:
+            self.progress(f"fixing {name}")
             self._fix(loaded, graph, inputs, result)
         result.seconds = time.perf_counter() - started
         return result
@@ -195,6 +212,11 @@ class Engine:
                 result.fixed_path = display_path(str(final[folder]))
                 _relocate(result, display_path(str(folder)), result.fixed_path)
 
+    def adopt_fix(self, result: TargetResult, folder: Path) -> None:
+        """A fixed model another engine (in a child process) staged in this engine's output folder: committed
+        with this engine's own."""
+        self._staged.append((result, folder))
+
     def discard_fixes(self) -> None:
         if self._output is not None:
             self._output.cleanup()
@@ -204,6 +226,7 @@ class Engine:
         from auditor.capture.export import load_program
 
         assert target.path is not None
+        self.progress("loading")
         try:
             graph = load_program(str(target.path))
         except Exception as exc:  # noqa: BLE001 - a broken or foreign file
@@ -231,6 +254,13 @@ class Engine:
             return _error(label, f"could not capture the model: {exc}", exc, self.options)
         except Exception as exc:  # noqa: BLE001 - a bug of the tool's: this target fails, the others run
             return _error(label, f"internal error: {type(exc).__name__}: {first_line(exc)} (--verbose shows the traceback)", exc, self.options)
+
+
+def target_label(target: Target) -> str:
+    """How results name a target: paths as `display_path` shows them, with `:NAME` for a member."""
+    if target.kind is Kind.FILE_MEMBER:
+        return f"{display_path(str(target.path))}:{target.name}"
+    return display_path(str(target.path)) if target.kind is Kind.FILE else target.text
 
 
 def run_graph_rules(graph: AuditGraph, options: Options, notes: list[str], inits: Any = None) -> list[Finding]:

@@ -71,10 +71,11 @@ class _Candidate:
 class ModelLoader:
     """Loads targets for one run; one recording of creation sites covers all of them."""
 
-    def __init__(self, *, trust_pickle: bool = False, weights: WeightPolicy | None = None) -> None:
+    def __init__(self, *, trust_pickle: bool = False, weights: WeightPolicy | None = None, progress: Callable[[str], None] | None = None) -> None:
         self.sites = CreationSites()
         self.trust_pickle = trust_pickle
         self.builder = MetaBuilder(weights or WeightPolicy())
+        self.progress = progress or (lambda _: None)  # told "importing", "building NAME", "loading"
 
     def load(self, target: Target) -> list[Loaded]:
         """The target's models, each with its `Weights` (built on meta when they would not fit the budget); for a
@@ -92,11 +93,13 @@ class ModelLoader:
             return self._load_file(target)
         if target.kind is Kind.FILE_MEMBER:
             assert target.path is not None and target.name is not None
+            self.progress("importing")
             with self.sites.recording():
                 namespace = import_file(target.path)
             return [self._load_member(namespace, target, f"{display_path(str(target.path))}:{target.name}")]
         if target.kind is Kind.MODULE_MEMBER:
             assert target.module is not None
+            self.progress("importing")
             with self.sites.recording():
                 namespace = import_dotted(target.module)
             return [self._load_member(namespace, target, target.text)]
@@ -113,6 +116,7 @@ class ModelLoader:
         assert target.path is not None
         where = display_path(str(target.path))
         outline = _outline(target.path)
+        self.progress("importing")
         with self.sites.recording():
             namespace = import_file(target.path)
             found = _discover(namespace, outline, target.kwargs, where)
@@ -138,6 +142,7 @@ class ModelLoader:
         return [results[label] for label in order if label in results and not _covered_skip(results[label], namespace, covered, where)]
 
     def _build(self, candidate: _Candidate, where: str) -> nn.Module:
+        self.progress(f"building {candidate.name}")
         try:
             model = self.builder.build(candidate.build)
         except TargetError:
@@ -209,6 +214,7 @@ class ModelLoader:
             )
         import torch
 
+        self.progress("loading")
         try:
             with self.sites.recording():
                 obj = torch.load(target.path, map_location="cpu", weights_only=False)

@@ -1,0 +1,381 @@
+"""Auditing targets with the user's code in child processes, so that nothing it does reaches this process.
+
+The parent (the `audit` command) never imports the user's code, nor torch: it does what needs no user code
+itself (a file's source checks, `Engine.audit_source`) and hands each target whose models must be imported to a
+child process (`auditor.worker`). Children are forked from a server that imported torch and the auditor once
+(multiprocessing's forkserver; spawn where fork is unavailable), one fresh child per target, so every target
+starts from the same pristine state and results do not depend on what ran before. Whatever happens to a child
+becomes that target's result:
+
+- its stdout and stderr (prints, C-level writes, torch warnings) come back through a pipe and are shown on
+  stderr with --verbose, never on stdout;
+- an exit, a signal or a crash becomes an error naming the phase ("exited with status 0 while importing");
+- a target running longer than `timeout` seconds is killed ("timed out after 300 s while building Net");
+- with `jobs` > 1 that many children run at once; results and shown output stay in target order;
+- `--fix` folders are staged in the parent's `OutputFolder` at a child's request and committed once at the end;
+  an interrupted run kills its children and removes the staging area.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import types
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from auditor.engine import Engine, target_label
+from auditor.findings import TargetResult
+from auditor.options import Options
+from auditor.targets import Target
+
+if TYPE_CHECKING:
+    from auditor.fixing.writer import OutputFolder
+
+DEFAULT_TIMEOUT = 300.0  # seconds per target; 0 means no limit
+OUTPUT_KEPT = 64 * 1024  # bytes of a child's output kept from its start, and as many from its end
+
+Progress = Callable[[str], None]
+ShowOutput = Callable[[str, str], None]  # (target label, what its code wrote)
+
+
+def run_targets(
+    targets: list[Target], options: Options, *, jobs: int = 1, timeout: float = DEFAULT_TIMEOUT,
+    progress: Progress | None = None, show_output: ShowOutput | None = None,
+) -> list[TargetResult]:
+    """Audit `targets`, each one's models in a child process, and return the results in target order.
+    `show_output` receives what a target's code wrote (without it, a failed target's error says that it wrote
+    something)."""
+    output = _output_folder(options)
+    engine = Engine(options, output=output)
+    runner = _Runner(engine, output, jobs=jobs, timeout=timeout, progress=progress or (lambda _: None), show_output=show_output)
+    try:
+        results = runner.run(targets)
+    except BaseException:
+        engine.discard_fixes()
+        raise
+    engine.commit_fixes()
+    return results
+
+
+def _output_folder(options: Options) -> OutputFolder | None:
+    """`--out`, staged here for every child (imported only with --fix: `auditor.fixing` imports torch)."""
+    if options.fix is None or options.fix.out is None:
+        return None
+    from auditor.fixing.writer import OutputFolder
+
+    return OutputFolder(options.fix.out, force=options.fix.force)
+
+
+@dataclass
+class _Slot:
+    """One target's place in the output: its results in order (the parent's source results, then the child's)."""
+
+    target: Target
+    label: str
+    results: list[TargetResult]
+    done: bool
+    output: str = ""
+
+
+class _Runner:
+    def __init__(self, engine: Engine, output: OutputFolder | None, *, jobs: int, timeout: float, progress: Progress,
+                 show_output: ShowOutput | None) -> None:
+        self.engine = engine
+        self.output = output
+        self.jobs = max(1, jobs)
+        self.timeout = timeout
+        self.progress = progress
+        self.show_output = show_output
+        self.processes = _Processes()
+        self._shown = 0  # slots whose output was shown, in order
+
+    def run(self, targets: list[Target]) -> list[TargetResult]:
+        slots: list[_Slot] = []
+        for target in targets:  # the part without the user's code, here; the fork server starts meanwhile
+            label = target_label(target)
+            self.progress(label)
+            results, needs_models = self.engine.audit_source(target)
+            if needs_models:
+                self.processes.warm()
+            slots.append(_Slot(target, label, results, done=not needs_models))
+        waiting = deque(slot for slot in slots if not slot.done)
+        running: list[_Child] = []
+        try:
+            while waiting or running:
+                while waiting and len(running) < self.jobs:
+                    child = self._start(waiting.popleft())
+                    if child is not None:
+                        running.append(child)
+                self._serve(running)
+                self._show_in_order(slots)
+        finally:
+            for child in running:  # interrupted: nothing of the user's code may outlive the run
+                child.kill()
+                child.close()
+        self._show_in_order(slots)
+        return [result for slot in slots for result in slot.results]
+
+    def _start(self, slot: _Slot) -> _Child | None:
+        self.progress(slot.label)
+        try:
+            return _Child(self, slot)
+        except Exception as exc:  # noqa: BLE001 - no process could be started: this target fails, the others run
+            slot.results.append(TargetResult(target=slot.label, status="error", error=f"could not start a process for it: {type(exc).__name__}: {exc}"))
+            slot.done = True
+            return None
+
+    def _serve(self, running: list[_Child]) -> None:
+        """Wait for any child to say something, write, end, or run out of time; handle it."""
+        deadlines = [c.deadline for c in running if c.deadline is not None]
+        wait_for = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        ready = set(wait([w for child in running for w in child.waitables()], timeout=wait_for))
+        for child in list(running):
+            child.serve(ready)
+            if child.deadline is not None and time.monotonic() >= child.deadline and not child.ended:
+                child.kill(timed_out=True)
+            if child.ended:
+                child.finish()
+                running.remove(child)
+
+    def _show_in_order(self, slots: list[_Slot]) -> None:
+        while self._shown < len(slots) and slots[self._shown].done:
+            slot = slots[self._shown]
+            if self.show_output is not None and slot.output:
+                self.show_output(slot.label, slot.output)
+            self._shown += 1
+
+
+class _Processes:
+    """Where children come from: a fork server that imported torch and the auditor once, or spawn where the
+    platform cannot fork (each child then imports them itself)."""
+
+    def __init__(self) -> None:
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            self.context: Any = multiprocessing.get_context("forkserver")
+            self.context.set_forkserver_preload(["auditor.worker"])
+        else:  # pragma: no cover - Windows
+            self.context = multiprocessing.get_context("spawn")
+
+    def warm(self) -> None:
+        """Start the fork server now, so that its torch import overlaps the parent's own work. It runs with
+        PYTHONSAFEPATH, so that nothing in the working directory (a user's `torch.py`) shadows what it imports."""
+        if self.context.get_start_method() != "forkserver":
+            return
+        from multiprocessing import forkserver
+
+        with _environment(PYTHONSAFEPATH="1"):
+            forkserver.ensure_running()
+
+
+class _Child:
+    """One target's child process, seen from the parent: its channel, its output, its phase and deadline."""
+
+    def __init__(self, runner: _Runner, slot: _Slot) -> None:
+        self.runner = runner
+        self.slot = slot
+        self.phase = "starting"
+        self.completed = False  # the child said "done"
+        self.timed_out = False
+        self.staged: list[Path] = []  # --fix folders staged for it, not yet claimed by a result
+        self.captured = _CapturedOutput()
+        context = runner.processes.context
+        self.channel, child_channel = context.Pipe()
+        self.reader, writer = context.Pipe(duplex=False)
+        self.process = context.Process(
+            target=_child_main, name=f"audit {slot.label}",
+            args=(slot.target, runner.engine.options, child_channel, writer, dict(os.environ)),
+        )
+        try:
+            runner.processes.warm()
+            with _main_module_hidden():
+                self.process.start()
+        finally:
+            child_channel.close()
+            writer.close()
+        self.open: list[Any] = [self.channel, self.reader]
+        self.deadline = time.monotonic() + runner.timeout if runner.timeout > 0 else None
+
+    @property
+    def ended(self) -> bool:
+        return self.process.exitcode is not None
+
+    def waitables(self) -> list[Any]:
+        return [*self.open, self.process.sentinel]
+
+    def serve(self, ready: set[Any]) -> None:
+        if self.channel in ready and self.channel in self.open:
+            self._receive()
+        if self.reader in ready and self.reader in self.open:
+            self._read_output()
+
+    def _receive(self) -> None:
+        try:
+            while self.channel.poll():
+                self._handle(self.channel.recv())
+        except (EOFError, OSError):
+            self.open.remove(self.channel)
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "phase":
+            self.phase = message[1]
+            self.runner.progress(f"{self.slot.label}: {self.phase}")
+        elif kind == "result":
+            result: TargetResult = message[1]
+            for folder in self.staged:  # staged while this model was audited
+                self.runner.engine.adopt_fix(result, folder)
+            self.staged = []
+            self.slot.results.append(result)
+        elif kind == "stage":
+            self._stage(message[1])
+        elif kind == "discard":
+            folder = Path(message[1])
+            assert self.runner.output is not None
+            self.runner.output.discard(folder)
+            self.staged = [f for f in self.staged if f != folder]
+        elif kind == "crash":
+            self.slot.results.append(TargetResult(target=self.slot.label, status="error", error=message[1], traceback=message[2]))
+        elif kind == "done":
+            self.completed = True
+
+    def _stage(self, label: str) -> None:
+        assert self.runner.output is not None
+        try:
+            folder = self.runner.output.stage(label)
+        except Exception as exc:  # noqa: BLE001 - the child's --fix fails with this message
+            answer: tuple[str, str] = ("error", str(exc))
+        else:
+            self.staged.append(folder)
+            answer = ("staged", str(folder))
+        with contextlib.suppress(OSError):  # the child died meanwhile: its folder is discarded when it is finished
+            self.channel.send(answer)
+
+    def _read_output(self, block: bool = True) -> None:
+        fd = self.reader.fileno()
+        os.set_blocking(fd, block)
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            if not data:
+                self.open.remove(self.reader)
+                return
+            self.captured.add(data)
+            if block:
+                return
+
+    def kill(self, timed_out: bool = False) -> None:
+        """End the child and whatever the user's code started in its process group."""
+        self.timed_out = self.timed_out or timed_out
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError, AttributeError):
+            self.process.kill()
+        self.process.join()
+
+    def finish(self) -> None:
+        """The child has ended: read what is left, turn an early end into the target's error, free it all."""
+        self.process.join()
+        if self.channel in self.open:
+            self._receive()
+        if self.reader in self.open:
+            self._read_output(block=False)  # a process the user's code started may still hold the pipe open
+        if not self.completed:
+            for folder in self.staged:
+                assert self.runner.output is not None
+                self.runner.output.discard(folder)
+            self.staged = []
+            error = self._early_end()
+            if self.captured and self.runner.show_output is None:
+                error += "; --verbose shows what it wrote"
+            self.slot.results.append(TargetResult(target=self.slot.label, status="error", error=error))
+        self.slot.output = self.captured.text()
+        self.slot.done = True
+        self.close()
+
+    def _early_end(self) -> str:
+        code = self.process.exitcode
+        if self.timed_out:
+            return f"timed out after {self.runner.timeout:g} s while {self.phase} (--timeout SECONDS sets the limit; 0 for none)"
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+            hint = " (out of memory?)" if code == -signal.SIGKILL else ""
+            return f"killed by {name} while {self.phase}{hint}"
+        return f"exited with status {code} while {self.phase}"
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # what the user's code left running in its group
+        for end in (self.channel, self.reader):
+            end.close()
+        with contextlib.suppress(ValueError):
+            self.process.close()
+
+
+class _CapturedOutput:
+    """What a child wrote: its first and last `OUTPUT_KEPT` bytes (a model printing in a loop until its time
+    limit fills neither memory nor disk)."""
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.head)
+
+    def add(self, data: bytes) -> None:
+        room = OUTPUT_KEPT - len(self.head)
+        self.head += data[:room]
+        self.tail += data[room:] if room > 0 else data
+        if len(self.tail) > OUTPUT_KEPT:
+            extra = len(self.tail) - OUTPUT_KEPT
+            self.dropped += extra
+            del self.tail[:extra]
+
+    def text(self) -> str:
+        cut = f"\n[... {self.dropped} bytes not shown ...]\n" if self.dropped else ""
+        return (bytes(self.head).decode(errors="replace") + cut + bytes(self.tail).decode(errors="replace")).rstrip("\n")
+
+
+def _child_main(*args: Any) -> None:
+    """What a child runs: a reference the parent can pickle without importing the worker (and torch)."""
+    from auditor.worker import audit_in_child
+
+    audit_in_child(*args)
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """multiprocessing has a child run the parent's main script again, to find what it defines; what a child
+    runs lives in importable modules, and a script that calls the auditor must not run twice (nor the `audit`
+    script import the command line in every child). So the child is told of no main module."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -1,0 +1,80 @@
+"""What process isolation costs: `audit` (one child process per target, forked from a server that imported torch
+once) against the same targets audited in one process, as the tool did before isolation.
+
+    python benchmarks/isolation.py              # markdown table on stdout
+    python benchmarks/isolation.py --repeat 7
+
+"one process" runs `Engine.run` over the targets and renders JSON in a single fresh process: what the command
+did before, and the floor a persistent worker process (one for all targets, restarted when one dies) could
+reach. The variants run interleaved, so a busy machine slows them alike; the table shows the best and the
+median wall-clock time of each, from outside the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL_MODELS = 20  # files copied from the rule fixtures
+
+ONE_PROCESS = """
+import sys
+from auditor.engine import Engine
+from auditor.findings import Report
+from auditor.options import Options
+from auditor.report import renderer
+from auditor.rule import default_settings
+from auditor.targets import parse_target
+targets = [t for text in sys.argv[1:] for t in parse_target(text)]
+report = Report(Engine(Options(settings=default_settings())).run(targets))
+sys.stdout.write(renderer("json")(report))
+"""
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=False, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="auditor-bench-"))
+    try:
+        for path in sorted((ROOT / "tests" / "fixtures" / "rules").glob("*.py"))[:SMALL_MODELS]:
+            shutil.copy(path, folder / path.name)
+        cases = {"`audit examples/` (2 files, 1 model)": "examples", f"{SMALL_MODELS} small model files": str(folder)}
+        variants = {
+            "one process (before)": lambda target: [sys.executable, "-c", ONE_PROCESS, target],
+            "`audit` (a child per target)": lambda target: [sys.executable, "-m", "auditor", target, "-q", "--format", "json"],
+            "`audit --jobs 2`": lambda target: [sys.executable, "-m", "auditor", target, "-q", "--format", "json", "--jobs", "2"],
+        }
+        times: dict[tuple[str, str], list[float]] = {}
+        for _ in range(args.repeat):
+            for case, target in cases.items():
+                for variant, command in variants.items():
+                    times.setdefault((case, variant), []).append(timed(command(target)))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print("| targets | " + " | ".join(variants) + " |")
+    print("| --- |" + " --- |" * len(variants))
+    for case in cases:
+        base = min(times[(case, next(iter(variants)))])
+        cells = []
+        for variant in variants:
+            best, median = min(times[(case, variant)]), statistics.median(times[(case, variant)])
+            cells.append(f"{best:.2f} s (median {median:.2f} s, {best / base:.2f}x)")
+        print(f"| {case} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Each target's code runs in a child process: what it prints, how it dies, how long it hangs and what it patches
+never reach our output, our exit code or the next target. Real `audit` processes, since that is where it matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from auditor.cli import audit_app
+from auditor.config import parse_table
+from auditor.errors import UsageError
+from auditor.locations import display_path
+from auditor.targets import FIXED_MANIFEST
+from support import FIXTURES, cli
+
+HERE = FIXTURES / "isolation"
+SHOWN = display_path(str(HERE))  # how results name these files
+NOISY = f"{HERE / 'noisy.py'}:Net"
+CLEAN = FIXTURES / "rules" / "clean_mlp.py"
+
+
+def _results(stdout: str) -> dict[str, dict]:
+    return {r["target"]: r for r in json.loads(stdout)["results"]}
+
+
+def test_deaths_and_hangs_become_errors_of_their_targets_and_the_others_still_count():
+    deaths = {
+        "exits_at_import.py": "exited with status 0 while importing",
+        "exits_in_build.py": "exited with status 3 while building Net",
+        "signal_in_forward.py": "killed by SIGTERM while capturing Net",
+        "crash_in_build.py": "killed by SIGSEGV while building Net",
+        "hangs_at_import.py": "timed out after 2 s while importing",
+        "hangs_in_forward.py": "timed out after 2 s while capturing Net",
+    }
+    targets = [NOISY, *(f"{HERE / name}:Net" for name in deaths), f"{HERE / 'patches_torch.py'}:Net", str(CLEAN)]
+    done = cli("--format", "json", "--fail-on", "warning", "--timeout", "2", "--jobs", "3", *targets)
+    assert done.returncode == 2, done.stderr
+    results = _results(done.stdout)
+    clean = display_path(str(CLEAN))
+    assert list(results) == [f"{SHOWN}/{Path(t).name}" for t in targets[:-1]] + [clean, f"{clean}:build_model"]  # target order
+    assert [f["code"] for f in results[f"{SHOWN}/noisy.py:Net"]["findings"]] == ["DRO001"]  # still counted
+    for name, message in deaths.items():
+        error = results[f"{SHOWN}/{name}:Net"]["error"]
+        assert error.startswith(message), error
+    assert "--timeout SECONDS" in results[f"{SHOWN}/hangs_in_forward.py:Net"]["error"]
+    assert "--verbose shows what it wrote" in results[f"{SHOWN}/crash_in_build.py:Net"]["error"]  # the fault handler's stack
+    # the previous target replaced torch's default init in its own process only
+    assert results[f"{clean}:build_model"]["findings"] == []
+    assert [line.split(": ")[2] for line in done.stderr.splitlines()] == [f"{SHOWN}/{name}:Net" for name in deaths]
+    assert "Traceback" not in done.stderr
+
+
+def test_what_the_users_code_writes_never_reaches_stdout_and_the_parent_never_runs_it():
+    # `audit --format json` run by main() in a plain process, which then says what it imported
+    probe = (
+        "import sys\n"
+        "from auditor.cli import main\n"
+        f"sys.argv = ['audit', '--format', 'json', {NOISY!r}]\n"
+        "try:\n    main()\n"
+        "except SystemExit as exit:\n"
+        "    sys.stderr.write(f\"exit {exit.code} {'torch' in sys.modules} {any('noisy' in m for m in sys.modules)}\")\n"
+    )
+    document = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert document.stderr == "exit 0 False False"  # nothing shown without --verbose; no torch, no user module here
+    assert [f["code"] for f in _results(document.stdout)[f"{SHOWN}/noisy.py:Net"]["findings"]] == ["DRO001"]
+
+    sarif = cli("--format", "sarif", "--verbose", NOISY)
+    assert [r["ruleId"] for r in json.loads(sarif.stdout)["runs"][0]["results"]] == ["DRO001"]
+    shown = sarif.stderr.splitlines()
+    start = shown.index(f"audit: output of {SHOWN}/noisy.py:Net:")
+    assert shown[start + 1:start + 6] == ["  | print at import", "  | fd 1 at import", "  | stderr at import", "  | fd 2 at import", "  | print in __init__"]
+    assert "  | fd 1 in forward" in shown
+
+
+def test_fix_with_jobs_stages_in_children_and_commits_one_out_folder(tmp_path):
+    out = tmp_path / "out"
+    other = FIXTURES / "rules" / "dro001_modules.py"
+    done = CliRunner().invoke(audit_app, [NOISY, f"{other}:Head", "--fix", "--out", str(out), "--jobs", "2", "--format", "json"])
+    assert done.exit_code == 0, done.output
+    fixed = {r["target"]: r for r in json.loads(done.stdout)["results"]}
+    assert {Path(r["fixed_path"]).name for r in fixed.values()} == {"Net", "Head"}
+    assert json.loads((out / FIXED_MANIFEST).read_text())["models"] == ["Head", "Net"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+    assert all(f["code"] == "DRO001" for r in fixed.values() for f in r["fixes"])
+
+
+def _wait_for(check, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _start_hanging(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], Path]:
+    """`audit` with a model whose forward never returns; returns once that forward runs (it writes its pid)."""
+    marker = tmp_path / "pid"
+    command = [sys.executable, "-m", "auditor", "--timeout", "0", *args, f"{HERE / 'hangs_in_forward.py'}:Net"]
+    process = subprocess.Popen(command, env={**os.environ, "AUDITOR_TEST_MARKER": str(marker)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: marker.exists() and marker.read_text() != "")
+    return process, marker
+
+
+def test_ctrl_c_kills_the_children_and_leaves_no_staging_folder(tmp_path):
+    process, marker = _start_hanging(tmp_path, "--fix", "--out", str(tmp_path / "out"), "--jobs", "2", NOISY)
+    _wait_for(lambda: any(p.name.startswith(".out.auditor-") and any(p.iterdir()) for p in tmp_path.iterdir()))  # Net staged
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pid"]
+    _wait_for(lambda: not _alive(int(marker.read_text())), seconds=10)
+
+
+def test_a_killed_parent_takes_its_children_with_it(tmp_path):
+    process, marker = _start_hanging(tmp_path)
+    process.kill()
+    process.communicate(timeout=60)
+    _wait_for(lambda: not _alive(int(marker.read_text())), seconds=30)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--jobs", "0"], "--jobs 0: expected a number of processes, 1 or more"),
+    (["--timeout", "-1"], "--timeout -1: expected seconds, 0 or more (0: no limit)"),
+])
+def test_limits_are_checked(args, message):
+    done = CliRunner().invoke(audit_app, [*args, str(CLEAN)])
+    assert done.exit_code == 2 and done.stderr.strip() == f"audit: error: {message}"
+
+
+def test_timeout_in_the_config():
+    assert parse_table({"timeout": 600}, Path("pyproject.toml")).timeout == 600
+    assert parse_table({"timeout": 0}, Path("pyproject.toml")).timeout == 0
+    with pytest.raises(UsageError, match="timeout in pyproject.toml: expected seconds"):
+        parse_table({"timeout": "long"}, Path("pyproject.toml"))
