@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import types
 from collections import deque
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 300.0  # seconds per target; 0 means no limit
 OUTPUT_KEPT = 64 * 1024  # bytes of a child's output kept from its start, and as many from its end
+# torch.export's machinery (dynamo, sympy, inductor: ~1.2 s to import here) is needed only by models fx cannot
+# trace. A fresh child pays that import each time, the fork server once at start: worth it from this many children.
+EXPORT_PRELOAD_AT = 3
+EXPORT_STACK = ["torch._dynamo", "torch.export._trace", "torch._inductor"]
 
 Progress = Callable[[str], None]
 ShowOutput = Callable[[str, str], None]  # (target label, what its code wrote)
@@ -99,14 +104,14 @@ class _Runner:
 
     def run(self, targets: list[Target]) -> list[TargetResult]:
         slots: list[_Slot] = []
-        for target in targets:  # the part without the user's code, here; the fork server starts meanwhile
+        for target in targets:  # the part without the user's code, here
             label = target_label(target)
             self.progress(label)
             results, needs_models = self.engine.audit_source(target)
-            if needs_models:
-                self.processes.warm()
             slots.append(_Slot(target, label, results, done=not needs_models))
         waiting = deque(slot for slot in slots if not slot.done)
+        if waiting:
+            self.processes.start_server(preload(self.engine.options, len(waiting)))
         running: list[_Child] = []
         try:
             while waiting or running:
@@ -153,25 +158,40 @@ class _Runner:
             self._shown += 1
 
 
+def preload(options: Options, children: int) -> list[str]:
+    """What the fork server imports once for every child: the worker (torch, the engine, fx and hooks captures,
+    the rules), and what this run's options and size will need."""
+    modules = ["auditor.worker"]
+    if options.probe:
+        modules.append("auditor.probes")
+    if options.fix is not None:
+        modules.append("auditor.fixing.run")
+    if children >= EXPORT_PRELOAD_AT and "export" in options.capture:
+        modules += EXPORT_STACK
+    return modules
+
+
 class _Processes:
     """Where children come from: a fork server that imported torch and the auditor once, or spawn where the
-    platform cannot fork (each child then imports them itself)."""
+    platform cannot fork (each child then imports them itself). One server serves a process for its lifetime
+    (a test session's CLI runs share it); nothing it imports may touch CUDA, so that children can."""
 
     def __init__(self) -> None:
         if "forkserver" in multiprocessing.get_all_start_methods():
             self.context: Any = multiprocessing.get_context("forkserver")
-            self.context.set_forkserver_preload(["auditor.worker"])
         else:  # pragma: no cover - Windows
             self.context = multiprocessing.get_context("spawn")
 
-    def warm(self) -> None:
-        """Start the fork server now, so that its torch import overlaps the parent's own work. It runs with
-        PYTHONSAFEPATH, so that nothing in the working directory (a user's `torch.py`) shadows what it imports."""
+    def start_server(self, modules: list[str]) -> None:
+        """Start the fork server (if it is not running) with `modules` preloaded. It runs with PYTHONSAFEPATH,
+        so that nothing in the working directory (a user's `torch.py`) shadows what it imports, and ignores
+        Ctrl-C, which the terminal sends to it too (the run's own Ctrl-C handling stops the children)."""
         if self.context.get_start_method() != "forkserver":
             return
         from multiprocessing import forkserver
 
-        with _environment(PYTHONSAFEPATH="1"):
+        self.context.set_forkserver_preload(modules)
+        with _environment(PYTHONSAFEPATH="1"), _sigint_ignored():
             forkserver.ensure_running()
 
 
@@ -194,7 +214,6 @@ class _Child:
             args=(slot.target, runner.engine.options, child_channel, writer, dict(os.environ)),
         )
         try:
-            runner.processes.warm()
             with _main_module_hidden():
                 self.process.start()
         finally:
@@ -365,6 +384,19 @@ def _main_module_hidden() -> Iterator[None]:
         yield
     finally:
         sys.modules["__main__"] = main
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored in what this process starts meanwhile (an ignored signal stays ignored across exec)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager

@@ -134,6 +134,32 @@ def test_a_killed_parent_takes_its_children_with_it(tmp_path):
     _wait_for(lambda: not _alive(int(marker.read_text())), seconds=30)
 
 
+def test_the_fork_server_never_touches_cuda():
+    """Children can use CUDA only if the server they are forked from never initialized it: importing all it
+    may preload calls no CUDA function."""
+    code = (
+        "import importlib, torch\n"
+        "calls = []\n"
+        "for name in ('is_available', 'device_count', '_lazy_init', 'init', 'current_device', 'get_device_properties'):\n"
+        "    setattr(torch.cuda, name, lambda *a, name=name, **k: calls.append(name))\n"
+        "from auditor.options import FixOptions, Options\n"
+        "from auditor.runner import preload\n"
+        "for module in preload(Options(probe=True, fix=FixOptions(out=None)), children=99):\n"
+        "    importlib.import_module(module)\n"
+        "print(calls)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+@pytest.mark.cuda
+def test_children_use_cuda():
+    targets = [NOISY, f"{FIXTURES / 'models' / 'data_dependent.py'}", str(CLEAN)]  # three: the export stack is preloaded
+    done = cli("--device", "cuda", "--format", "json", *targets)
+    assert done.returncode == 0, done.stderr
+    assert all(r["status"] == "ok" for r in json.loads(done.stdout)["results"])
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--jobs", "0"], "--jobs 0: expected a number of processes, 1 or more"),
     (["--timeout", "-1"], "--timeout -1: expected seconds, 0 or more (0: no limit)"),
