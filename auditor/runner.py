@@ -42,9 +42,9 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 300.0  # seconds per target; 0 means no limit
 OUTPUT_KEPT = 64 * 1024  # bytes of a child's output kept from its start, and as many from its end
-# torch.export's machinery (dynamo, sympy, inductor: ~1.2 s to import here) is needed only by models fx cannot
-# trace. A fresh child pays that import each time, the fork server once at start: worth it from this many children.
-EXPORT_PRELOAD_AT = 3
+# torch.export's machinery (dynamo, sympy, inductor): about as long to import as torch itself, and needed only by
+# models fx cannot trace. Each such model's child imports it; the fork server preloads it only when export is the
+# first capture tried (measured: preloading it for a folder of fx-traceable models made the run 1.5x slower).
 EXPORT_STACK = ["torch._dynamo", "torch.export._trace", "torch._inductor"]
 
 Progress = Callable[[str], None]
@@ -111,7 +111,7 @@ class _Runner:
             slots.append(_Slot(target, label, results, done=not needs_models))
         waiting = deque(slot for slot in slots if not slot.done)
         if waiting:
-            self.processes.start_server(preload(self.engine.options, len(waiting)))
+            self.processes.start_server(preload(self.engine.options))
         running: list[_Child] = []
         try:
             while waiting or running:
@@ -158,15 +158,15 @@ class _Runner:
             self._shown += 1
 
 
-def preload(options: Options, children: int) -> list[str]:
+def preload(options: Options) -> list[str]:
     """What the fork server imports once for every child: the worker (torch, the engine, fx and hooks captures,
-    the rules), and what this run's options and size will need."""
+    the rules), and what this run's options say every child will need."""
     modules = ["auditor.worker"]
     if options.probe:
         modules.append("auditor.probes")
     if options.fix is not None:
         modules.append("auditor.fixing.run")
-    if children >= EXPORT_PRELOAD_AT and "export" in options.capture:
+    if options.capture[0] == "export":
         modules += EXPORT_STACK
     return modules
 
@@ -183,15 +183,17 @@ class _Processes:
             self.context = multiprocessing.get_context("spawn")
 
     def start_server(self, modules: list[str]) -> None:
-        """Start the fork server (if it is not running) with `modules` preloaded. It runs with PYTHONSAFEPATH,
-        so that nothing in the working directory (a user's `torch.py`) shadows what it imports, and ignores
-        Ctrl-C, which the terminal sends to it too (the run's own Ctrl-C handling stops the children)."""
+        """Start the fork server (if it is not running) with `modules` preloaded. Its `sys.path` is this
+        process's (and not the working directory, which `python -c` would add): it imports the same auditor and
+        torch as this process would, and no `torch.py` of the user's. It ignores Ctrl-C, which the terminal
+        sends to it too (the run's own Ctrl-C handling stops the children)."""
         if self.context.get_start_method() != "forkserver":
             return
         from multiprocessing import forkserver
 
         self.context.set_forkserver_preload(modules)
-        with _environment(PYTHONSAFEPATH="1"), _sigint_ignored():
+        path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
+        with _environment(PYTHONPATH=path, PYTHONSAFEPATH="1"), _sigint_ignored():
             forkserver.ensure_running()
 
 

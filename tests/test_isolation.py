@@ -144,7 +144,7 @@ def test_the_fork_server_never_touches_cuda():
         "    setattr(torch.cuda, name, lambda *a, name=name, **k: calls.append(name))\n"
         "from auditor.options import FixOptions, Options\n"
         "from auditor.runner import preload\n"
-        "for module in preload(Options(probe=True, fix=FixOptions(out=None)), children=99):\n"
+        "for module in preload(Options(probe=True, fix=FixOptions(out=None), capture=('export',))):\n"
         "    importlib.import_module(module)\n"
         "print(calls)\n"
     )
@@ -154,10 +154,12 @@ def test_the_fork_server_never_touches_cuda():
 
 @pytest.mark.cuda
 def test_children_use_cuda():
-    targets = [NOISY, f"{FIXTURES / 'models' / 'data_dependent.py'}", str(CLEAN)]  # three: the export stack is preloaded
-    done = cli("--device", "cuda", "--format", "json", *targets)
-    assert done.returncode == 0, done.stderr
-    assert all(r["status"] == "ok" for r in json.loads(done.stdout)["results"])
+    every_capture = [NOISY, str(FIXTURES / "models" / "data_dependent.py"), str(CLEAN)]  # fx, hooks, fx
+    export_first = ["--capture", "export", NOISY, str(CLEAN)]  # the server preloads torch.export's machinery too
+    for args in (every_capture, export_first):
+        done = cli("--device", "cuda", "--format", "json", *args)
+        assert done.returncode == 0, done.stderr
+        assert {r["status"] for r in json.loads(done.stdout)["results"]} == {"ok"}
 
 
 @pytest.mark.parametrize(("args", "message"), [
