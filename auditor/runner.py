@@ -27,8 +27,8 @@ import threading
 import time
 import types
 from collections import deque
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -297,11 +297,15 @@ class _Child:
     def kill(self, timed_out: bool = False) -> None:
         """End the child and whatever the user's code started in its process group."""
         self.timed_out = self.timed_out or timed_out
+        self._kill_group()
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError, AttributeError):
             self.process.kill()
         self.process.join()
+
+    def _kill_group(self) -> None:
+        if hasattr(os, "killpg"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
     def finish(self) -> None:
         """The child has ended: read what is left, turn an early end into the target's error, free it all."""
@@ -334,8 +338,7 @@ class _Child:
         return f"exited with status {code} while {self.phase}"
 
     def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # what the user's code left running in its group
+        self._kill_group()  # what the user's code left running
         for end in (self.channel, self.reader):
             end.close()
         with contextlib.suppress(ValueError):

@@ -46,7 +46,8 @@ all_rules()  # the rule catalog (built-in and third-party packs), imported once 
 def audit_in_child(target: Target, options: Options, channel: Connection, output: Connection, environ: dict[str, str]) -> None:
     """The child's whole life: isolate, audit the target's models, report. A failure of the user's code that
     kills the process (os._exit, a signal, a crash) ends it without "done"; the parent names the phase."""
-    os.setpgrp()
+    if hasattr(os, "setpgrp"):  # POSIX: a group of its own, which a timeout kills whole
+        os.setpgrp()
     _die_with_parent()
     _redirect_output(output)
     os.environ.clear()
@@ -109,6 +110,8 @@ def _die_with_parent() -> None:
 
     def watch() -> None:
         wait([parent.sentinel])
-        os.killpg(0, signal.SIGKILL)
+        if hasattr(os, "killpg"):
+            os.killpg(0, signal.SIGKILL)
+        os._exit(1)
 
     threading.Thread(target=watch, name="auditor-parent-watch", daemon=True).start()
