@@ -37,11 +37,11 @@ def test_deaths_and_hangs_become_errors_of_their_targets_and_the_others_still_co
         "exits_in_build.py": "exited with status 3 while building Net",
         "signal_in_forward.py": "killed by SIGTERM while capturing Net",
         "crash_in_build.py": "killed by SIGSEGV while building Net",
-        "hangs_at_import.py": "timed out after 2 s while importing",
-        "hangs_in_forward.py": "timed out after 2 s while capturing Net",
+        "hangs_at_import.py": "timed out after 4 s while importing",
+        "hangs_in_forward.py": "timed out after 4 s while capturing Net",
     }
     targets = [NOISY, *(f"{HERE / name}:Net" for name in deaths), f"{HERE / 'patches_torch.py'}:Net", str(CLEAN)]
-    done = cli("--format", "json", "--fail-on", "warning", "--timeout", "2", "--jobs", "3", *targets)
+    done = cli("--format", "json", "--fail-on", "warning", "--timeout", "4", "--jobs", "3", *targets)  # 4 s: ample for the others on a busy machine
     assert done.returncode == 2, done.stderr
     results = _results(done.stdout)
     clean = display_path(str(CLEAN))
