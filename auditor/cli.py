@@ -74,7 +74,7 @@ def audit(
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled models (.pt/.pth), which runs any code they contain.")] = False,
     meta: Annotated[bool, typer.Option("--meta", help="Audit the structure without materializing weights (meta device; init rules read the recorded init calls).")] = False,
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Audit models whose weights exceed SIZE (e.g. 8GiB, 500MB) on meta. Default: 1/8 of available memory.", show_default=False)] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Audit this many targets at once, each in its own process (output stays in target order).")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Audit this many targets at once (each in a process of its own either way); output stays in target order.")] = 1,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds one target may take (import, build, capture, probes, fix) before it is stopped; 0 for no limit. [default: 300]", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only findings; no summary or progress.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Capture notes, timings, and tracebacks for failures.")] = False,
