@@ -165,7 +165,7 @@ def preload(options: Options) -> list[str]:
     if options.probe:
         modules.append("auditor.probes")
     if options.fix is not None:
-        modules.append("auditor.fixing.run")
+        modules.append("auditor.fixing.fixer")
     if options.capture[0] == "export":
         modules += EXPORT_STACK
     return modules

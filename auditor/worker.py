@@ -32,6 +32,8 @@ import torch  # noqa: F401 - imported here so that the fork server holds it for 
 
 import auditor.capture.fx  # noqa: F401 - the modules every audit needs, loaded once in the fork server
 import auditor.capture.hooks  # noqa: F401
+import auditor.fixing.codegen  # noqa: F401 - every audit judges which findings --fix could fix (plan, codegen)
+import auditor.fixing.plan  # noqa: F401
 import auditor.prepare  # noqa: F401
 from auditor.engine import Engine
 from auditor.errors import TargetError, first_line
