@@ -18,6 +18,7 @@ Messages on the channel, child to parent: ("phase", text), ("result", TargetResu
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import signal
@@ -43,6 +44,8 @@ from auditor.rule import all_rules
 from auditor.targets import Target
 
 all_rules()  # the rule catalog (built-in and third-party packs), imported once in the fork server
+with contextlib.suppress(ImportError):  # auditor.rng saves numpy's random state (numpy loads it on first use)
+    import numpy.random  # noqa: F401
 
 
 def audit_in_child(target: Target, options: Options, channel: Connection, output: Connection, environ: dict[str, str]) -> None:
