@@ -42,10 +42,12 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 300.0  # seconds per target; 0 means no limit
 OUTPUT_KEPT = 64 * 1024  # bytes of a child's output kept from its start, and as many from its end
-# torch.export's machinery (dynamo, sympy, inductor): about as long to import as torch itself, and needed only by
-# models fx cannot trace. Each such model's child imports it; the fork server preloads it only when export is the
-# first capture tried (measured: preloading it for a folder of fx-traceable models made the run 1.5x slower).
-EXPORT_STACK = ["torch._dynamo", "torch.export._trace", "torch._inductor"]
+# torch's tracing machinery (dynamo, sympy, inductor): about as long to import as torch itself. A child imports it
+# when its model needs it: torch.export (models fx cannot trace), fake tensors, a random draw on the meta device
+# (3 of the 20 rule fixtures). The fork server preloads it when export is the first capture, or when so many
+# children will run that some surely need it.
+TRACING_STACK = ["torch._dynamo", "torch.export._trace", "torch._inductor"]
+TRACING_PRELOAD_AT = 4  # children
 
 Progress = Callable[[str], None]
 ShowOutput = Callable[[str, str], None]  # (target label, what its code wrote)
@@ -111,7 +113,7 @@ class _Runner:
             slots.append(_Slot(target, label, results, done=not needs_models))
         waiting = deque(slot for slot in slots if not slot.done)
         if waiting:
-            self.processes.start_server(preload(self.engine.options))
+            self.processes.start_server(preload(self.engine.options, len(waiting)))
         running: list[_Child] = []
         try:
             while waiting or running:
@@ -158,16 +160,16 @@ class _Runner:
             self._shown += 1
 
 
-def preload(options: Options) -> list[str]:
+def preload(options: Options, children: int) -> list[str]:
     """What the fork server imports once for every child: the worker (torch, the engine, fx and hooks captures,
-    the rules), and what this run's options say every child will need."""
+    the rules), and what this run's options and size say its children will need."""
     modules = ["auditor.worker"]
     if options.probe:
         modules.append("auditor.probes")
     if options.fix is not None:
         modules.append("auditor.fixing.fixer")
-    if options.capture[0] == "export":
-        modules += EXPORT_STACK
+    if options.capture[0] == "export" or children >= TRACING_PRELOAD_AT:
+        modules += TRACING_STACK
     return modules
 
 

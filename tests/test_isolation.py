@@ -144,7 +144,7 @@ def test_the_fork_server_never_touches_cuda():
         "    setattr(torch.cuda, name, lambda *a, name=name, **k: calls.append(name))\n"
         "from auditor.options import FixOptions, Options\n"
         "from auditor.runner import preload\n"
-        "for module in preload(Options(probe=True, fix=FixOptions(out=None), capture=('export',))):\n"
+        "for module in preload(Options(probe=True, fix=FixOptions(out=None)), children=99):\n"
         "    importlib.import_module(module)\n"
         "print(calls)\n"
     )
