@@ -5,6 +5,12 @@ and the norm of the gradient flowing back through that point. With a healthy ini
 an order of magnitude or so across depth (He init keeps the forward std and the backward norm constant for
 ReLU stacks; normalization and residual connections do the same for ResNets and transformers). A bad gain
 compounds per layer, so a trend of orders of magnitude is the finding; where the trend starts is its location.
+
+A trend is judged without its largest single step. One layer can move the scale a lot on its own and be fine: a
+classifier head initialized with std 0.01 (torchvision's MobileNets, VGG), a global pool after BatchNorm that,
+on a batch of one in training mode, normalizes every channel to mean zero and so hands the head almost nothing.
+Such a jump is one layer's scale (INI001's business), not vanishing or explosion through depth; a real trend
+compounds over many layers and still reaches the threshold without any one of them.
 """
 
 from __future__ import annotations
@@ -34,19 +40,26 @@ class Trend:
         return self.factor ** (1 / self.steps) if self.steps > 0 else self.factor
 
 
-def largest_change(points: list[tuple[str, float]], growing: bool, min_gap: int = 1) -> tuple[int, int, float] | None:
-    """(i, j, factor) with i + min_gap <= j maximizing points[j] / points[i] (growing) or points[i] / points[j];
-    i is the last extreme before j, so the trend starts where the values start moving."""
-    best: tuple[int, int, float] | None = None
-    anchor = 0
-    for j in range(min_gap, len(points)):
-        k = j - min_gap
-        if (points[k][1] <= points[anchor][1]) if growing else (points[k][1] >= points[anchor][1]):
-            anchor = k
-        ratio = points[j][1] / points[anchor][1] if growing else points[anchor][1] / points[j][1]
-        if best is None or ratio > best[2]:
-            best = (anchor, j, ratio)
-    return best
+def largest_trend(points: list[tuple[str, float]], growing: bool, min_steps: int = MIN_STEPS) -> tuple[int, int, float, float] | None:
+    """(i, j, factor, without_largest_step) for the span i + min_steps <= j whose change in the given direction
+    (growth, or shrinking) is largest once its largest single step is left out. `factor` is the whole change
+    points[j] / points[i] (or its inverse); the span starts where the values start moving."""
+    logs = [math.log(value) for _, value in points]
+    sign = 1.0 if growing else -1.0
+    best: tuple[int, int, float, float] | None = None
+    for i in range(len(logs) - min_steps):
+        largest_step = 0.0
+        for j in range(i + 1, len(logs)):
+            largest_step = max(largest_step, sign * (logs[j] - logs[j - 1]))
+            if j - i < min_steps:
+                continue
+            change = sign * (logs[j] - logs[i])
+            if best is None or (change - largest_step, i - j) > (best[3], best[0] - best[1]):  # ties: the shorter span
+                best = (i, j, change, change - largest_step)
+    if best is None:
+        return None
+    i, j, change, kept = best
+    return i, j, math.exp(change), math.exp(kept)
 
 
 def main_path(graph: Any) -> set[int] | None:
@@ -124,15 +137,12 @@ def backward_points(layers: list[Any]) -> list[tuple[str, float]]:
 
 
 def trend(points: list[tuple[str, float]], growing: bool, threshold: float) -> Trend | None:
-    """The largest change of at least `threshold` spanning at least `MIN_STEPS` layers: a trend compounds over
-    depth, while a single jump between two neighbours is a local scale (a gate, a layer-scale branch), INI001's
-    business."""
-    if len(points) < MIN_STEPS + 1:
+    """The largest change spanning at least `MIN_STEPS` layers that reaches `threshold` even without its largest
+    single step (see the module's docstring)."""
+    found = largest_trend(points, growing)
+    if found is None or found[3] < threshold:
         return None
-    found = largest_change(points, growing, MIN_STEPS)
-    if found is None or found[2] < threshold:
-        return None
-    i, j, factor = found
+    i, j, factor, _ = found
     return Trend(points[i][0], points[j][0], factor, j - i, points[i][1], points[j][1])
 
 
@@ -186,7 +196,11 @@ class GradientExplosion(_GradientRule):
     The probe runs `probe-passes` float32 forward/backward passes of a surrogate task (cross-entropy against
     random labels for logits, MSE otherwise) in training mode, on a copy of the model. It compares, per weight
     layer in forward order, the std of the signal each layer reads (the raw data excluded) and the norm of the
-    gradient flowing back through that point. Settings: `explosion-factor` (default 1000: the growth flagged),
+    gradient flowing back through that point. Only layers on the main path count (the residual stream of a
+    ResNet or transformer, not the inside of its branches). A trend must reach the factor even without its
+    largest single step: one layer that moves the scale on its own (a classifier head initialized with std
+    0.01, a global pool after BatchNorm on a batch of one) is that layer's scale, not growth or vanishing
+    through depth. Settings: `explosion-factor` (default 1000: the growth flagged, without its largest step),
     `max-grad-norm` (default 1e6: a weight gradient norm flagged on its own).
 
     ## Example
@@ -262,8 +276,9 @@ class GradientVanishing(_GradientRule):
     layers divide the gradient by 10^6), PyTorch's default init (about 2.4x below He in std) in deep plain ReLU
     stacks, and long recurrences.
 
-    Measured like GRD001 (see `audit explain GRD001`). Setting: `vanishing-factor` (default 1000: the shrink
-    flagged).
+    Measured and judged like GRD001 (see `audit explain GRD001`): the shrink must compound over several layers,
+    so a small-std classifier head (torchvision's MobileNets and VGGs use std 0.01 on purpose) is not a finding.
+    Setting: `vanishing-factor` (default 1000: the shrink flagged, without its largest single step).
 
     ## Example
     ```python

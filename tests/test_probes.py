@@ -68,6 +68,29 @@ def test_findings_name_the_layer_the_trend_starts_at_and_the_factor() -> None:
     assert "Tensor.sub" in diverge.message and "bfloat16" in diverge.message
 
 
+GRADIENT_CASES = [
+    "clean_he_mlp", "clean_lstm", "clean_resnet", "clean_small_std_head", "clean_transformer",
+    "grd001_exploding_mlp", "grd002_vanishing_tanh", "grd002_default_init_relu",
+]
+
+
+@pytest.mark.parametrize("name", GRADIENT_CASES)
+def test_gradient_verdicts_hold_over_seeds_and_batch_sizes(name: str) -> None:
+    """The clean models stay quiet and the faulty ones fire, whatever the init seed, the probe's seed and the
+    batch size (a batch of one puts BatchNorm in its degenerate case)."""
+    path = FIXTURES / "probes" / f"{name}.py"
+    expected = {code for code, _ in expected_marks(path) if code in ("GRD001", "GRD002")}
+    [spec] = fixture_header(path)["input"]
+    kind, _, dims = spec.rpartition(":")
+    for seed in (0, 1, 2):
+        for batch in (1, 2, 4):
+            torch.manual_seed(seed)
+            shape = ",".join([str(batch), *dims.split(",")[1:]])
+            report = run(path, probe=True, device="cpu", inputs=[f"{kind}:{shape}" if kind else shape], select=["GRD001", "GRD002"], settings={"probe-seed": seed})
+            found = [f for r in report.results for f in r.findings]
+            assert {f.code for f in found} == expected, (seed, batch, [f"{f.code} [{f.module}] {f.message}" for f in found])
+
+
 def _finding(name: str, code: str, inputs: list[str] | None = None, **extra):
     extra.setdefault("device", "cpu")
     report = run(FIXTURES / "probes" / name, probe=True, inputs=inputs or [], select=[code], capture=("fx",), **extra)
@@ -260,13 +283,21 @@ def test_locate_prefers_the_call_then_the_module_then_an_ancestor() -> None:
     assert ctx.locate("nowhere", ("model.py", 3)) == Location(None, "nowhere", "model.py", 3)
 
 
-def test_trend_detection() -> None:
-    from auditor_rules.grd_gradient_probe import largest_change
+def test_a_trend_compounds_over_layers_and_one_step_is_not_one() -> None:
+    from auditor_rules.grd_gradient_probe import largest_trend, trend
 
-    points = [("a", 1.0), ("b", 0.5), ("c", 5.0), ("d", 50.0), ("e", 40.0)]
-    assert largest_change(points, growing=True) == (1, 3, 100.0)
-    assert largest_change(points, growing=False)[:2] in ((0, 1), (3, 4))
-    assert largest_change([("a", 3.0), ("b", 3.0), ("c", 300.0)], growing=True)[0] == 1  # the last low point
+    geometric = [(f"l{i}", 10.0 ** -i) for i in range(6)]  # /10 per layer
+    i, j, factor, without_largest = largest_trend(geometric, growing=False)
+    assert (i, j) == (0, 5) and factor == pytest.approx(1e5) and without_largest == pytest.approx(1e4)
+    assert trend(geometric, growing=False, threshold=1000).per_layer == pytest.approx(10.0)
+    jump = [("head", 1.0), ("pool", 1e-4), *[(f"l{i}", 1e-4 * 1.5**i) for i in range(6)]]  # one 10^4 step
+    assert trend(jump, growing=False, threshold=1000) is None
+    assert largest_trend(jump, growing=False)[2] == pytest.approx(1e4)  # the whole change is still measured
+    two = [("a", 1.0), ("b", 0.03), ("c", 1e-3), ("d", 1e-3)]  # two steps of ~30x each: 1000x, but 30x without one
+    assert trend(two, growing=False, threshold=1000) is None and trend(two, growing=False, threshold=20) is not None
+    plateau = [("a", 3.0), ("b", 3.0), ("c", 30.0), ("d", 300.0), ("e", 3000.0), ("f", 3000.0)]
+    found = trend(plateau, growing=True, threshold=10)
+    assert (found.start, found.end, found.steps) == ("b", "e", 3)  # where the values start and stop moving
 
 
 def test_sparkline() -> None:

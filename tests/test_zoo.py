@@ -3,6 +3,8 @@ every model must capture, and no error-severity finding is allowed (an error on 
 a bug of the rule until shown otherwise). Warnings and infos are printed per model for a person to judge.
 
 Hugging Face models are built from small configs (tests/fixtures/zoo/hf_configs.py) and their inputs inferred.
+A representative subset is also probed (`--probe`) at batch sizes 1 and 2: a canonical model at initialization
+gets no probe finding at all (no vanishing/exploding gradients, no float16 overflow, autocast close to float32).
 
 Opt-in: `pip install -e .[zoo]`, then `pytest tests/test_zoo.py --run-zoo -s`. Weights are never downloaded
 (`weights=None`, `pretrained=False`). `ZOO_CAPTURE=hooks` (or fx, export, or a comma list) forces a capture
@@ -81,3 +83,30 @@ def test_timm_model(name: str) -> None:
 def test_hugging_face_model(name: str) -> None:
     pytest.importorskip("transformers")
     _audit(f"{FIXTURES / 'zoo' / 'hf_configs.py'}:{name}", {}, f"transformers {name}", inputs=None)
+
+
+PROBED = [  # (label, target, kwargs, input): small-std heads, BatchNorm + global pool, attention, LayerNorm, SE gates
+    ("torchvision mobilenet_v3_small", "torchvision.models:mobilenet_v3_small", {"weights": None}, "{batch},3,224,224"),
+    ("torchvision resnet18", "torchvision.models:resnet18", {"weights": None}, "{batch},3,224,224"),
+    ("torchvision efficientnet_b0", "torchvision.models:efficientnet_b0", {"weights": None}, "{batch},3,224,224"),
+    ("torchvision squeezenet1_0", "torchvision.models:squeezenet1_0", {"weights": None}, "{batch},3,224,224"),
+    ("timm mobilenetv3_small_050", "timm:create_model", {"model_name": "mobilenetv3_small_050", "pretrained": False}, "{batch},3,224,224"),
+    ("timm vit_tiny_patch16_224", "timm:create_model", {"model_name": "vit_tiny_patch16_224", "pretrained": False}, "{batch},3,224,224"),
+    ("timm regnetx_002", "timm:create_model", {"model_name": "regnetx_002", "pretrained": False}, "{batch},3,224,224"),
+    ("transformers bert", f"{FIXTURES / 'zoo' / 'hf_configs.py'}:bert", {}, "long:{batch},16"),
+    ("transformers gpt2", f"{FIXTURES / 'zoo' / 'hf_configs.py'}:gpt2", {}, "long:{batch},16"),
+    ("transformers t5_encoder", f"{FIXTURES / 'zoo' / 'hf_configs.py'}:t5_encoder", {}, "long:{batch},16"),
+]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize(("label", "target", "kwargs", "spec"), PROBED, ids=[case[0] for case in PROBED])
+def test_probes_are_quiet_on_canonical_models(label: str, target: str, kwargs: dict, spec: str, batch: int) -> None:
+    library = {"torchvision": "torchvision", "timm": "timm", "transformers": "transformers"}[label.split()[0]]
+    pytest.importorskip(library)
+    report = run(target, kwargs=kwargs, inputs=[spec.format(batch=batch)], probe=True, device="cpu", select=["GRD", "AMP", "CLP"])
+    models = model_results(report)
+    assert models and all(r.status == "ok" for r in models), [r.error for r in models]
+    assert all(r.probes.get("layers") for r in models), f"{label}: nothing probed"
+    findings = [f"{f.code} [{f.module}] {f.message}" for r in models for f in r.findings]
+    assert not findings, findings
