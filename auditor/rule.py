@@ -181,8 +181,8 @@ class SourceContext:
 
 # How `--probe` runs (not thresholds: those are the probe rules' own settings), under [tool.auditor.settings].
 PROBE_SETTINGS: dict[str, Any] = {
-    "probe-passes": 2,  # float32 forward/backward passes of the gradient probe
-    "probe-steps": 3,  # mixed-precision training steps (GradScaler, unscale_, clipping); the clip statistics
+    "probe-passes": 1,  # float32 forward/backward passes of the gradient probe (a second batch changes ~nothing)
+    "probe-steps": 3,  # float16 mixed-precision training steps (GradScaler, unscale_, clipping); bfloat16 runs one
     "probe-seed": 0,  # seeds the synthetic batches, labels and dropout
 }
 

@@ -83,9 +83,10 @@ class AmpDivergence(Rule):
     With `--probe`: compares the model's output under `torch.autocast` (float16 on CUDA, bfloat16 on CPU) with
     float32 on the same batch (eval mode, dropout off) and flags a relative difference
     ||autocast - float32|| / ||float32|| beyond `amp-tolerance` (default 0.1), naming the first module whose
-    output already differs that much. It also runs `probe-steps` real training steps with `GradScaler`,
-    `unscale_` and clipping, and flags steps whose loss or weights stop being finite, or a scaler that skips
-    every step.
+    output already differs that much. It also runs real training steps with `GradScaler`, `unscale_` and
+    clipping (`probe-steps`, default 3, under float16; one under bfloat16, whose float32 range never makes the
+    scaler back off), and flags steps whose loss or weights stop being finite, or a scaler that skips every
+    step.
 
     ## Why is this bad?
     Low precision keeps 8 (bfloat16) or 11 (float16) significant bits. Networks tolerate that, unless a

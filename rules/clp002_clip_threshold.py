@@ -15,8 +15,9 @@ class ClipThreshold(Rule):
     """
     ## What it does
     With `--probe` and a clip threshold (`--clip-norm 1.0`, or `clip-norm` under `[tool.auditor.settings]`):
-    runs `probe-steps` training steps, records the total gradient norm of each (after `unscale_`, before
-    clipping) and flags a threshold that clips every step, or one so far above every norm seen (by
+    records the total gradient norm of every training step the probe runs (its float32 passes and its AMP
+    steps, after `unscale_`, before clipping) and flags a threshold that clips every step, or one so far above
+    every norm seen (by
     `clip-never-factor`, default 10) that it never will. It suggests a threshold from the observed norms:
     twice their median, so that clipping catches spikes rather than every step. Without a threshold the norms
     and the suggestion are still in the JSON `probes.clipping`.

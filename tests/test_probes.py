@@ -8,6 +8,7 @@ transformer encoder, an LSTM with orthogonal init) must yield none. The user's m
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -211,7 +212,9 @@ def test_clip_threshold_every_step_never_and_suggested() -> None:
     assert _clip_findings(path, None) == []
     report = run(path, probe=True, device="cpu", inputs=["16,64"], select=["CLP002"])
     clipping = model_results(report)[0].probes["clipping"]
-    assert clipping["threshold"] is None and clipping["recommended"] > 0 and len(clipping["norms"]) == 3
+    probes = model_results(report)[0].probes
+    assert probes["passes"] == 1 and probes["precision"]["train_steps"] == 1  # bfloat16 on CPU: one AMP step
+    assert clipping["threshold"] is None and clipping["recommended"] > 0 and len(clipping["norms"]) == 2  # every step's norm
 
 
 def _clip_findings(path: Path, threshold: float | None) -> list:
@@ -298,6 +301,27 @@ def test_a_trend_compounds_over_layers_and_one_step_is_not_one() -> None:
     plateau = [("a", 3.0), ("b", 3.0), ("c", 30.0), ("d", 300.0), ("e", 3000.0), ("f", 3000.0)]
     found = trend(plateau, growing=True, threshold=10)
     assert (found.start, found.end, found.steps) == ("b", "e", 3)  # where the values start and stop moving
+
+
+def test_whole_tensor_checks() -> None:
+    from auditor.probes.tensors import all_finite, max_abs, total_norm
+
+    assert all_finite(torch.randn(100)) and all_finite(torch.zeros(0)) and all_finite(torch.arange(5))
+    assert all_finite(torch.full((10,), 3e38))  # the sum overflows, every element is finite
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        values = torch.randn(100)
+        values[37] = bad
+        assert not all_finite(values)
+    assert max_abs(torch.tensor([1.0, -7.0, 3.0])) == 7.0
+    assert math.isnan(max_abs(torch.tensor([1.0, float("nan")])))
+    assert total_norm([torch.full((4,), 1.0), torch.full((5,), 2.0)]) == pytest.approx(math.sqrt(4 + 20))
+
+
+def test_amp_steps_where_loss_scaling_has_work() -> None:
+    from auditor.probes.precision import amp_steps
+
+    assert amp_steps(torch.float16, 3) == 3  # GradScaler backs off from 2^16: several steps show it settle
+    assert amp_steps(torch.bfloat16, 3) == 1 and amp_steps(torch.bfloat16, 0) == 0
 
 
 def test_sparkline() -> None:

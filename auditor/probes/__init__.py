@@ -8,8 +8,11 @@ Stages, each a small multiple of one training step:
 1. gradients (`gradients.py`, `watch.py`): `probe-passes` float32 forward/backward passes in training mode,
    per weight layer gradient and activation statistics, every op's value range, where NaN/Inf first appear;
 2. precision (`precision.py`): autocast against float32 on one batch;
-3. training steps (`precision.train_steps`): `probe-steps` AMP steps with GradScaler, unscale_ and clipping,
-   whose gradient norms feed the clipping statistics (`clipping.py`).
+3. training steps (`precision.train_steps`): AMP steps with GradScaler, unscale_ and clipping (`probe-steps`
+   under float16; one under bfloat16, see `precision.amp_steps`).
+The total gradient norm of every backward of stages 1 and 3 feeds the clipping statistics (`clipping.py`): a
+float32 pass at initialization is a training step's gradient as much as an AMP step's is, so no extra pass is
+run for them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from auditor.probes.isolation import preserved, working_copy
 from auditor.probes.isolation import seed as seed_rng
 from auditor.probes.measurements import Clipping, LayerStats, Measurements, OpEvent, Precision
 from auditor.probes.surrogate import Task, primary_output
+from auditor.probes.tensors import all_finite, max_abs, total_norm
 from auditor.probes.watch import Watcher
 from auditor.rule import default_settings
 
@@ -56,9 +60,10 @@ def run_probes(
             return measurements
         given = (lambda output: loss(work, output)) if loss is not None else None
         task = Task(inputs, graph, int(config["probe-seed"]), given, _loss_name(loss))
+        step_norms: list[float] = []  # the total gradient norm of every backward, for the clipping statistics
         stages = [
-            ("gradient probe", lambda: _gradients(work, task, measurements, config)),
-            ("mixed-precision probe", lambda: _precision(work, task, measurements, config)),
+            ("gradient probe", lambda: _gradients(work, task, measurements, config, step_norms)),
+            ("mixed-precision probe", lambda: _precision(work, task, measurements, config, step_norms)),
         ]
         for name, stage in stages:
             try:
@@ -74,6 +79,8 @@ def run_probes(
         measurements.loss = task.kind or ""
         if task.given_failed is not None:
             measurements.notes.append(f"the given training loss failed ({task.given_failed}); probed with the surrogate {task.kind} loss")
+        if step_norms:
+            measurements.clipping = clipping.summarize(step_norms, _clip_threshold(config))
     measurements.seconds = time.perf_counter() - started
     return measurements
 
@@ -83,21 +90,21 @@ class ForwardFails(Exception):
 
 
 # --- stage 1: gradients, signal, ranges, non-finite -------------------------------------------------------------
-def _gradients(work: nn.Module, task: Task, m: Measurements, config: dict[str, Any]) -> None:
+def _gradients(work: nn.Module, task: Task, m: Measurements, config: dict[str, Any], step_norms: list[float]) -> None:
     seed = int(config["probe-seed"])
     _check_state(work, m)
-    if m.non_finite is None and any(_is_float(t) and not bool(torch.isfinite(t).all()) for t in task.inputs):
+    if m.non_finite is None and any(_is_float(t) and not all_finite(t) for t in task.inputs):
         m.non_finite = OpEvent("the example input", "", None, math.nan, detail="the example input itself contains NaN or Inf")
         m.non_finite_where = "input"
     work.train()
     recorder = LayerRecorder(work)
     watcher = Watcher(float(config["overflow-limit"])).attach(work)
-    grads: list[dict[str, tuple[float | None, float]]] = []
+    grads: list[dict[str, float | None]] = []
     output_stds: list[float] = []
     step_times: list[float] = []
     batch0 = task.batch(0)
     m.precision = Precision(autocast_dtype=_dtype_name(precision.autocast_dtype(_device(work).type)))
-    m.precision.input_max_abs = max((float(t.detach().abs().amax()) for t in batch0 if _is_float(t) and t.numel()), default=0.0)
+    m.precision.input_max_abs = max((max_abs(t) for t in batch0 if _is_float(t) and t.numel()), default=0.0)
     try:
         for index in range(m.passes):
             batch = _requiring_grad(task.batch(index))
@@ -111,6 +118,7 @@ def _gradients(work: nn.Module, task: Task, m: Measurements, config: dict[str, A
             loss.backward()
             step_times.append(time.perf_counter() - started)
             grads.append(recorder.grad_norms())
+            step_norms.append(total_norm([p.grad for p in work.parameters() if p.grad is not None]))
             primary = primary_output(output)
             if primary is not None and primary.numel() > 1:
                 output_stds.append(float(primary.detach().float().std()))
@@ -159,21 +167,21 @@ def _check_state(work: nn.Module, m: Measurements) -> None:
     with torch.no_grad():
         for kind, named in (("parameter", work.named_parameters()), ("buffer", work.named_buffers())):
             for name, tensor in named:
-                if _is_float(tensor) and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+                if _is_float(tensor) and not all_finite(tensor):
                     module = name.rpartition(".")[0]
-                    m.non_finite = OpEvent(f"{kind} `{name}`", module, None, float(tensor.detach().abs().amax()), detail=f"{kind} `{name}` contains NaN or Inf")
+                    m.non_finite = OpEvent(f"{kind} `{name}`", module, None, max_abs(tensor), detail=f"{kind} `{name}` contains NaN or Inf")
                     m.non_finite_where = "weights"
                     return
 
 
 def _non_finite(primary: torch.Tensor | None, loss: torch.Tensor, work: nn.Module) -> str | None:
     with torch.no_grad():
-        if primary is not None and not bool(torch.isfinite(primary).all()):
+        if primary is not None and not all_finite(primary):
             return "output"
         if not math.isfinite(float(loss)):
             return "loss"
         for p in work.parameters():
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+            if p.grad is not None and not all_finite(p.grad):
                 return "gradients"
     return None
 
@@ -201,7 +209,7 @@ def _locate(work: nn.Module, task: Task, batch: tuple[Any, ...], index: int, wat
             m.non_finite = tracer.backward_origin
             return
         for name, p in reversed(list(work.named_parameters())):
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+            if p.grad is not None and not all_finite(p.grad):
                 module, _, _ = name.rpartition(".")
                 m.non_finite = OpEvent(f"gradient of `{name}`", module, None, math.inf, phase="backward")
                 return
@@ -209,19 +217,23 @@ def _locate(work: nn.Module, task: Task, batch: tuple[Any, ...], index: int, wat
 
 
 # --- stages 2 and 3: mixed precision and clipping ---------------------------------------------------------------
-def _precision(work: nn.Module, task: Task, m: Measurements, config: dict[str, Any]) -> None:
+def _precision(work: nn.Module, task: Task, m: Measurements, config: dict[str, Any], step_norms: list[float]) -> None:
     device_type = _device(work).type
-    if precision.autocast_dtype(device_type) is None:
+    dtype = precision.autocast_dtype(device_type)
+    if dtype is None:
         m.notes.append(f"mixed-precision probe skipped: no autocast dtype for device {device_type!r}")
         return
     if m.precision is None:
-        m.precision = Precision(autocast_dtype=_dtype_name(precision.autocast_dtype(device_type)))
+        m.precision = Precision(autocast_dtype=_dtype_name(dtype))
     seed = int(config["probe-seed"])
     precision.compare(work, task, m.precision, device_type, float(config["amp-tolerance"]), seed)
     work.train(m.mode == "train")
-    threshold = float(config["clip-norm"]) if float(config["clip-norm"]) > 0 else None
-    norms = precision.train_steps(work, task, m.precision, device_type, max(0, int(config["probe-steps"])), threshold or 1.0, seed)
-    m.clipping = clipping.summarize(norms, threshold)
+    steps = precision.amp_steps(dtype, int(config["probe-steps"]))
+    step_norms += precision.train_steps(work, task, m.precision, device_type, steps, _clip_threshold(config) or 1.0, seed)
+
+
+def _clip_threshold(config: dict[str, Any]) -> float | None:
+    return float(config["clip-norm"]) if float(config["clip-norm"]) > 0 else None
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ layer's input the signal's std and the norm of the gradient flowing back through
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -15,6 +14,7 @@ import torch.nn as nn
 from auditor.capture.common import is_leaf
 from auditor.probes.measurements import LayerStats
 from auditor.probes.surrogate import primary_output
+from auditor.probes.tensors import norm, total_norm
 from auditor.probes.watch import tool_ops
 
 
@@ -87,7 +87,7 @@ class LayerRecorder:
             if tensor.requires_grad:
                 def on_grad(grad: torch.Tensor, call: _Call = call) -> None:
                     with torch.no_grad():
-                        call.in_grad_norm = grad.detach().float().norm()
+                        call.in_grad_norm = norm(grad)
 
                 tensor.register_hook(on_grad)
 
@@ -107,19 +107,11 @@ class LayerRecorder:
 
         return hook
 
-    def grad_norms(self) -> dict[str, tuple[float | None, float]]:
-        """After a backward: (||grad||, ||weight||) over each layer's own parameters."""
-        norms: dict[str, tuple[float | None, float]] = {}
-        for qualname, module in self.layers.items():
-            params = [p for p in module.parameters(recurse=False)]
-            grads = [p.grad for p in params if p.grad is not None]
-            with torch.no_grad():
-                weight = math.sqrt(sum(float(p.detach().float().pow(2).sum()) for p in params))
-                grad = math.sqrt(sum(float(g.detach().float().pow(2).sum()) for g in grads)) if grads else None
-            norms[qualname] = (grad, weight)
-        return norms
+    def grad_norms(self) -> dict[str, float | None]:
+        """After a backward: ||grad|| over each layer's own parameters (None when none has a gradient)."""
+        return {qualname: _joint_norm([p.grad for p in module.parameters(recurse=False) if p.grad is not None]) for qualname, module in self.layers.items()}
 
-    def summary(self, grads: list[dict[str, tuple[float | None, float]]]) -> list[LayerStats]:
+    def summary(self, grads: list[dict[str, float | None]]) -> list[LayerStats]:
         """Per layer, in the order of the first pass's calls, averaged over passes (layers never called are left
         out)."""
         if not self.passes:
@@ -130,12 +122,12 @@ class LayerRecorder:
         for qualname in ordered:
             module = self.layers[qualname]
             calls = [p.calls[qualname] for p in self.passes if qualname in p.calls]
-            grad_values = [g[qualname][0] for g in grads if qualname in g]
+            grad_values = [g[qualname] for g in grads if qualname in g]
             stats.append(LayerStats(
                 module=qualname,
                 type=type(module).__name__,
                 grad_norm=_mean(grad_values),
-                weight_norm=grads[0][qualname][1] if grads and qualname in grads[0] else None,
+                weight_norm=_joint_norm(list(module.parameters(recurse=False))),
                 act_mean=_mean([c.act_mean for c in calls]),
                 act_std=_mean([c.act_std for c in calls]),
                 in_std=_mean([c.in_std for c in calls]),
@@ -143,6 +135,10 @@ class LayerRecorder:
                 raw_input=calls[0].raw_input,
             ))
         return stats
+
+
+def _joint_norm(tensors: list[torch.Tensor]) -> float | None:
+    return total_norm(tensors) if tensors else None
 
 
 def _mean(values: list[Any]) -> float | None:

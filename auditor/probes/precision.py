@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 from auditor.probes.isolation import seed as seed_rng
 from auditor.probes.measurements import OpEvent, Precision
 from auditor.probes.surrogate import Task, primary_output
+from auditor.probes.tensors import all_finite
 from auditor.probes.watch import OpRecorder
 
 DROPOUTS = frozenset({"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "feature_dropout"})
@@ -61,7 +62,7 @@ def compare(model: nn.Module, task: Task, precision: Precision, device_type: str
     ref, got = primary_output(reference), primary_output(low)
     if ref is None or got is None:
         return
-    ref_finite, got_finite = bool(torch.isfinite(ref).all()), bool(torch.isfinite(got).all())
+    ref_finite, got_finite = all_finite(ref), all_finite(got)
     if not ref_finite:
         return  # float32 itself fails: the gradient probe reports it
     precision.autocast_nonfinite = not got_finite
@@ -88,13 +89,23 @@ def _first_divergence(model: nn.Module, batch: tuple[Any, ...], device_type: str
     for (event, ref), (other, got) in zip(runs[0].records, runs[1].records):
         if (event.op, event.module) != (other.op, other.module) or ref.shape != got.shape:
             break  # the two runs took different paths: stop comparing
-        if not bool(torch.isfinite(ref).all()):
+        if not all_finite(ref):
             continue
-        error = relative_error(got, ref) if bool(torch.isfinite(got).all()) else math.inf
+        error = relative_error(got, ref) if all_finite(got) else math.inf
         if error > tolerance:
             event.value = error
             return event
     return None
+
+
+def amp_steps(dtype: torch.dtype, configured: int) -> int:
+    """How many AMP training steps show something. Under float16 GradScaler starts at 2^16 and halves on every
+    overflow, so several steps tell a scaler that settles from one that skips every step (`probe-steps`).
+    bfloat16 has float32's exponent range: nothing overflows that float32 does not, the scaler never backs off,
+    and one step shows whether an AMP step (autocast forward, backward, unscale_, clipping, update) stays
+    finite; more would repeat it at nearly the same weights for the price of a training step each."""
+    configured = max(0, configured)
+    return configured if dtype == torch.float16 else min(configured, 1)
 
 
 def train_steps(model: nn.Module, task: Task, precision: Precision, device_type: str, steps: int, max_norm: float, seed: int) -> list[float]:
@@ -129,7 +140,7 @@ def train_steps(model: nn.Module, task: Task, precision: Precision, device_type:
             precision.skipped_steps += 1
     precision.loss_scale = scaler.get_scale()
     with torch.no_grad():
-        params_finite = all(bool(torch.isfinite(p).all()) for p in params)
+        params_finite = all(all_finite(p) for p in params)
     precision.finite = params_finite and all(math.isfinite(v) for v in precision.losses)
     return norms
 

@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 from auditor.capture.common import call_label, is_leaf, iter_tensors
 from auditor.locations import user_frame
 from auditor.probes.measurements import FLOAT16_MAX, OpEvent, Site
+from auditor.probes.tensors import all_finite, max_abs
 
 KEEP_OVERFLOW = 5  # overflow events kept (the count covers them all)
 # The dtype-adaptive mask idiom `masked_fill(mask, torch.finfo(x.dtype).min)` yields float32's extreme in a
@@ -135,8 +136,7 @@ class Watcher(OpWatch):
         for tensor in _floats(result):
             if tensor.numel() == 0:
                 continue
-            with torch.no_grad():
-                peak = float(tensor.detach().abs().amax())
+            peak = max_abs(tensor)
             if math.isfinite(peak):
                 self._range(label, owner, peak, site)
             elif self.origin is None and _all_finite(args, kwargs) and not _non_finite_scalars(args, kwargs):
@@ -163,8 +163,8 @@ class Watcher(OpWatch):
                 return
             incoming = [g for g in grad_outputs if isinstance(g, torch.Tensor)]
             produced = [g for g in grad_inputs if isinstance(g, torch.Tensor)]
-            if all(bool(torch.isfinite(g).all()) for g in incoming) and not all(bool(torch.isfinite(g).all()) for g in produced):
-                peak = max(float(g.detach().abs().amax()) for g in produced if not bool(torch.isfinite(g).all()))
+            if all(all_finite(g) for g in incoming) and not all(all_finite(g) for g in produced):
+                peak = max(max_abs(g) for g in produced if not all_finite(g))
                 self.backward_origin = OpEvent(label, owner, site, peak, phase="backward")
 
         grad_fn.register_hook(hook)
@@ -188,7 +188,7 @@ def tool_ops() -> Iterator[None]:
 
 def _all_finite(args: Any, kwargs: Any) -> bool:
     with torch.no_grad():
-        return all(bool(torch.isfinite(t).all()) for t in _floats((args, kwargs)))
+        return all(all_finite(t) for t in _floats((args, kwargs)))
 
 
 def _non_finite_scalars(args: Any, kwargs: Any) -> bool:

@@ -33,7 +33,7 @@ def print_probes(probes: dict[str, Any], console: Console) -> None:
     mode = probes.get("mode", "train")
     head = Text("  probe ", style="bold")
     head.append(
-        f"{probes.get('device', '?')}, {mode} mode, {probes.get('loss') or '?'} loss, {probes.get('passes', 0)} passes, "
+        f"{probes.get('device', '?')}, {mode} mode, {probes.get('loss') or '?'} loss, {_count(probes.get('passes', 0), 'pass', 'passes')}, "
         f"{len(layers)} weight layers, {probes.get('seconds', 0):.2f} s",
         style="dim",
     )
@@ -119,7 +119,7 @@ def _summary_lines(probes: dict[str, Any]) -> list[str]:
         if precision.get("train_steps"):
             state = "finite" if precision.get("finite") else "NOT finite"
             skipped = precision.get("skipped_steps") or 0
-            text += f"; {precision['train_steps']} AMP steps {state}" + (f", {skipped} skipped by GradScaler" if skipped else "")
+            text += f"; {_count(precision['train_steps'], 'AMP step', 'AMP steps')} {state}" + (f", {skipped} skipped by GradScaler" if skipped else "")
         lines.append(text)
     clipping = probes.get("clipping")
     if clipping and clipping.get("norms"):
@@ -132,6 +132,10 @@ def _summary_lines(probes: dict[str, Any]) -> list[str]:
             text += f"; suggested clip-norm {_fmt(_number(clipping['recommended']))}"
         lines.append(text)
     return lines
+
+
+def _count(number: int, one: str, many: str) -> str:
+    return f"{number} {one if number == 1 else many}"
 
 
 def _number(value: Any) -> float | None:
