@@ -1,0 +1,137 @@
+"""What `audit --probe` costs against a plain process that builds the same model and runs it once.
+
+    python benchmarks/probe_cost.py                 # every model, 3 pairs each, markdown table on stdout
+    python benchmarks/probe_cost.py --repeat 5 --only vgg16_bn bert
+
+Opt-in: needs the zoo extras (`pip install -e .[zoo]`: torchvision, timm, transformers); models whose library is
+missing are left out. Weights are never downloaded (`weights=None`, `pretrained=False`, configs' defaults).
+
+"plain" is a fresh process that imports torch and the model's library, builds the model and runs one eval
+forward pass on the input (what any use of the model pays); "audit --probe" is the CLI end to end
+(`audit TARGET --kwargs ... --input ... --probe`). The two run back to back, alternating, `--repeat` times;
+each ratio is the median of the pairs' ratios, so that a load change on a shared machine hits both sides of a
+pair. Both CPU time (user + system of the child) and wall clock are reported: on a busy machine a process waits
+for a core and its wall clock says more about the neighbours than about the process, while with one thread
+(`--threads 1`) its CPU time is what it would take on a quiet machine. "probes alone" is the time `run_probes`
+reported inside the audit (JSON `probes.seconds`, wall clock). The load average before and after is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+NO_WEIGHTS = {"weights": None}
+CASES = {  # name: (label, target, kwargs, input)
+    "vgg16_bn": ("VGG16-BN", "torchvision.models:vgg16_bn", NO_WEIGHTS, "1,3,224,224"),
+    "vgg11": ("VGG11", "torchvision.models:vgg11", NO_WEIGHTS, "1,3,224,224"),
+    "vit_b_16": ("ViT-B/16", "torchvision.models:vit_b_16", NO_WEIGHTS, "1,3,224,224"),
+    "fcn_resnet50": ("FCN-ResNet50", "torchvision.models.segmentation:fcn_resnet50", {"weights": None, "weights_backbone": None}, "1,3,224,224"),
+    "resnet50": ("ResNet-50", "torchvision.models:resnet50", NO_WEIGHTS, "1,3,224,224"),
+    "repvgg": ("RepVGG-A2 (timm)", "timm:create_model", {"model_name": "repvgg_a2", "pretrained": False}, "1,3,224,224"),
+    "bert": ("BERT-base", f"{HERE / 'zoo_models.py'}:bert_base", {}, "long:1,128"),
+    "bert_512": ("BERT-base, 512 tokens", f"{HERE / 'zoo_models.py'}:bert_base", {}, "long:1,512"),
+}
+LIBRARY = {"torchvision": "torchvision", "timm": "timm", "zoo_models.py": "transformers"}
+
+PLAIN = """
+import importlib, importlib.util, json, sys
+import torch
+from auditor.loading.inputs import make_inputs
+from auditor.specs import parse_spec
+where, name = {target!r}.rsplit(":", 1)
+if where.endswith(".py"):
+    spec = importlib.util.spec_from_file_location("bench_models", where)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+else:
+    module = importlib.import_module(where)
+model = getattr(module, name)(**{kwargs!r}).eval()
+inputs = make_inputs([parse_spec({spec!r})], model)
+with torch.no_grad():
+    model(*inputs)
+"""
+
+
+def timed(command: list[str]) -> tuple[float, float, str]:
+    """Wall-clock and CPU seconds (user + system) of one child process, and its stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"{' '.join(command[:4])}... failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu, done.stdout
+
+
+def measure(name: str, repeat: int) -> dict:
+    label, target, kwargs, spec = CASES[name]
+    plain_command = [sys.executable, "-c", PLAIN.format(target=target, kwargs=kwargs, spec=spec)]
+    audit_command = [sys.executable, "-m", "auditor", target, "--input", spec, "--probe", "--format", "json", "--device", "cpu"]
+    if kwargs:
+        audit_command += ["--kwargs", json.dumps(kwargs)]
+    runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}  # is-audit -> (wall, cpu) per pair
+    probes = []
+    for index in range(repeat):
+        order = [plain_command, audit_command] if index % 2 == 0 else [audit_command, plain_command]
+        for command in order:
+            wall, cpu, out = timed(command)
+            runs[command is audit_command].append((wall, cpu))
+            if command is audit_command:
+                [result] = [r for r in json.loads(out)["results"] if r.get("probes")]
+                probes.append(result["probes"]["seconds"])
+    pairs = list(zip(runs[False], runs[True]))
+    wall_ratios = [audit[0] / plain[0] for plain, audit in pairs]
+    cpu_ratios = [audit[1] / plain[1] for plain, audit in pairs]
+    return {
+        "label": label, "input": spec, "probes": statistics.median(probes),
+        "plain": statistics.median(w for w, _ in runs[False]), "audit": statistics.median(w for w, _ in runs[True]),
+        "plain_cpu": statistics.median(c for _, c in runs[False]), "audit_cpu": statistics.median(c for _, c in runs[True]),
+        "wall_ratio": statistics.median(wall_ratios), "wall_spread": (min(wall_ratios), max(wall_ratios)),
+        "cpu_ratio": statistics.median(cpu_ratios), "cpu_spread": (min(cpu_ratios), max(cpu_ratios)),
+    }
+
+
+def available(name: str) -> bool:
+    import importlib.util
+
+    target = CASES[name][1]
+    library = next((lib for key, lib in LIBRARY.items() if key in target), None)
+    return library is None or importlib.util.find_spec(library) is not None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", nargs="*", choices=sorted(CASES), default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in both processes (OMP_NUM_THREADS); default: torch's own")
+    args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    names = [n for n in (args.only or CASES) if available(n)]
+    load_before = os.getloadavg()
+    rows = [measure(name, args.repeat) for name in names]
+    load_after = os.getloadavg()
+    threads = args.threads or f"torch's default ({os.cpu_count()} cores)"
+    print(f"torch threads: {threads}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)\n")
+    print("| model | input | plain: import+build+forward | `audit --probe` | ratio, CPU time (min-max) | ratio, wall clock (min-max) | probes alone |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(
+            f"| {row['label']} | `{row['input']}` | {row['plain_cpu']:.1f} s CPU, {row['plain']:.1f} s wall | "
+            f"{row['audit_cpu']:.1f} s CPU, {row['audit']:.1f} s wall | {row['cpu_ratio']:.1f}x ({row['cpu_spread'][0]:.1f}-{row['cpu_spread'][1]:.1f}) | "
+            f"{row['wall_ratio']:.1f}x ({row['wall_spread'][0]:.1f}-{row['wall_spread'][1]:.1f}) | {row['probes']:.1f} s |"
+        )
+
+if __name__ == "__main__":
+    main()
