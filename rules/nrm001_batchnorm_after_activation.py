@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from auditor.findings import Finding, Severity
-from auditor.graph import Node, ops
+from auditor.graph import ops
 from auditor.rule import GraphContext, Rule, register
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix

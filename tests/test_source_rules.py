@@ -3,7 +3,6 @@ the findings its `# expect: CODE` comments mark; they read the source only (no t
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 import time
