@@ -67,3 +67,12 @@ def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, 
     full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
     command = [sys.executable, "-m", "auditor", *args]
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def fix_fixtures() -> list[Path]:
+    """The fixtures --fix is checked on: every rule fixture with a finding of a fixable rule, and every fix fixture."""
+    from auditor.rule import all_rules
+
+    fixable = {r.code for r in all_rules() if r.fixable}
+    rules = [p for p in sorted((FIXTURES / "rules").glob("*.py")) if {c for c, _ in expected_marks(p)} & fixable]
+    return rules + sorted((FIXTURES / "fix").glob("*.py"))

@@ -13,21 +13,15 @@ import torch.nn as nn
 import auditor
 from auditor.options import FixOptions
 from auditor.rule import all_rules
-from support import FIXTURES, expected_marks, fixture_header, model_results, run
+from support import FIXTURES, fix_fixtures, fixture_header, model_results, run
 
 CAPTURES = ("fx", "export", "hooks")
 FIXABLE_CODES = {r.code for r in all_rules() if r.fixable}
 
 
 def _cases() -> list[object]:
-    cases = []
-    for folder in ("rules", "fix"):
-        for path in sorted((FIXTURES / folder).glob("*.py")):
-            if folder == "rules" and not {c for c, _ in expected_marks(path)} & FIXABLE_CODES:
-                continue
-            for method in fixture_header(path).get("capture", CAPTURES):
-                cases.append(pytest.param(path, method, id=f"{folder}/{path.stem}[{method}]"))
-    return cases
+    return [pytest.param(path, method, id=f"{path.parent.name}/{path.stem}[{method}]")
+            for path in fix_fixtures() for method in fixture_header(path).get("capture", CAPTURES)]
 
 
 @pytest.mark.parametrize(("path", "method"), _cases())
