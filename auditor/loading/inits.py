@@ -21,7 +21,7 @@ import inspect
 import math
 import sys
 from dataclasses import replace
-from typing import Any, Callable, Container, Iterator
+from typing import Any, Callable, Container, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -104,6 +104,7 @@ class InitRecord:
     def __init__(self) -> None:
         self._inits: dict[int, tuple[torch.Tensor, Init | None]] = {}
         self.unknown: dict[str, str] = {}  # qualified name -> why its init is not known
+        self._buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(buffer on meta) -> (it, its values)
 
     def add(self, name: str, param: torch.Tensor, init: Init | None, why: str = "") -> None:
         self._inits[id(param)] = (param, init)
@@ -113,6 +114,15 @@ class InitRecord:
     def init_of(self, param: Any) -> Init | None:
         entry = self._inits.get(id(param))
         return entry[1] if entry is not None and entry[0] is param else None
+
+    def add_buffer(self, buffer: torch.Tensor, values: torch.Tensor) -> None:
+        self._buffers[id(buffer)] = (buffer, values)
+
+    def buffer_values(self, buffer: Any) -> torch.Tensor | None:
+        """The values a buffer on meta had when the build ended (the constants `__init__` computed: masks,
+        frequencies, running statistics), which `--fix` writes with a model it fixes without weights."""
+        entry = self._buffers.get(id(buffer))
+        return entry[1] if entry is not None and entry[0] is buffer else None
 
 
 class _Tracked:
@@ -200,15 +210,17 @@ class InitRecorder(TorchFunctionMode):
         )
 
     def record(self, model: nn.Module) -> InitRecord:
-        """Move the buffers to meta too (they stayed real while `__init__` ran) and name each parameter's init."""
+        """Move the buffers to meta too (they stayed real while `__init__` ran; the record keeps their values) and
+        name each parameter's init."""
+        record = InitRecord()
         for module in model.modules():
             for name, tensor in list(module._buffers.items()):
                 if tensor is not None and not tensor.is_meta:
                     module._buffers[name] = tensor.to("meta")
+                    record.add_buffer(module._buffers[name], tensor)
         for param in model.parameters():
             if id(param) not in self._by_param:  # a deep copy: it has the init of what it copies
                 self._track(param, unknown("")).pieces = list(self._converted[_key(param)].pieces)
-        record = InitRecord()
         for name, param in model.named_parameters():
             tracked = self._by_param[id(param)]
             unknown_pieces = [d for _, _, d in tracked.pieces if not d.known]
@@ -374,6 +386,17 @@ class InitRecorder(TorchFunctionMode):
         if broadcast:
             return replace(dist, identical_units=True, how=f"{dist.describe()}, copied to every unit by {how}")
         return dist
+
+
+def recorded_writes(tensors: Sequence[torch.Tensor], write: Callable[[], Any]) -> list[Init | None]:
+    """The init `write()` gives each of `tensors` (on meta), as a record of a build would know it; None for a tensor
+    it leaves partly unwritten or writes in a way the record cannot follow. Nothing is computed: this is how
+    `--fix` plans a re-init of a model it fixes without weights."""
+    recorder = InitRecorder()
+    tracked = [recorder._track(t, unknown("not written")) for t in tensors]
+    with recorder:
+        write()
+    return [Recorded(t.pieces, t.row_size) if all(d.known for _, _, d in t.pieces) else None for t in tracked]
 
 
 def _after(dist: Dist, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], how: str, view: torch.Tensor, recorder: InitRecorder) -> Dist:
