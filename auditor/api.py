@@ -85,7 +85,9 @@ def fix(
     `out`: also write the fixed model as a self-contained folder (refused if it exists, unless `force`).
     `shortcut`: RES001's shortcut, "conv" (1x1 conv + BN) or "pad" (parameter-free). `skip_concat`: RES004's
     alignment of a skip concatenation, "pad" the smaller operand or center-"crop" the larger. Re-inits are seeded
-    with `seed`. Raises TargetError when the model cannot be captured or the fix fails."""
+    with `seed`. A model on the meta device is fixed without weights: the fixed module is on meta too, and `out`
+    gets code that builds and initializes it (README, "Fixing without the weights"). Raises TargetError when the
+    model cannot be captured or the fix fails."""
     if shortcut not in ("conv", "pad"):
         raise ValueError(f"shortcut={shortcut!r}: expected 'conv' or 'pad'")
     if skip_concat not in ("pad", "crop"):

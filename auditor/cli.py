@@ -292,14 +292,12 @@ def _options(
 
 
 def _weights(meta: bool, max_memory: str | None, options: Options, config: Config) -> tuple[bool, int | None]:
-    """--meta and --max-memory (else `max-memory` in the config); --probe and --fix need real weights, so they
-    cannot go with --meta."""
+    """--meta and --max-memory (else `max-memory` in the config); --probe needs real weights, so it cannot go
+    with --meta (--fix can: it fixes the model without its weights)."""
     from auditor.memory import parse_size
 
     if meta and options.probe:
         raise UsageError("--probe needs real weights; it cannot run with --meta")
-    if meta and options.fix is not None:
-        raise UsageError("--fix cannot run with --meta yet: fixing a model without its weights is not supported")
     return meta, parse_size(max_memory) if max_memory is not None else config.max_memory
 
 

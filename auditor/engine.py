@@ -157,8 +157,10 @@ class Engine:
         return result
 
     def _refusal(self, loaded: LoadedModel) -> str | None:
-        """Why --probe or --fix, which need the real weights and a copy of them, cannot run on this model."""
-        asked = [flag for flag, wanted in (("--probe", self.options.probe), ("--fix", self.options.fix is not None)) if wanted]
+        """Why --probe or --fix, which need the real weights and a copy of them, cannot run on this model. A
+        model audited without its weights is fixed without them (auditor/fixing/initplan.py)."""
+        fix = self.options.fix is not None and not loaded.weights.on_meta
+        asked = [flag for flag, wanted in (("--probe", self.options.probe), ("--fix", fix)) if wanted]
         return loaded.weights.refusal(" and ".join(asked)) if asked else None
 
     # --- --fix ------------------------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ class Engine:
 
         try:
             outcome = fix_model(loaded, inputs, graph.method, self.options, self._output_folder(),
-                                lambda fixing: _kept(run_graph_rules(fixing, self.options, []), self.options))
+                                lambda fixing, inits: _kept(run_graph_rules(fixing, self.options, [], inits), self.options))
             try:
                 reaudit = Engine(replace(self.options, fix=None, capture=(outcome.fixed.method,))).audit_loaded(outcome.written)
                 if reaudit.status != "ok":

@@ -160,11 +160,14 @@ class InitScale(Rule):
         method, gains, follows = _init_for(activation)
         receptive = int(weight[0][0].numel())
         std = _std(method, gains[0], int(weight.shape[1]) * receptive, int(weight.shape[0]) * receptive)
-        before = float(weight.detach().float().std())
+        init = ctx.init_of(weight)
+        moments = init.std_mean() if init is not None else None
+        before = f"weight std {moments[0]:.3g}" if moments is not None else "weight"
         ctx.reinit_with(node.module, "weight", lambda t, g: torch.nn.init.normal_(t, 0.0, std, generator=g))
-        if isinstance(getattr(module, "bias", None), torch.Tensor):
+        biased = isinstance(getattr(module, "bias", None), torch.Tensor)
+        if biased:
             ctx.reinit_with(node.module, "bias", lambda t, g: torch.nn.init.zeros_(t))
-        return ctx.fixed(finding, f"weight std {before:.3g} => {method} normal std {std:.3g} ({follows}), bias zeroed")
+        return ctx.fixed(finding, f"{before} => {method} normal std {std:.3g} ({follows}){', bias zeroed' if biased else ''}")
 
 
 def _measure(ctx: GraphContext, order: dict[int, int]) -> dict[int, _Layer]:

@@ -85,12 +85,8 @@ class BiasBeforeBatchNorm(Rule):
         """Drop the bias and fold it into the BatchNorm's running mean (outputs unchanged, verified)."""
         layer = ctx.node(finding)
         norm = self.fix_plan(ctx, layer)
-        ctx.fold_bias(layer, norm)
-        return ctx.fixed(
-            finding,
-            f"{ctx.chain(layer, norm)} with bias => without bias (folded into `{norm.module}.running_mean`)",
-            safe=True,
-        )
+        folded = ctx.fold_bias(layer, norm)
+        return ctx.fixed(finding, f"{ctx.chain(layer, norm)} with bias => without bias ({folded})", safe=True)
 
 
 def _same_channels(layer: Node, norm: Node) -> bool:

@@ -216,6 +216,8 @@ class ModelSource:
     summary: list[str] = field(default_factory=list)  # one line per applied fix
     has_inputs_file: bool = False
     input_specs: list[str] = field(default_factory=list)
+    inits: str | None = None  # a model fixed without its weights: the `INITS = [...]` its load_model() draws
+    buffers: list[str] = field(default_factory=list)  # ... and the buffers whose values are in buffers.pt
 
 
 def attribute_lines(gm: fx.GraphModule) -> tuple[list[str], list[str]]:
@@ -357,6 +359,7 @@ def render_model(gm: fx.GraphModule, source: ModelSource) -> tuple[str, list[str
     ties = _ties(gm)
     frozen = [n for n, p in gm.named_parameters() if not p.requires_grad]
     unsaved = sorted(unsaved_buffers(gm))
+    without_weights = source.inits is not None
     changes = "\n".join(f"  - {line}" for line in source.summary) or "  (none: the model is unchanged)"
     inputs_doc = (
         "example_inputs() returns the inputs the audit ran it on (inputs.pt)."
@@ -368,8 +371,7 @@ def render_model(gm: fx.GraphModule, source: ModelSource) -> tuple[str, list[str
 Changes:
 {changes}
 
-Self-contained: needs only torch; weights are in weights.pt next to this file (tensors only, loaded with
-weights_only=True). Load it from anywhere:
+{_WITHOUT_WEIGHTS_DOC if without_weights else _WEIGHTS_DOC}
 
     import sys; sys.path.insert(0, "path/to/this/folder")
     import model; net = model.load_model()   # in eval mode, every submodule alike; .train() to train it
@@ -387,8 +389,8 @@ import torch.nn as nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIED = {ties!r}  # (parameter, the parameter it shares storage with)
 FROZEN = {frozen!r}  # parameters with requires_grad=False
-UNSAVED = {unsaved!r}  # non-persistent buffers (not in state_dict()): their values are in buffers.pt
-
+UNSAVED = {unsaved!r}  # non-persistent buffers (not in state_dict()){"" if without_weights else ": their values are in buffers.pt"}
+{_init_table(source) if without_weights else ""}
 
 class {source.class_name}({"nn.Sequential" if isinstance(gm, nn.Sequential) else "nn.Module"}):
     def __init__(self):
@@ -410,10 +412,31 @@ def _attach(root, qualname, value, buffer=False, persistent=True):
         owner.add_module(name, value)
 
 
-def load_model(device="cpu"):
+{_load_without_weights(source) if without_weights else _LOAD_WEIGHTS.format(name=source.class_name)}
+
+
+def build_model():
+    """The contract's factory name: the same as load_model()."""
+    return load_model()
+
+
+{_example_inputs_source(source)}
+'''
+    return text, notes
+
+
+_WEIGHTS_DOC = """Self-contained: needs only torch; weights are in weights.pt next to this file (tensors only, loaded with
+weights_only=True). Load it from anywhere:"""
+_WITHOUT_WEIGHTS_DOC = """Self-contained: needs only torch. It holds no trained weights: the model was fixed without them (it was
+audited on the meta device; see FIXES.md). load_model() builds it and initializes every parameter as INITS says
+(the init calls recorded while the audited model was built, and the fixes' re-inits), from torch's global RNG:
+seed it with torch.manual_seed() for reproducible weights, or load a checkpoint with model.load_state_dict().
+Load it from anywhere:"""
+
+_LOAD_WEIGHTS = '''def load_model(device="cpu"):
     """The fixed model with its weights, on `device`, in eval mode (call .train() to train it)."""
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
-        model = {source.class_name}()
+        model = {name}()
     state = torch.load(os.path.join(HERE, "weights.pt"), map_location=device, weights_only=True)
     model.load_state_dict(state, assign=True)
     if UNSAVED:
@@ -427,17 +450,52 @@ def load_model(device="cpu"):
     for module in model.modules():
         if isinstance(module, nn.RNNBase):
             module.flatten_parameters()  # cuDNN wants the loaded weights in one chunk again
-    return model.eval()
+    return model.eval()'''
 
 
-def build_model():
-    """The contract's factory name: the same as load_model()."""
-    return load_model()
+def _init_table(source: ModelSource) -> str:
+    """INITS, BUFFERS and the function that applies INITS, for a model fixed without its weights."""
+    return f'''
+BUFFERS = {source.buffers!r}  # buffers whose values (computed by the audited model's __init__) are in buffers.pt
+
+# How load_model() initializes each parameter: (nn.init function, its arguments, elementwise steps after it,
+# [parameter, or (parameter, first row, end row)]). Parameters not listed keep their module's default init.
+{source.inits}
 
 
-{_example_inputs_source(source)}
+{_INITIALIZE}
 '''
-    return text, notes
+
+
+_INITIALIZE = '''def _initialize(model):
+    """Draw every parameter listed in INITS (from torch's global RNG)."""
+    with torch.no_grad():
+        for function, arguments, steps, targets in INITS:
+            for target in targets:
+                name, rows = (target, None) if isinstance(target, str) else (target[0], slice(target[1], target[2]))
+                tensor = model.get_parameter(name)
+                region = tensor if rows is None else tensor[rows]
+                getattr(nn.init, function)(region, **arguments)
+                for method, args, kwargs in steps:
+                    getattr(region, method)(*args, **kwargs)'''
+
+
+def _load_without_weights(source: ModelSource) -> str:
+    return f'''def load_model(device="cpu"):
+    """The fixed architecture on `device` ("meta": shapes only, no memory), initialized as INITS says, in eval
+    mode (call .train() to train it). It has no trained weights: see FIXES.md."""
+    with torch.device(device):
+        model = {source.class_name}()
+    _initialize(model)
+    if BUFFERS:
+        buffers = torch.load(os.path.join(HERE, "buffers.pt"), map_location=device, weights_only=True)
+        for name in BUFFERS:
+            _attach(model, name, buffers[name], buffer=True, persistent=name not in UNSAVED)
+    for name, same_as in TIED:
+        _attach(model, name, model.get_parameter(same_as))
+    for name in FROZEN:
+        model.get_parameter(name).requires_grad_(False)
+    return model.eval()'''
 
 
 def unsaved_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -488,39 +546,80 @@ def _ties(gm: fx.GraphModule) -> list[tuple[str, str]]:
 
 
 def render_weights_loader(origin: dict[str, Any], dropped: list[str], target: str, summary: list[str], has_inputs: bool,
-                          input_specs: list[str]) -> str:
-    """`model.py` for a model whose code cannot be regenerated: import the user's source again (by file path,
-    else by module name), build the model as the audit did, remove the parameters a fix removed (a folded bias),
-    and load the fixed weights."""
+                          input_specs: list[str], inits: str | None = None) -> str:
+    """`model.py` for a model whose code cannot be regenerated: build the model again from the user's source (by
+    file path, else by module name) or, for a Hugging Face config, from the config.json copied next to it; remove
+    the parameters a fix removed (a folded bias); then load the fixed weights, or, for a model fixed without its
+    weights (`inits`: the INITS of the parameters the fixes re-initialized), draw those parameters."""
     changes = "\n".join(f"  - {line}" for line in summary) or "  (none: the weights are unchanged)"
     source = ModelSource(class_name="", origin=target, has_inputs_file=has_inputs, input_specs=input_specs)
-    return f'''"""Fixed weights for {target}, written by `audit --fix` (auditor).
+    from_config = "config" in origin
+    built = ("load_model() builds the model from config.json next to this file with transformers, as the audit did"
+             if from_config else "load_model() imports your source again\n(ORIGIN below: that file must still exist), "
+             "builds the model the way the audit did")
+    if inits is None:
+        what = f"Fixed weights for {target}"
+        then = ("and loads the fixed weights\nfrom weights.pt next to this file (tensors only)."
+                + ("" if from_config else " This folder can move; your source cannot."))
+        finish = '''    state = torch.load(os.path.join(HERE, "weights.pt"), map_location=device, weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval()'''
+        table = ""
+    else:
+        what = f"The fixed {target}, without weights"
+        then = ("and\nre-initializes what the fixes changed (INITS below): the model was fixed without its weights "
+                "(it was audited\non the meta device; see FIXES.md), so it has your code's init, not trained weights.")
+        finish = '''    _initialize(model)
+    return model.eval()'''
+        table = f"""
+# The parameters the fixes re-initialized: (nn.init function, its arguments, elementwise steps after it,
+# [parameter, or (parameter, first row, end row)]); the others keep the init your code gives them.
+{inits}
+
+
+{_INITIALIZE}
+"""
+    return f'''"""{what}, written by `audit --fix` (auditor).
 
 Changes:
 {changes}
 
-torch.fx could not trace this model, so its code is not regenerated: load_model() imports your source again
-(ORIGIN below: that file must still exist), builds the model the way the audit did, and loads the fixed weights
-from weights.pt next to this file (tensors only). This folder can move; your source cannot.
+torch.fx could not trace this model, so its code is not regenerated: {built}, {then}
 
     import sys; sys.path.insert(0, "path/to/this/folder")
     import model; net = model.load_model()   # in eval mode; .train() to train it
 """
 
-import copy
-import importlib
-import importlib.util
-import os
-import sys
+{"import json" if from_config else _SOURCE_IMPORTS}
+import os{"" if from_config else chr(10) + "import sys"}
 
 import torch
+import torch.nn as nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORIGIN = {origin!r}
 DROPPED = {dropped!r}  # parameters the fixes removed (set to None after building)
+{table}
+
+{_CONFIG_BUILD if from_config else _SOURCE_BUILD}
 
 
-def _import_origin():
+def load_model(device="cpu"):
+    """The model built again, {"with the fixed weights" if inits is None else "its fixed parameters re-initialized"}, on `device`, in eval mode (.train() to train it)."""
+    with torch.device(device):
+        model = _build()
+    for name in DROPPED:
+        path, _, attr = name.rpartition(".")
+        owner = model.get_submodule(path) if path else model
+        owner.register_parameter(attr, None)
+{finish}
+
+
+{_example_inputs_source(source)}
+'''
+
+
+_SOURCE_BUILD = '''def _import_origin():
     path = ORIGIN.get("file")
     if path and os.path.isfile(path):
         folder, parts = os.path.dirname(path), [os.path.splitext(os.path.basename(path))[0]]
@@ -536,22 +635,27 @@ def _import_origin():
         spec.loader.exec_module(module)
         return module
     if path:
-        raise FileNotFoundError(f"the model's source {{path}} is gone; this folder holds only its fixed weights")
+        raise FileNotFoundError(f"the model's source {path} is gone; this folder holds only its fixed weights")
     return importlib.import_module(ORIGIN["module"])
 
 
-def load_model(device="cpu"):
-    """The model built from its source, with the fixed weights, on `device`, in eval mode (.train() to train it)."""
+def _build():
     obj = getattr(_import_origin(), ORIGIN["name"])
-    model = copy.deepcopy(obj) if isinstance(obj, torch.nn.Module) else obj(**ORIGIN["kwargs"])
-    for name in DROPPED:
-        path, _, attr = name.rpartition(".")
-        owner = model.get_submodule(path) if path else model
-        owner.register_parameter(attr, None)
-    state = torch.load(os.path.join(HERE, "weights.pt"), map_location=device, weights_only=True)
-    model.load_state_dict(state)
-    return model.to(device).eval()
+    return copy.deepcopy(obj) if isinstance(obj, torch.nn.Module) else obj(**ORIGIN["kwargs"])'''
 
+_CONFIG_BUILD = '''def _build():
+    """The architecture config.json describes, built by transformers (its "architectures" class, else AutoModel)."""
+    import transformers
 
-{_example_inputs_source(source)}
-'''
+    with open(os.path.join(HERE, "config.json"), encoding="utf-8") as file:
+        fields = {**json.load(file), **ORIGIN["kwargs"]}
+    config = transformers.AutoConfig.for_model(**fields)
+    for name in fields.get("architectures") or []:
+        cls = getattr(transformers, str(name), None)
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            return getattr(cls, "_from_config", cls)(config)
+    return transformers.AutoModel.from_config(config)'''
+
+_SOURCE_IMPORTS = """import copy
+import importlib
+import importlib.util"""

@@ -12,16 +12,22 @@ rewrites need a torch.fx capture (`ctx.can_rewrite`); module-level changes (re-i
 every capture. Every change is journaled (graph edits, and the tensors a fix writes, which are copied from the
 user's on first write), so the fix loop can undo one fix without a copy of the model.
 
+A model built without its weights (`ctx.without_weights`, on meta) has no values to write: the re-init
+primitives plan the init instead (`initplan.py`; the written code draws it), and `fold_bias` only drops the bias.
+A fix reads a weight's init with `ctx.init_of(param)`, never its values.
+
 Rules import this module only for type hints: everything is reached through `ctx`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from auditor.findings import AppliedFix, Finding
 from auditor.fixing import rewrite
+from auditor.fixing.initplan import InitPlan
 from auditor.fixing.plan import PlanContext
 from auditor.fixing.rewrite import CannotFix, Stale
 from auditor.fixing.workspace import Workspace
@@ -31,6 +37,8 @@ if TYPE_CHECKING:
     import torch
     import torch.fx as fx
     import torch.nn as nn
+
+    from auditor.graph.inits import Init
 
 __all__ = ["FixContext", "CannotFix", "Stale"]
 
@@ -43,6 +51,7 @@ class FixContext(PlanContext):
     reshaped: bool = False  # a rewrite changed value shapes: the graph's recorded shapes downstream are stale
     bypassed: list[fx.Node] = field(default_factory=list)  # removed from the dataflow, erased at the end
     stale_after: list[fx.Node] = field(default_factory=list)  # values whose recorded shapes (and downstream) a fix changed
+    finding: Finding | None = None  # the finding being fixed (set by the fix loop): named by planned inits
 
     @property
     def model(self) -> nn.Module:
@@ -55,7 +64,25 @@ class FixContext(PlanContext):
         assert self.workspace is not None
         return self.workspace.journal
 
+    @property
+    def without_weights(self) -> bool:
+        """The model is fixed without its weights (built on meta): inits are planned, not drawn."""
+        return self._plan is not None
+
+    @property
+    def _plan(self) -> InitPlan | None:
+        return self.workspace.inits if self.workspace is not None else None
+
     # --- reading --------------------------------------------------------------------------------------------
+    def init_of(self, param: torch.Tensor) -> Init | None:
+        """What is known of a weight's initial values (as `GraphContext.init_of`): read from its values, or from
+        the planned inits of a model without weights."""
+        if self._plan is not None:
+            return self._plan.init_of(param)
+        from auditor.graph.inits import measured
+
+        return measured(param)
+
     def audit_node(self, fx_node: fx.Node) -> Node | None:
         """The graph node of an fx node (None for nodes a rewrite created)."""
         try:
@@ -116,11 +143,15 @@ class FixContext(PlanContext):
     def insert_shortcut(self, merge: Node, identity: Node, branch: Node) -> str:
         """RES001: a shortcut between `identity` and the add `merge` (a 1x1 conv + BN with the stride, a
         zero-pad one with `--shortcut pad`, or a Linear projection for features); returns the action text."""
+        import torch
+
         planned = self.plan_shortcut(merge, identity, branch)
         value: Node | fx.Node = identity
         name = f"{merge.module}.shortcut" if merge.module else "shortcut"
         if planned.has_parameters:
-            name = self.add_module(name, planned.build(self._fill, name))
+            with torch.device("meta") if self.without_weights else contextlib.nullcontext():
+                built = planned.build(self._fill, name)
+            name = self.add_module(name, built)
             for call in planned.calls(name):
                 value = self.insert_before(merge, "call_module", call, (value,))
         else:
@@ -167,7 +198,7 @@ class FixContext(PlanContext):
 
     def reinit_with(self, qualname: str, tensor_name: str, fill: Callable[[torch.Tensor, torch.Generator], Any]) -> None:
         """Re-initialize a tensor with `fill(cpu_tensor, generator)`, seeded."""
-        self._fill(self._writable(qualname, tensor_name), f"{qualname}.{tensor_name}", fill)
+        self._fill(self._target(qualname, tensor_name), f"{qualname}.{tensor_name}", fill)
 
     def reinit_with_module(self, module: nn.Module, tensor_name: str, fill: Callable[[torch.Tensor, torch.Generator], Any], key: str) -> None:
         """Seeded init of a tensor of a module not (yet) in the model, e.g. a new shortcut."""
@@ -178,7 +209,7 @@ class FixContext(PlanContext):
         from auditor.fixing.init import gate_count, orthogonal_gates
 
         gates = gates or gate_count(self.module(qualname))
-        orthogonal_gates(self._writable(qualname, tensor_name), gates, self.generator(f"{qualname}.{tensor_name}"))
+        self._fill(self._target(qualname, tensor_name), f"{qualname}.{tensor_name}", orthogonal_gates(gates))
         return gates
 
     def reset_parameters(self, qualname: str) -> None:
@@ -191,6 +222,10 @@ class FixContext(PlanContext):
         module = self.module(qualname)
         if not callable(getattr(module, "reset_parameters", None)):
             raise CannotFix(f"`{qualname}` ({type(module).__name__}) has no reset_parameters()")
+        if self._plan is not None:  # the module's own init, recorded on a copy of it (on meta: no values)
+            scratch = copy.deepcopy(module)
+            self._plan.plan(list(zip(module.parameters(), scratch.parameters())), scratch.reset_parameters, self._why())
+            return
         scratch = copy.deepcopy(module).cpu()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.generator(qualname).initial_seed()) % (2**63))
@@ -201,9 +236,10 @@ class FixContext(PlanContext):
                 owner, _, leaf = name.rpartition(".")
                 self._writable(f"{qualname}.{owner}" if owner else qualname, leaf).copy_(fresh[name])
 
-    def fold_bias(self, layer: Node, norm: Node) -> None:
+    def fold_bias(self, layer: Node, norm: Node) -> str:
         """Drop a conv/linear's bias and fold it into the BatchNorm's running mean: BN(x + b) with running mean
-        mu equals BN(x) with running mean mu - b, and in training the batch mean cancels b anyway."""
+        mu equals BN(x) with running mean mu - b, and in training the batch mean cancels b anyway. Without
+        weights there is no value to fold: the bias is only dropped. Returns what became of the bias."""
         import torch
 
         self.check_fold_bias(layer, norm)
@@ -212,10 +248,14 @@ class FixContext(PlanContext):
         bias = getattr(conv, "bias", None)
         if not isinstance(bias, torch.Tensor):
             self.cannot(f"`{layer.module}` has no bias")
-        if getattr(bn, "running_mean", None) is not None:
-            with torch.no_grad():
-                self._writable(norm.module, "running_mean").sub_(bias.detach().to(bn.running_mean.dtype))
         self.workspace.set_tensor(conv, "bias", None)
+        if self.without_weights:
+            return "no weights, so nothing to fold"
+        if getattr(bn, "running_mean", None) is None:
+            return f"`{norm.module}` keeps no running mean"
+        with torch.no_grad():
+            self._writable(norm.module, "running_mean").sub_(bias.detach().to(bn.running_mean.dtype))
+        return f"folded into `{norm.module}.running_mean`"
 
     def is_constant(self, tensor: torch.Tensor) -> bool:
         from auditor.fixing.init import is_constant
@@ -241,10 +281,25 @@ class FixContext(PlanContext):
         self._tensor(qualname, tensor_name)
         return self.workspace.writable(self.module(qualname), tensor_name)
 
+    def _target(self, qualname: str, tensor_name: str) -> torch.Tensor:
+        """The tensor a re-init fills: the copy's own (copy-on-write), or on meta the parameter itself, whose init
+        is planned and never written."""
+        return self._tensor(qualname, tensor_name) if self.without_weights else self._writable(qualname, tensor_name)
+
     def _fill(self, tensor: torch.Tensor, key: str, fill: Callable[[torch.Tensor, torch.Generator], Any]) -> None:
         from auditor.fixing.init import reinit
 
-        reinit(tensor, fill, self.generator(key))
+        generator = self.generator(key)
+        if self._plan is not None:
+            self._plan.plan([(tensor, tensor)], lambda: fill(tensor, generator), self._why())
+        else:
+            reinit(tensor, fill, generator)
+
+    def _why(self) -> str:
+        """How a planned init names the fix that planned it (a comment in the written INITS)."""
+        if self.finding is None:
+            return "--fix"
+        return f"--fix {self.finding.code} [{self.finding.module or '<root>'}]"
 
     def _placement(self) -> dict[str, Any]:
         for tensor in list(self.model.parameters()) + list(self.model.buffers()):

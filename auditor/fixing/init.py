@@ -47,14 +47,15 @@ def reinit(tensor: torch.Tensor, fill: Callable[[torch.Tensor, torch.Generator],
         tensor.copy_(scratch.to(tensor.dtype))
 
 
-def orthogonal_gates(tensor: torch.Tensor, gates: int, gen: torch.Generator) -> None:
-    """Each of the `gates` stacked blocks (rows) orthogonal on its own."""
-    rows = tensor.shape[0] // gates
-    scratch = torch.empty(tensor.shape, dtype=torch.float32)
-    for index in range(gates):
-        nn.init.orthogonal_(scratch[index * rows:(index + 1) * rows], generator=gen)
-    with torch.no_grad():
-        tensor.copy_(scratch.to(tensor.dtype))
+def orthogonal_gates(gates: int) -> Callable[[torch.Tensor, torch.Generator], None]:
+    """A fill that makes each of the `gates` stacked blocks (rows) orthogonal on its own."""
+
+    def fill(tensor: torch.Tensor, gen: torch.Generator) -> None:
+        rows = tensor.shape[0] // gates
+        for index in range(gates):
+            nn.init.orthogonal_(tensor[index * rows:(index + 1) * rows], generator=gen)
+
+    return fill
 
 
 def gate_count(module: nn.Module) -> int:

@@ -13,6 +13,10 @@
    passes follows how fixes depend on each other, not how many there are; `MAX_PASSES` only stops a chain of
    fixes that keeps exposing new findings, and says so.
 Undoing a fix replays its journal: the graph edits and the tensors it wrote, never a copy of the model.
+
+A model built without its weights (on meta) goes through the same passes: its forward passes carry shapes only,
+its re-inits are planned (`initplan.py`) and read back by the rules through the plan, and output-keeping fixes
+cannot be verified (there are no outputs to compare), so they are listed as changing behaviour.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from auditor.errors import first_line
 from auditor.findings import AppliedFix, Finding
 from auditor.fixing import rewrite
 from auditor.fixing.context import FixContext
+from auditor.fixing.initplan import InitPlan
 from auditor.fixing.layout import align_sequentials, mirrored
 from auditor.fixing.modes import restore_training_flags
 from auditor.fixing.plan import reasons
@@ -37,7 +42,7 @@ from auditor.graph import AuditGraph
 from auditor.options import FixOptions, Options
 
 MAX_PASSES = 64
-FindingsOf = Callable[[AuditGraph], list[Finding]]  # the engine's graph rules, with fixability judged
+FindingsOf = Callable[[AuditGraph, Any], list[Finding]]  # the engine's graph rules (graph, inits), fixability judged
 Key = tuple[str, "str | None", str]  # (code, node, message): one finding, across passes
 
 
@@ -64,8 +69,9 @@ class FixSession:
     """One model's fix loop. `start()` makes the copy and its first capture; `run()` applies the fixes."""
 
     def __init__(self, source: nn.Module, sites: dict[str, Any], inputs: tuple[Any, ...], method: str,
-                 options: Options, findings_of: FindingsOf) -> None:
+                 options: Options, findings_of: FindingsOf, weights: Any = None) -> None:
         self.source, self.sites, self.inputs, self.method = source, sites, inputs, method
+        self.weights = weights  # the model's `Weights` (loading/meta.py): on meta, inits are planned
         self.options = options
         self.fix_options = options.fix or FixOptions(out=None)
         self.findings_of = findings_of
@@ -83,6 +89,8 @@ class FixSession:
             self.workspace = Workspace.of(self.source)
         except Exception as exc:  # noqa: BLE001 - a model holding something that cannot be copied
             raise FixFailure(f"the model cannot be copied ({type(exc).__name__}: {first_line(exc)}); nothing was changed") from exc
+        if self.without_weights:
+            self.workspace.inits = InitPlan(self.weights.inits, self.workspace.journal)
         try:
             self.graph = self._first_capture()
         except Exception as exc:  # noqa: BLE001
@@ -92,6 +100,10 @@ class FixSession:
     def model(self) -> nn.Module:
         assert self.workspace is not None
         return self.workspace.model
+
+    @property
+    def without_weights(self) -> bool:
+        return self.weights is not None and self.weights.on_meta
 
     def _first_capture(self) -> AuditGraph:
         from auditor.capture import capture, eval_mode, quiet_torch
@@ -178,7 +190,8 @@ class FixSession:
         from auditor.rule import find_rule
 
         todo = []
-        findings = [f for f in self.findings_of(graph) if _key(f) not in self.tried]
+        inits = self.workspace.inits if self.workspace is not None else None
+        findings = [f for f in self.findings_of(graph, inits) if _key(f) not in self.tried]
         for finding, reason in zip(findings, reasons(graph, findings, self.fix_options)):
             rule = find_rule(finding.code)
             if rule is None or getattr(rule, "fix", None) is None:
@@ -197,8 +210,9 @@ class FixSession:
         dirty: set[fx.Node] = set()
         applied: list[_Applied] = []
         deferred: list[Finding] = []
-        safe = [(r, f) for r, f in todo if getattr(r, "fix_safe", False)]
-        others = [(r, f) for r, f in todo if not getattr(r, "fix_safe", False)]
+        verifiable = not self.without_weights  # on meta there are no outputs to compare
+        safe = [(r, f) for r, f in todo if getattr(r, "fix_safe", False) and verifiable]
+        others = [(r, f) for r, f in todo if not getattr(r, "fix_safe", False) or not verifiable]
         if safe:
             reference = try_outputs(self.model, self.inputs)
             if reference is None:  # the model does not run yet: verify them in a later pass
@@ -209,7 +223,8 @@ class FixSession:
             done = self._attempt(ctx, rule, finding, dirty, deferred)
             if done is not None:
                 if done.fix.safe:
-                    self.notes.append(f"{_where(finding)}: claims to keep outputs but was not verified: listed as changing behaviour")
+                    if verifiable:
+                        self.notes.append(f"{_where(finding)}: claims to keep outputs but was not verified: listed as changing behaviour")
                     done.fix = replace(done.fix, safe=False)
                 applied.append(done)
         self.applied += applied
@@ -248,6 +263,7 @@ class FixSession:
         start = journal.mark()
         ctx.read = set()
         ctx.stale_after = []
+        ctx.finding = finding
         try:
             applied = rule.fix(ctx, finding)
             problem: BaseException | None = None if applied is not None else CannotFix("the fix does not apply here")

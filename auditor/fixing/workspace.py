@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from auditor.fixing.initplan import InitPlan
 from auditor.fixing.rewrite import Journal
 
 
@@ -25,6 +26,7 @@ class Workspace:
         self.journal = Journal()
         self._shared = shared  # ids of the tensors still shared with the user's model
         self._index: dict[int, list[tuple[nn.Module, str]]] | None = None
+        self.inits: InitPlan | None = None  # a model without weights (on meta): its planned inits (initplan.py)
 
     @classmethod
     def of(cls, source: nn.Module) -> Workspace:
@@ -94,7 +96,7 @@ class Workspace:
         for module in self.model.modules():
             for table in (module._parameters, module._buffers):
                 for name, value in list(table.items()):
-                    if value is None or id(value) not in self._shared:
+                    if value is None or id(value) not in self._shared or value.is_meta:  # meta: no values to share
                         continue
                     if id(value) not in copies:
                         fresh = value.detach().clone()

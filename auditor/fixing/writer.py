@@ -3,8 +3,11 @@
 A fixed model is a folder (written by `save.py`):
 
     model.py             generated code: the model's class, load_model(), example_inputs()
-    weights.pt           its state_dict, tensors only (torch.load(..., weights_only=True))
-    buffers.pt           its non-persistent buffers, which state_dict() leaves out (only when it has some)
+    weights.pt           its state_dict, tensors only (torch.load(..., weights_only=True)); none for a model
+                         fixed without its weights (its model.py draws them: INITS)
+    buffers.pt           its non-persistent buffers, which state_dict() leaves out (only when it has some);
+                         without weights, every buffer whose values the build computed
+    config.json          the Hugging Face config the model is built from (a config.json target torch.fx cannot trace)
     inputs.pt            the example inputs the audit ran it on (tensors only; omitted when large)
     auditor-fixed.json   the manifest `audit DIR` loads: {"format", "module", "factory", "target", "kind", ...}
     FIXES.md             what changed (code, module, before => after, safety) and what remains
@@ -48,6 +51,7 @@ class FolderContents:
     input_specs: list[str] = field(default_factory=list)
     remaining: list[str] = field(default_factory=list)  # filled after the re-audit
     diff: str | None = None
+    without_weights: str | None = None  # why the model was fixed without its weights (None: they are carried)
 
 
 def save_tensors(path: Path, tensors: dict[str, Any]) -> None:
@@ -67,7 +71,7 @@ def keeps_inputs(inputs: tuple[Any, ...]) -> bool:
     """Whether the example inputs go into inputs.pt: plain tensors of reasonable size."""
     import torch
 
-    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+    if not inputs or not all(isinstance(t, torch.Tensor) and not t.is_meta for t in inputs):
         return False
     return sum(t.numel() * t.element_size() for t in inputs) <= INPUTS_LIMIT
 
@@ -93,6 +97,7 @@ def write_manifest(folder: Path, contents: FolderContents, extra: dict[str, Any]
         "target": contents.target,
         "input_specs": contents.input_specs,
         "fixes": [f.to_json() for f in contents.fixes],
+        "weights_carried": contents.without_weights is None,
         **(extra or {}),
         "files": sorted({p.name for p in folder.iterdir()} | {FIXED_MANIFEST}),
     }
@@ -108,11 +113,22 @@ def fixes_markdown(contents: FolderContents) -> str:
             lines.append(f"| {fix.code} | `{fix.module or '<root>'}` | {fix.action.replace('|', '/')} | {safety} |")
     else:
         lines.append("No fix applied: the model is written unchanged.")
+    if contents.without_weights is not None:
+        lines += ["", "## Weights were not carried", "",
+                  f"The model was audited and fixed without its weights ({contents.without_weights}): this folder holds",
+                  "the fixed architecture and how to initialize it, not trained values. `load_model()` builds it and",
+                  "initializes it as the notes below say (`INITS` in `model.py`); `load_model(\"meta\")` builds it without",
+                  "memory. Load trained weights with `model.load_state_dict(...)`: unchanged layers keep their keys.",
+                  "The fixes were checked on the meta device: the written model loads, runs a meta forward with the output",
+                  "shapes of the fixed one, draws the planned init, and re-audits clean of what was fixed. Outputs cannot be",
+                  "compared without weights, so no fix is listed as keeping them."]
     lines += ["", "`load_model()` in `model.py` returns the model in eval mode (every submodule alike, so its outputs are",
               "deterministic); call `.train()` on it to train."]
     if contents.kind == "weights":
+        then = "loads the fixed weights" if contents.without_weights is None else "re-initializes what the fixes changed"
         lines += ["", "This model could not be traced with torch.fx, so its code is not regenerated: `model.py` rebuilds",
-                  "it from your source file (which must stay where it is) and loads the fixed weights."]
+                  f"it from your source file (which must stay where it is), or from the Hugging Face `config.json` copied",
+                  f"here, and {then}."]
     else:
         lines += ["", "The module tree is yours: same attribute names, `nn.Sequential` / `nn.ModuleList` / `nn.ModuleDict`",
                   "containers kept, so unchanged layers keep their `state_dict()` keys and load from your old checkpoints.",

@@ -5,7 +5,9 @@ Every model the tool builds is built on the meta device first, with its init cal
 again with real weights; one over it (or any model with `--meta`) stays on meta, and the record stands in for the
 values the init rules would read. Everything after loading asks the `Weights` it gets: captures receive meta
 inputs because the model's parameters are on meta (shapes and dtypes flow through every op, nothing is
-computed), and probes and `--fix`, which need real weights or a copy of them, ask `Weights.refusal`.
+computed); probes, which need real weights and a copy of them, ask `Weights.refusal`; `--fix` fixes a model on
+meta without its weights (its inits planned from the record, `auditor.fixing.initplan`) and asks `refusal`
+only of a model with real weights over the budget.
 """
 
 from __future__ import annotations

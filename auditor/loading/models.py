@@ -38,7 +38,7 @@ class LoadedModel:
     inputs: list[str] = field(default_factory=list)  # input specs attached to the target (config, fixed folder)
     owned: bool = True  # built by the tool (may be moved to a device); False for a model handed to the API
     example_inputs: tuple[Any, ...] | None = None  # inputs handed to the API
-    origin: dict[str, Any] | None = None  # how to build it again (--fix of untraceable models): file/module, name, kwargs
+    origin: dict[str, Any] | None = None  # how to build it again (--fix of untraceable models): file/module or config, name, kwargs
     weights: Weights = field(default_factory=Weights)  # real or meta, its size and budget (loading/meta.py)
 
 
@@ -235,7 +235,8 @@ class ModelLoader:
         name, build = config_factory(target.path, target.kwargs)
         with self.sites.recording():
             model = self._build(_Candidate(name, None, build), where)
-        return LoadedModel(where, model, self.sites.for_model(model), None, list(target.inputs))
+        origin = {"config": str(target.path.resolve()), "name": name, "kwargs": dict(target.kwargs)}
+        return LoadedModel(where, model, self.sites.for_model(model), None, list(target.inputs), origin=origin)
 
 
 def _origin(namespace: ModuleType, name: str, kwargs: dict[str, Any], by_file: bool = True) -> dict[str, Any]:

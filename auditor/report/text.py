@@ -87,7 +87,10 @@ def _print_written(result: TargetResult, console: Console, *, diff: bool) -> Non
     if result.fixed_path is not None:
         remaining = len(result.findings)
         after = "nothing remains" if not remaining else f"{remaining} finding{'s' if remaining != 1 else ''} remain{'s' if remaining == 1 else ''}"
-        console.print(Text(f"  wrote {result.fixed_path} (loaded, ran on the example inputs and re-audited: {after})", style="bold"))
+        notes = result.capture.notes if result.capture is not None else []
+        checked = ("loaded on meta, ran a meta forward" if any(n.startswith("fix: weights were not carried") for n in notes)
+                   else "loaded, ran on the example inputs")
+        console.print(Text(f"  wrote {result.fixed_path} ({checked} and re-audited: {after})", style="bold"))
     if diff and result.fix_diff:
         console.print(Text(result.fix_diff.rstrip("\n")))
 
