@@ -1,13 +1,15 @@
 """Models far bigger than memory, audited without their weights: whole processes, wall time and peak RSS from
 `/usr/bin/time -v`, one at a time. Needs transformers (`pip install -e ".[bench]"`).
 
-    python benchmarks/large.py                 # the audits, and plain meta build + forward processes
+    python benchmarks/large.py                 # the audits, --fix, and plain meta build + forward processes
     python benchmarks/large.py --real-1b       # also the plain real-weight build + forward of the 1B (6.6 GB)
 
 "plain (meta)" is what any structure-only look costs: a process that imports transformers, builds the model under
 `torch.device("meta")` and runs one forward on meta inputs. "plain (real)" builds the 1B with real weights and
 runs one forward: what `audit` did before it measured models first. The 20B GPT has two planted mistakes
-(`benchmarks/large/gpt_20b.py`): both must be found, at the module and line that hold them.
+(`benchmarks/large/gpt_20b.py`): both must be found, at the module and line that hold them. `--fix` runs on it
+and on the 70B config with `initializer_range` 1.0 (INI001), without their weights: the folder written, then
+`audit DIR` of it in a fresh process, which must find nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent / "large"
@@ -41,6 +44,10 @@ PLAINS = {
     "Llama-3-70B, plain (meta)": ("70b", "meta"),
     "Llama-3-8B, plain (meta)": ("8b", "meta"),
     "Llama-3.2-1B, plain (meta)": ("1b", "meta"),
+}
+FIXES = {
+    "GPT 20B, planted INI001 + DRO001": f"{HERE / 'gpt_20b.py'}:build_model",
+    "Llama-3-70B, config.json with initializer_range 1.0": "planted config",
 }
 PLANTED = {("DRO001", 13): "mlp.drop", ("INI001", 12): "mlp.up"}  # (code, line in gpt_20b.py) -> module suffix
 
@@ -74,6 +81,32 @@ def audited(stdout: str) -> str:
     return f"ok, {result['capture']['method']}, {found or 'no findings'}{missing}"
 
 
+def fixed(stdout: str) -> str:
+    """The fixes of the one model in a JSON report of `--fix`, and what remains, in words."""
+    [result] = [r for r in json.loads(stdout)["results"] if r.get("capture")]
+    if result["status"] != "ok":
+        return f"{result['status']}: {result.get('error')}"
+    counts: dict[str, int] = {}
+    for fix in result["fixes"]:
+        counts[fix["code"]] = counts.get(fix["code"], 0) + 1
+    done = ", ".join(f"{code} x{count}" for code, count in sorted(counts.items())) or "nothing to fix"
+    return f"{done} fixed, {len(result['findings'])} findings remain"
+
+
+def time_fixes(folder: Path) -> None:
+    """`audit --fix --out DIR` of each FIXES target, then `audit DIR` in a fresh process."""
+    config = folder / "planted" / "config.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({**json.loads((HERE / "llama3_70b" / "config.json").read_text()), "initializer_range": 1.0}))
+    for index, (label, target) in enumerate(FIXES.items()):
+        out = folder / f"fixed{index}"
+        wall, cpu, rss, stdout = timed([sys.executable, "-m", "auditor", str(config) if target == "planted config" else target,
+                                        "--fix", "--out", str(out), "--format", "json"])
+        print(f"| `audit --fix` {label} | {wall:.1f} s | {cpu:.1f} s | {rss:.2f} GiB | {fixed(stdout)} |", flush=True)
+        wall, cpu, rss, stdout = timed([sys.executable, "-m", "auditor", str(out), "--format", "json"])
+        print(f"| `audit DIR` of that fixed folder | {wall:.1f} s | {cpu:.1f} s | {rss:.2f} GiB | {audited(stdout)} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real-1b", action="store_true", help="also build the 1B with real weights (6.6 GB peak)")
@@ -84,6 +117,8 @@ def main() -> None:
     for label, target in AUDITS.items():
         wall, cpu, rss, stdout = timed([sys.executable, "-m", "auditor", target, "--format", "json"])
         print(f"| `audit` {label} | {wall:.1f} s | {cpu:.1f} s | {rss:.2f} GiB | {audited(stdout)} |", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        time_fixes(Path(folder))
     plains = dict(PLAINS)
     if args.real_1b:
         plains["Llama-3.2-1B, plain (real weights)"] = ("1b", "cpu")
