@@ -1,5 +1,6 @@
-"""Models far bigger than memory, audited without their weights: whole processes, wall time and peak RSS from
-`/usr/bin/time -v`, one at a time. Needs transformers (`pip install -e ".[bench]"`).
+"""Models far bigger than memory, audited without their weights: whole runs, one at a time, with their wall
+time, the CPU time of every process a run starts and the peak RSS of the largest of them. Needs transformers
+(`pip install -e ".[bench]"`).
 
     python benchmarks/large.py                 # the audits, --fix, and plain meta build + forward processes
     python benchmarks/large.py --real-1b       # also the plain real-weight build + forward of the 1B (6.6 GB)
@@ -17,10 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).parent / "large"
@@ -52,17 +53,32 @@ FIXES = {
 PLANTED = {("DRO001", 13): "mlp.drop", ("INI001", 12): "mlp.up"}  # (code, line in gpt_20b.py) -> module suffix
 
 
+# Runs a command as the subreaper of everything it starts (`audit` forks a server and a child per target), waits
+# for all of it, and prints the CPU seconds and the peak RSS (KiB) of the largest of those processes to stderr.
+WHOLE_TREE = """
+import contextlib, ctypes, json, os, resource, subprocess, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+subprocess.run(sys.argv[1:])
+with contextlib.suppress(ChildProcessError):
+    while True:
+        os.wait()
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps([usage.ru_utime + usage.ru_stime, usage.ru_maxrss]), file=sys.stderr)
+"""
+
+
 def timed(command: list[str]) -> tuple[float, float, float, str]:
-    """Wall seconds, CPU seconds (user + system: what a quiet machine's wall time would be), peak RSS in GiB
-    and stdout of one whole process."""
-    done = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", done.stderr)
-    cpu = [float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", done.stderr)]
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
-    if wall is None or rss is None:
-        raise RuntimeError(f"{command}: no timing ({done.stderr[-300:]})")
-    seconds = int(wall.group(1) or 0) * 3600 + int(wall.group(2)) * 60 + float(wall.group(3))
-    return seconds, sum(cpu), int(rss.group(1)) / 2**20, done.stdout
+    """Wall seconds, CPU seconds of every process it started (user + system: what a quiet machine's wall time
+    would be), peak RSS in GiB of the largest of them, and stdout of one whole run (Linux)."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", WHOLE_TREE, *command], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent)
+    wall = time.perf_counter() - started
+    try:
+        cpu, rss = json.loads(done.stderr.strip().splitlines()[-1])
+    except (IndexError, ValueError) as exc:
+        raise RuntimeError(f"{command}: no timing ({done.stderr[-300:]})") from exc
+    return wall, cpu, rss / 2**20, done.stdout
 
 
 def audited(stdout: str) -> str:
