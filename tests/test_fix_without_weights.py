@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import subprocess
 import sys
 import textwrap
@@ -283,16 +282,14 @@ def test_what_is_fixable_on_meta_is_fixed_on_meta(path, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_20b_gpt_is_fixed_without_its_weights_in_seconds_and_little_memory(tmp_path):
+def test_a_20b_gpt_is_fixed_without_its_weights(tmp_path):
     """benchmarks/large/gpt_20b.py (80 GB of float32 weights): its planted DRO001 and INI001 are fixed through the
-    meta path, the folder written in under 2 GiB, and a fresh `audit DIR` re-audits it clean."""
+    meta path and a fresh `audit DIR` re-audits the folder clean (time and memory: benchmarks/large.py)."""
     target = f"{Path(__file__).parent.parent / 'benchmarks' / 'large' / 'gpt_20b.py'}:build_model"
     out = tmp_path / "fixed"
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "auditor", target, "--fix", "--out", str(out), "--format", "json"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "auditor", target, "--fix", "--out", str(out), "--format", "json"],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    peak_gib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1)) / 2**20
-    assert peak_gib < 2.0
     [model] = [r for r in json.loads(done.stdout)["results"] if r["capture"]]
     assert {"DRO001", "INI001"} <= {f["code"] for f in model["fixes"]} and model["findings"] == []
     assert "## Weights were not carried" in (out / "FIXES.md").read_text()
