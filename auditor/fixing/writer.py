@@ -127,7 +127,7 @@ def fixes_markdown(contents: FolderContents) -> str:
     if contents.kind == "weights":
         then = "loads the fixed weights" if contents.without_weights is None else "re-initializes what the fixes changed"
         lines += ["", "This model could not be traced with torch.fx, so its code is not regenerated: `model.py` rebuilds",
-                  f"it from your source file (which must stay where it is), or from the Hugging Face `config.json` copied",
+                  "it from your source file (which must stay where it is), or from the Hugging Face `config.json` copied",
                   f"here, and {then}."]
     else:
         lines += ["", "The module tree is yours: same attribute names, `nn.Sequential` / `nn.ModuleList` / `nn.ModuleDict`",
