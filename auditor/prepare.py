@@ -87,7 +87,7 @@ def _first_that_runs(loaded: LoadedModel, candidates: list[list[Spec]], device: 
         except ForwardFailure as failure:
             first_failure = first_failure or failure
             continue
-        if graph.stopped is not None:  # perhaps a wrong guess: an input the whole forward runs on comes first
+        if not graph.ran_cleanly:  # perhaps a wrong guess: an input the whole forward runs on comes first
             partial = partial or (graph, inputs, tried)
             continue
         return _noted(graph, inputs, tried)

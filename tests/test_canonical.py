@@ -28,3 +28,14 @@ def test_canonical_architecture_is_clean(path: Path, method: str) -> None:
         assert not [n for n in result.capture.notes if n.startswith("rule ")], result.capture.notes
     loud = [f for r in report.results for f in r.findings if f.severity >= Severity.WARNING]
     assert not loud, "\n".join(f"{f.code} {f.file}:{f.line} [{f.module}] {f.message}" for f in loud)
+
+
+def test_canonical_folder_audited_as_users_run_it_is_clean() -> None:
+    """`audit canonical/` with no --input: each model's inputs are inferred, and a wrong first guess (a 224x224
+    image into a ViT with 32x32 position embeddings, a 28x28 one into a U-Net whose decoder needs sizes divisible
+    by 8) must not become a finding."""
+    report = run(FIXTURES / "canonical")
+    assert len(model_results(report)) >= len(CANONICAL)
+    assert all(r.status == "ok" for r in report.results), [(r.target, r.error) for r in report.results if r.status != "ok"]
+    loud = [f for r in report.results for f in r.findings if f.severity >= Severity.WARNING]
+    assert not loud, "\n".join(f"{f.code} {f.file}:{f.line} [{f.module}] {f.message}" for f in loud)

@@ -83,6 +83,21 @@ def test_inferred_sizes_are_tried_until_one_runs():
     assert any("input inferred as 2,3,32,32" in note for note in result.capture.notes)
 
 
+def test_an_inferred_size_at_which_a_merge_fails_gives_way_to_one_the_whole_forward_runs_on():
+    """A ViT with learned position embeddings for 32x32 images: at the first guess (224x224) the add of the
+    position embedding fails, which the capture steps over as a finding; that is the guess's fault, not the
+    model's, so the size the whole forward runs on is chosen."""
+    [result] = model_results(run(FIXTURES / "canonical" / "vit_tiny.py"))
+    assert result.status == "ok"
+    assert any("input inferred as 2,3,32,32" in note for note in result.capture.notes), result.capture.notes
+    assert not result.findings
+
+
+def test_a_merge_that_fails_at_every_inferred_size_is_still_reported():
+    [result] = model_results(run(FIXTURES / "rules" / "res001_shortcut.py", select=["RES001"]))
+    assert result.findings and {(f.code, f.line) for f in result.findings} == {("RES001", 18)}
+
+
 def test_example_input_array_is_used():
     [result] = model_results(run(MODELS / "lightning_style.py"))
     assert result.status == "ok" and result.capture.nodes == 3

@@ -114,6 +114,11 @@ class AuditGraph:
     def output(self) -> Node | None:
         return next((n for n in reversed(self.nodes) if n.kind == OUTPUT), None)
 
+    @property
+    def ran_cleanly(self) -> bool:
+        """Whether the whole forward pass ran with no op failing: not partial, no merge stepped over."""
+        return self.stopped is None and not any(n.error for n in self.nodes)
+
     def successors(self, node: Node, through: Iterable[str] = ops.TRANSPARENT) -> list[Node]:
         """The nodes that consume `node`'s value, looking through ops in `through` (reshapes, getitem...)."""
         return _walk(node, lambda n: n.users, set(through))
