@@ -4,7 +4,9 @@
     python benchmarks/bench.py --repeat 5
 
 "plain" is a process that imports torch, builds the model and runs one eval forward pass (what any use of the
-model pays); "forward" is that pass alone; all process times are wall-clock from outside the process; "audit" and "audit --probe" are the CLI end to end. The in-process columns
+model pays); "forward" is that pass alone; "audit" and "audit --probe" are the CLI end to end. Process times are
+wall clock from outside the process and CPU time (user + system) of every process it started (benchmarks/timing.py),
+the steadier figure on a busy machine. The in-process columns
 split one audit into capture (trace + shape pass) and the graph rules, and compare the probes (`run_probes`) with
 one plain training step (forward + backward in training mode, warm).
 """
@@ -16,8 +18,9 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from timing import measure
 
 HERE = Path(__file__).parent
 CASES = {
@@ -75,12 +78,6 @@ print(json.dumps({{"capture": captured - started, "rules": ruled - captured, "me
 """
 
 
-def timed(command: list[str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(command, check=False, capture_output=True)
-    return time.perf_counter() - started
-
-
 def python_json(code: str) -> dict:
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -95,17 +92,18 @@ def main() -> None:
         target = f"{HERE / 'models.py'}:{name}"
         plain_code = PLAIN.format(here=str(HERE), name=name, spec=spec)
         plain = [python_json(plain_code) for _ in range(args.repeat)]
-        plain_wall = [timed([sys.executable, "-c", plain_code]) for _ in range(args.repeat)]
-        audit = [timed([sys.executable, "-m", "auditor", target, "-i", spec, "-q"]) for _ in range(args.repeat)]
-        probe = [timed([sys.executable, "-m", "auditor", target, "-i", spec, "-q", "--probe"]) for _ in range(args.repeat)]
+        runs = {
+            "plain": [sys.executable, "-c", plain_code],
+            "audit": [sys.executable, "-m", "auditor", target, "-i", spec, "-q"],
+            "probe": [sys.executable, "-m", "auditor", target, "-i", spec, "-q", "--probe"],
+        }
+        timed = {name: [measure(command) for _ in range(args.repeat)] for name, command in runs.items()}
+        wall = {name: statistics.median(m.wall for m in measured) for name, measured in timed.items()}
+        cpu = {name: statistics.median(m.cpu for m in measured) for name, measured in timed.items()}
         phases = [python_json(PHASES.format(here=str(HERE), target=target, spec=spec)) for _ in range(args.repeat)]
-        plain_total = statistics.median(plain_wall)
         rows.append((
-            label,
-            plain_total,
+            label, wall, cpu,
             statistics.median(p["forward"] for p in plain),
-            statistics.median(audit),
-            statistics.median(probe),
             statistics.median(p["capture"] for p in phases),
             statistics.median(p["rules"] for p in phases),
             f"{phases[0]['method']}, {phases[0]['nodes']} nodes",
@@ -114,13 +112,15 @@ def main() -> None:
         ))
     print("| model | plain: import+build+forward | forward alone | `audit` | `audit --probe` | capture | rules | graph | probes | one training step |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for label, plain_total, forward, audit, probe, capture, rules, graph, probes, step in rows:
+    for label, wall, cpu, forward, capture, rules, graph, probes, step in rows:
+        timings = {
+            name: f"{wall[name]:.2f} s, CPU {cpu[name]:.2f} s" + ("" if name == "plain" else f" ({wall[name] / wall['plain']:.1f}x, CPU {cpu[name] / cpu['plain']:.1f}x)")
+            for name in wall
+        }
         print(
-            f"| {label} | {plain_total:.2f} s | {forward:.2f} s | {audit:.2f} s ({audit / plain_total:.1f}x) | "
-            f"{probe:.2f} s ({probe / plain_total:.1f}x) | {capture:.2f} s | {rules * 1000:.0f} ms | {graph} | "
-            f"{probes:.2f} s ({probes / step:.1f} steps) | {step:.2f} s |"
+            f"| {label} | {timings['plain']} | {forward:.2f} s | {timings['audit']} | {timings['probe']} | {capture:.2f} s | "
+            f"{rules * 1000:.0f} ms | {graph} | {probes:.2f} s ({probes / step:.1f} steps) | {step:.2f} s |"
         )
-
 
 if __name__ == "__main__":
     main()

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import measure
 
 HERE = Path(__file__).parent
 UTILITY = '''import json
@@ -45,12 +45,8 @@ PARSE = "import ast, glob, sys; [ast.parse(open(p).read()) for p in glob.glob(sy
 
 
 def timed(command: list[str], repeat: int) -> float:
-    runs = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        subprocess.run(command, check=False, capture_output=True)
-        runs.append(time.perf_counter() - started)
-    return statistics.median(runs)
+    """Median wall-clock seconds of `repeat` runs."""
+    return statistics.median(measure(command).wall for _ in range(repeat))
 
 
 def plain_files(repeat: int) -> None:

@@ -5,8 +5,9 @@ with one fix each (a dropout between the two convs of every block: DRO002, moved
     python benchmarks/fix_scaling.py --repeat 5
 
 Each run is the CLI end to end in a fresh process (import, build, capture, rules; with --fix also the fix passes,
-writing, loading the written folder back and re-auditing it), timed as wall-clock and as the CPU time the process
-used (user + system: steadier than wall-clock on a shared machine). The two commands run back to back,
+writing, loading the written folder back and re-auditing it), timed as wall-clock and as the CPU time of every
+process it started (user + system: steadier than wall-clock on a shared machine), each with one torch thread
+(OMP_NUM_THREADS=1 unless set: a second thread's spinning on a busy machine is noise). The two commands run back to back,
 alternating, so a busy machine slows both alike; each ratio is the median of the per-pair ratios. `--fix` must
 stay linear in the number of fixes: the 40-block ratio is meant to stay within 3x.
 """
@@ -15,36 +16,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import measure
 
 HERE = Path(__file__).parent
 DEPTHS = (10, 20, 40)
 INPUT = "2,3,32,32"
 
 
-def timed(command: list[str]) -> tuple[float, float, str]:
-    """(wall-clock seconds, CPU seconds of the process, its stdout)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode not in (0, 1):
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return elapsed, cpu, done.stdout
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for depth in DEPTHS:
@@ -54,13 +43,14 @@ def main() -> None:
             fixes = 0
             for attempt in range(args.repeat):
                 out = Path(scratch) / f"fixed-{depth}-{attempt}"
-                wall, cpu, _ = timed(audit_cmd)
-                fix_wall, fix_cpu, stdout = timed([*audit_cmd, "--fix", "--out", str(out), "--format", "json"])
-                (result,) = json.loads(stdout)["results"]
+                audit, fix = measure(audit_cmd), measure([*audit_cmd, "--fix", "--out", str(out), "--format", "json"])
+                if fix.returncode not in (0, 1):
+                    raise SystemExit(f"audit --fix {target} failed:\n{fix.stderr}")
+                (result,) = json.loads(fix.stdout)["results"]
                 if result["status"] != "ok" or result["findings"]:
                     raise SystemExit(f"--fix did not fix {target}: {result.get('error') or result['findings']}")
                 fixes = len(result["fixes"])
-                runs.append((wall, fix_wall, cpu, fix_cpu))
+                runs.append((audit.wall, fix.wall, audit.cpu, fix.cpu))
             median = [statistics.median(r[i] for r in runs) for i in range(4)]
             ratios = [statistics.median(r[1] / r[0] for r in runs), statistics.median(r[3] / r[2] for r in runs)]
             rows.append((depth, fixes, *median, *ratios))

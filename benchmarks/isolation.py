@@ -14,17 +14,13 @@ children included: this process is made their subreaper on Linux), which a busy 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import Measured, measure
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_MODELS = 20  # files copied from the rule fixtures
@@ -43,28 +39,6 @@ sys.stdout.write(renderer("json")(report))
 """
 
 
-def become_subreaper() -> bool:
-    """Orphaned descendants (the fork server, its children) are re-parented to this process, so that waiting for
-    them adds their CPU time to RUSAGE_CHILDREN."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        return False
-
-
-def timed(command: list[str]) -> tuple[float, float]:
-    """Wall-clock and CPU seconds of `command` and everything it started."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    subprocess.run(command, check=False, capture_output=True, cwd=ROOT)  # exit 1: findings
-    wall = time.perf_counter() - started
-    with contextlib.suppress(ChildProcessError):
-        while True:
-            os.wait()  # the orphans it left (they end with it)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -79,12 +53,11 @@ def main() -> None:
             "`audit` (a child per target)": lambda target: [sys.executable, "-m", "auditor", target, "-q", "--format", "json"],
             "`audit --jobs 2`": lambda target: [sys.executable, "-m", "auditor", target, "-q", "--format", "json", "--jobs", "2"],
         }
-        counted = become_subreaper()
-        times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        times: dict[tuple[str, str], list[Measured]] = {}
         for _ in range(args.repeat):
             for case, target in cases.items():
                 for variant, command in variants.items():
-                    times.setdefault((case, variant), []).append(timed(command(target)))
+                    times.setdefault((case, variant), []).append(measure(command(target), cwd=ROOT))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print("| targets | " + " | ".join(variants) + " |")
@@ -92,9 +65,9 @@ def main() -> None:
     for case in cases:
         cells = []
         for variant in variants:
-            wall = statistics.median(w for w, _ in times[(case, variant)])
-            cpu = statistics.median(c for _, c in times[(case, variant)])
-            cells.append(f"{wall:.2f} s, CPU {cpu:.2f} s" if counted else f"{wall:.2f} s")
+            wall = statistics.median(m.wall for m in times[(case, variant)])
+            cpu = statistics.median(m.cpu for m in times[(case, variant)])
+            cells.append(f"{wall:.2f} s, CPU {cpu:.2f} s")
         print(f"| {case} | " + " | ".join(cells) + " |")
 
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import measure
 
 HERE = Path(__file__).parent / "large"
 AUDITS = {
@@ -53,32 +53,11 @@ FIXES = {
 PLANTED = {("DRO001", 13): "mlp.drop", ("INI001", 12): "mlp.up"}  # (code, line in gpt_20b.py) -> module suffix
 
 
-# Runs a command as the subreaper of everything it starts (`audit` forks a server and a child per target), waits
-# for all of it, and prints the CPU seconds and the peak RSS (KiB) of the largest of those processes to stderr.
-WHOLE_TREE = """
-import contextlib, ctypes, json, os, resource, subprocess, sys
-ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-subprocess.run(sys.argv[1:])
-with contextlib.suppress(ChildProcessError):
-    while True:
-        os.wait()
-usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps([usage.ru_utime + usage.ru_stime, usage.ru_maxrss]), file=sys.stderr)
-"""
-
-
 def timed(command: list[str]) -> tuple[float, float, float, str]:
-    """Wall seconds, CPU seconds of every process it started (user + system: what a quiet machine's wall time
-    would be), peak RSS in GiB of the largest of them, and stdout of one whole run (Linux)."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", WHOLE_TREE, *command], capture_output=True, text=True,
-                          cwd=Path(__file__).parent.parent)
-    wall = time.perf_counter() - started
-    try:
-        cpu, rss = json.loads(done.stderr.strip().splitlines()[-1])
-    except (IndexError, ValueError) as exc:
-        raise RuntimeError(f"{command}: no timing ({done.stderr[-300:]})") from exc
-    return wall, cpu, rss / 2**20, done.stdout
+    """Wall seconds, CPU seconds of every process the run started (user + system: what a quiet machine's wall
+    time would be), peak RSS in GiB of the largest of them, and stdout (benchmarks/timing.py)."""
+    run = measure(command, cwd=HERE.parent.parent)
+    return run.wall, run.cpu, run.peak_gib, run.stdout
 
 
 def audited(stdout: str) -> str:

@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from timing import measure
 
 HERE = Path(__file__).parent
 NO_WEIGHTS = {"weights": None}
@@ -61,20 +60,7 @@ with torch.no_grad():
 """
 
 
-def timed(command: list[str]) -> tuple[float, float, str]:
-    """Wall-clock and CPU seconds (user + system) of one child process, and its stdout."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode not in (0, 1):
-        raise RuntimeError(f"{' '.join(command[:4])}... failed ({done.returncode}): {done.stderr.strip()[-500:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return seconds, cpu, done.stdout
-
-
-def measure(name: str, repeat: int) -> dict:
+def compare(name: str, repeat: int) -> dict:
     label, target, kwargs, spec = CASES[name]
     plain_command = [sys.executable, "-c", PLAIN.format(target=target, kwargs=kwargs, spec=spec)]
     audit_command = [sys.executable, "-m", "auditor", target, "--input", spec, "--probe", "--format", "json", "--device", "cpu"]
@@ -85,10 +71,12 @@ def measure(name: str, repeat: int) -> dict:
     for index in range(repeat):
         order = [plain_command, audit_command] if index % 2 == 0 else [audit_command, plain_command]
         for command in order:
-            wall, cpu, out = timed(command)
-            runs[command is audit_command].append((wall, cpu))
+            measured = measure(command)
+            if measured.returncode not in (0, 1):
+                raise SystemExit(f"{' '.join(command[:4])}... failed ({measured.returncode}): {measured.stderr.strip()[-500:]}")
+            runs[command is audit_command].append((measured.wall, measured.cpu))
             if command is audit_command:
-                [result] = [r for r in json.loads(out)["results"] if r.get("probes")]
+                [result] = [r for r in json.loads(measured.stdout)["results"] if r.get("probes")]
                 probes.append(result["probes"]["seconds"])
     pairs = list(zip(runs[False], runs[True]))
     wall_ratios = [audit[0] / plain[0] for plain, audit in pairs]
@@ -120,7 +108,7 @@ def main() -> None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     names = [n for n in (args.only or CASES) if available(n)]
     load_before = os.getloadavg()
-    rows = [measure(name, args.repeat) for name in names]
+    rows = [compare(name, args.repeat) for name in names]
     load_after = os.getloadavg()
     threads = args.threads or f"torch's default ({os.cpu_count()} cores)"
     print(f"torch threads: {threads}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)\n")
