@@ -6,7 +6,9 @@
 "plain" is a process that imports torch, builds the model and runs one eval forward pass (what any use of the
 model pays); "forward" is that pass alone; "audit" and "audit --probe" are the CLI end to end. Process times are
 wall clock from outside the process and CPU time (user + system) of every process it started (benchmarks/timing.py),
-the steadier figure on a busy machine. The in-process columns
+the steadier figure on a busy machine. Every process runs with one torch thread (OMP_NUM_THREADS=1 unless set): on
+a shared machine a second thread mostly waits for the first at each op, which made a ResNet-50 training step 25x
+slower under load 3 and says nothing about the audit. The in-process columns
 split one audit into capture (trace + shape pass) and the graph rules, and compare the probes (`run_probes`) with
 one plain training step (forward + backward in training mode, warm).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -87,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows = []
     for label, (name, spec) in CASES.items():
         target = f"{HERE / 'models.py'}:{name}"
