@@ -8,6 +8,8 @@ from typing import Any
 
 from auditor.graph import OUTPUT, PARAM, AuditGraph, Node, ops
 
+from auditor_rules._activations import elementwise_source
+
 # Layers with a weight matrix the init rules read and the depth rule counts.
 DENSE = frozenset({ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR})
 # Ops that join two computed tensors: where a skip connection (residual or concatenation) lands.
@@ -28,8 +30,9 @@ def is_live_dropout(node: Node) -> bool:
 
 
 def merges_two_values(node: Node) -> bool:
-    """An op that combines two computed tensors (not a tensor and a parameter or a constant)."""
-    return len([i for i in node.tensor_inputs if i.kind != PARAM]) >= 2
+    """An op that combines two computed tensors (not a tensor and a parameter or a constant, nor two values of
+    one input inside a hand-written activation such as `x * torch.sigmoid(x)`)."""
+    return len([i for i in node.tensor_inputs if i.kind != PARAM]) >= 2 and elementwise_source(node) is None
 
 
 def has_bias(node: Node) -> bool:
@@ -154,3 +157,4 @@ def source_label(graph: AuditGraph, node: Node) -> str:
         if len(sources) == 1:
             return sources[0].label()
     return node.label()
+

@@ -6,6 +6,7 @@ from auditor.findings import Finding, Severity
 from auditor.graph import ops
 from auditor.rule import GraphContext, Rule, register
 
+from auditor_rules._activations import elementwise_function
 from auditor_rules._shared import is_live_dropout
 
 from typing import TYPE_CHECKING
@@ -27,7 +28,8 @@ class DropoutBeforeActivation(Rule):
     Flags a dropout whose output feeds an activation (`Dropout -> ReLU`, `F.dropout` then `torch.tanh`, ...),
     looking through reshapes. The message says which case it is: for the ReLU family the order is a matter of
     convention, for other activations it changes the function (same severity: both are worth fixing). A
-    dropout with p = 0 is ignored.
+    dropout with p = 0 is ignored. Hand-written activations count too: an element-wise, non-linear function of
+    the dropout's output alone (minGPT's `NewGELU`, `0.5 * x * (1 + torch.tanh(...))`, `x * torch.sigmoid(x)`).
 
     ## Why is this bad?
     Dropout belongs after the activation. For the ReLU family (ReLU, LeakyReLU, PReLU) both orders compute the
@@ -49,7 +51,8 @@ class DropoutBeforeActivation(Rule):
 
     ## Fix
     `--fix` moves the dropout after the activation. For the ReLU family the outputs are unchanged; for other
-    activations the fix changes what the model computes in training (as intended).
+    activations the fix changes what the model computes in training (as intended). A hand-written activation
+    reads the dropout's output in several ops: move the dropout after it by hand.
 
     ## References
     Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting", JMLR 2014.
@@ -65,29 +68,27 @@ class DropoutBeforeActivation(Rule):
         for dropout in ctx.graph.find(ops.DROPOUT):
             if not is_live_dropout(dropout):
                 continue
-            for activation in ctx.graph.successors(dropout):
-                if not ops.is_activation(activation.op):
-                    continue
-                if activation.op in ops.RELU_FAMILY:
-                    effect = "same function either way for the ReLU family; the order is convention and wasted work"
-                elif activation.op in _NONZERO_AT_ZERO:
-                    effect = (
-                        f"the order changes the function: dropped units become {activation.op}(0) = "
-                        f"{_NONZERO_AT_ZERO[activation.op]}, not 0"
-                    )
-                else:
-                    effect = (
-                        f"the order changes the function: {activation.op} is not positively homogeneous, so the "
-                        "1/(1-p) scaling of the kept units is distorted"
-                    )
+            written = elementwise_function(ctx.graph, dropout)
+            if written is not None:
                 yield self.finding(
-                    f"{dropout.label()} feeds {activation.label()}; apply dropout after the activation ({effect})",
+                    f"{dropout.label()} feeds {written.label()} (a hand-written activation); apply dropout after "
+                    "the activation (the order changes the function: dropped units go through the non-linearity, "
+                    "and the 1/(1-p) scaling of the kept units is distorted)",
+                    at=dropout,
+                )
+                continue
+            for activation in [a for a in ctx.graph.successors(dropout) if ops.is_activation(a.op)]:
+                yield self.finding(
+                    f"{dropout.label()} feeds {activation.label()}; apply dropout after the activation ({_effect(activation)})",
                     at=dropout,
                 )
 
     def fix_plan(self, ctx: PlanContext, dropout: Node) -> list[Node]:
         """The activation the dropout feeds, then the BatchNorm and activation that directly follow it: the
         dropout goes after the last of them."""
+        written = elementwise_function(ctx.graph, dropout)
+        if written is not None:
+            ctx.cannot(f"{written.label()} reads the dropout's output in several ops: move the dropout after it by hand")
         activation = next((a for a in ctx.graph.successors(dropout) if ops.is_activation(a.op)), None)
         if activation is None:
             ctx.cannot("no activation follows the dropout")
@@ -101,3 +102,15 @@ class DropoutBeforeActivation(Rule):
         path = self.fix_plan(ctx, dropout)
         ctx.move_after(dropout, path[-1])
         return ctx.fixed(finding, f"{ctx.chain(dropout, path)} => {ctx.chain(path, dropout)}")
+
+
+def _effect(activation: Node) -> str:
+    """What the order changes, for the activation's family."""
+    if activation.op in ops.RELU_FAMILY:
+        return "same function either way for the ReLU family; the order is convention and wasted work"
+    if activation.op in _NONZERO_AT_ZERO:
+        return f"the order changes the function: dropped units become {activation.op}(0) = {_NONZERO_AT_ZERO[activation.op]}, not 0"
+    return (
+        f"the order changes the function: {activation.op} is not positively homogeneous, so the 1/(1-p) scaling "
+        "of the kept units is distorted"
+    )

@@ -6,10 +6,16 @@ from auditor.findings import Finding, Severity
 from auditor.graph import ops
 from auditor.rule import GraphContext, Rule, register
 
+from auditor_rules._activations import function_ending_at
+
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
     from auditor.fixing import FixContext, PlanContext
-    from auditor.graph import Node
+    from auditor.graph import AuditGraph, Node
+
+
+# Layers whose outputs a BatchNorm should normalize before the activation.
+_WEIGHTED = frozenset({ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR})
 
 
 @register
@@ -17,7 +23,8 @@ class BatchNormAfterActivation(Rule):
     """
     ## What it does
     Flags conv/linear -> activation -> BatchNorm: a BatchNorm that normalizes the output of an activation
-    which itself follows a weight layer (looking through reshapes, dropout and pooling in between).
+    which itself follows a weight layer (looking through reshapes, dropout and pooling in between). A
+    hand-written activation (an element-wise, non-linear function such as `x * torch.sigmoid(x)`) counts too.
 
     A reshape that regroups the layer's outputs into other channels (a Linear's 8192 features viewed as a
     [512, 4, 4] map and normalized per channel, as DCGAN-style generators project their noise) is not flagged:
@@ -58,14 +65,18 @@ class BatchNormAfterActivation(Rule):
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
         for norm in ctx.graph.find(ops.BATCH_NORM):
             for activation in ctx.graph.predecessors(norm, through=ops.TRANSPARENT | {ops.DROPOUT, ops.POOL}):
-                if not ops.is_activation(activation.op):
-                    continue
-                layers = [p for p in ctx.graph.predecessors(activation) if p.is_(ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR)]
+                if ops.is_activation(activation.op):
+                    named, layers = activation.label(), _weight_layers(ctx.graph, activation)
+                else:
+                    written = function_ending_at(ctx.graph, activation)
+                    if written is None:
+                        continue
+                    named, layers = f"{written.label()} (a hand-written activation)", _weight_layers(ctx.graph, written.source, itself=True)
                 for layer in layers:
                     if not _normalizes_features_of(norm, layer):
                         continue
                     yield self.finding(
-                        f"{norm.label()} normalizes the output of {activation.label()} after {layer.label()}; "
+                        f"{norm.label()} normalizes the output of {named} after {layer.label()}; "
                         "use conv/linear -> BatchNorm -> activation",
                         at=norm,
                     )
@@ -74,9 +85,11 @@ class BatchNormAfterActivation(Rule):
         """(the activation the norm must move before, the conv/linear that feeds it)."""
         for activation in ctx.graph.predecessors(norm, through=ops.TRANSPARENT | {ops.DROPOUT, ops.POOL}):
             if not ops.is_activation(activation.op):
+                written = function_ending_at(ctx.graph, activation)
+                if written is not None:
+                    ctx.cannot(f"{written.label()} is a hand-written activation of several ops: move the BatchNorm before it by hand")
                 continue
-            layers = [p for p in ctx.graph.predecessors(activation)
-                      if p.is_(ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR) and _normalizes_features_of(norm, p)]
+            layers = [p for p in _weight_layers(ctx.graph, activation) if _normalizes_features_of(norm, p)]
             if not layers:
                 continue
             features = norm.attrs.get("num_features")
@@ -93,6 +106,14 @@ class BatchNormAfterActivation(Rule):
         activation, layer = self.fix_plan(ctx, norm)
         ctx.move_before(norm, activation)
         return ctx.fixed(finding, f"{ctx.chain(layer, activation, norm)} => {ctx.chain(layer, norm, activation)}")
+
+
+def _weight_layers(graph: AuditGraph, node: Node, itself: bool = False) -> list[Node]:
+    """The conv/linear layers that produce `node`'s input (or `node` itself, with `itself`), looking through
+    reshapes."""
+    if itself and node.is_(_WEIGHTED):
+        return [node]
+    return [p for p in graph.predecessors(node) if p.is_(_WEIGHTED)]
 
 
 def _normalizes_features_of(norm: Node, layer: Node) -> bool:
