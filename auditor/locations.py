@@ -42,6 +42,12 @@ def first_user_site(frames: Iterable[Site]) -> Site | None:
 def user_frame(skip: Callable[[FrameType], bool] | None = None, depth: int = 1) -> Site | None:
     """The user's (file, line) among the live callers of the function calling this (`depth` frames up), as
     `first_user_site` decides; `skip` rejects further frames (e.g. a constructor's own `__init__` chain)."""
+    frame = user_frame_object(skip, depth + 1)
+    return (display_path(frame.f_code.co_filename), frame.f_lineno) if frame is not None else None
+
+
+def user_frame_object(skip: Callable[[FrameType], bool] | None = None, depth: int = 1) -> FrameType | None:
+    """The frame `user_frame` reports, for callers that read more than its place (what it is executing)."""
     torch_dir = _torch_dir()
     frame: FrameType | None = sys._getframe(depth)
     while frame is not None:
@@ -49,7 +55,7 @@ def user_frame(skip: Callable[[FrameType], bool] | None = None, depth: int = 1) 
         if filename.startswith(_TOOL_DIR):
             return None
         if not _is_passed_over(filename, torch_dir) and not (skip is not None and skip(frame)):
-            return display_path(filename), frame.f_lineno
+            return frame
         frame = frame.f_back
     return None
 

@@ -16,6 +16,9 @@ DENSE = frozenset({ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR})
 SKIP_MERGES = frozenset({ops.ADD, ops.SUB, ops.CAT, ops.STACK})
 # Ops that combine two computed tensors without being a skip (gating, attention products).
 PRODUCTS = frozenset({ops.MUL, ops.DIV, ops.MATMUL})
+# Layers whose output width is a constructor argument: a size-1 dim they produce where the other operand of a
+# residual add is wider is a wrong width (`out_channels=1`), not a deliberate broadcast.
+WIDTH_MAKERS = frozenset({ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR, ops.BILINEAR, ops.RNN, ops.ATTENTION})
 
 
 def dropout_rate(node: Node) -> float:
@@ -158,3 +161,26 @@ def source_label(graph: AuditGraph, node: Node) -> str:
             return sources[0].label()
     return node.label()
 
+
+def singleton_origin(node: Node, dim: int) -> Node:
+    """The node that made dim `dim` size 1, following inputs of the same rank that are already size 1 there."""
+    for _ in range(256):
+        rank = len(node.shape or ())
+        carried = [
+            i for i in node.tensor_inputs
+            if i.kind != PARAM and i.shape is not None and len(i.shape) == rank and i.shape[dim] == 1
+        ]
+        if not carried:
+            return node
+        node = carried[0]
+    return node
+
+
+def is_width_dim(node: Node, dim: int) -> bool:
+    """Whether `dim` of the node's output is the width its constructor chose (a conv's channels, a Linear's
+    features)."""
+    if node.op not in WIDTH_MAKERS or not node.shape:
+        return False
+    rank = len(node.shape)
+    width_dim = 1 if node.op in (ops.CONV, ops.CONV_TRANSPOSE) else rank - 1
+    return dim % rank == width_dim

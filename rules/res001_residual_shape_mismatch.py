@@ -3,17 +3,16 @@ from __future__ import annotations
 from typing import Iterator
 
 from auditor.findings import Finding, Severity
-from auditor.graph import ops
+from auditor.graph import AuditGraph, Node, ops
 from auditor.rule import GraphContext, Rule, register
 
-from auditor_rules._shared import block_name, residual_roles, shape_text, source_label
+from auditor_rules._shared import block_name, is_width_dim, residual_roles, shape_text, singleton_origin, source_label
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
     from auditor.fixing import FixContext, PlanContext
-    from auditor.graph import Node
 
 
 @register
@@ -21,7 +20,9 @@ class ResidualShapeMismatch(Rule):
     """
     ## What it does
     Flags an addition of a block's output and its input (a residual connection) whose operands have
-    different shapes: the forward pass fails there, or would need a shortcut projection.
+    different shapes: the forward pass fails there, or would need a shortcut projection. An in-place
+    `out += x` whose `out` is narrower than the broadcast sum fails too, and is reported with the layer whose
+    width made it narrow.
 
     ## Why is this bad?
     A residual block computes F(x) + x. When F changes the number of channels or the spatial size (a stride),
@@ -67,6 +68,9 @@ class ResidualShapeMismatch(Rule):
             if len(operands) != 2:
                 yield self.finding(f"`{node.target}` in {owner} fails: {node.error}", at=node)
                 continue
+            if _broadcastable(operands[0].shape, operands[1].shape):
+                yield self.finding(_in_place_message(ctx.graph, node, owner), at=node)
+                continue
             if node.op not in (ops.ADD, ops.SUB):
                 # Not a residual, but the forward pass fails here and no other rule says so.
                 first, second = operands
@@ -99,6 +103,8 @@ class ResidualShapeMismatch(Rule):
         """(identity, branch) of the residual add, when a shortcut can make the identity the branch's shape."""
         if merge.op not in (ops.ADD, ops.SUB) or len(merge.tensor_inputs) != 2:
             ctx.cannot("only a residual add (or subtraction) of two values can get a shortcut")
+        if _broadcastable(merge.tensor_inputs[0].shape, merge.tensor_inputs[1].shape):
+            ctx.cannot("the operand written in place is the narrower one: give it the other's shape (a shortcut would not)")
         identity, branch = residual_roles(ctx.graph, *merge.tensor_inputs)
         if identity is None:
             ctx.cannot("neither operand is computed from the other, so there is no identity branch to adapt")
@@ -111,6 +117,29 @@ class ResidualShapeMismatch(Rule):
         merge = ctx.node(finding)
         identity, branch = self.fix_plan(ctx, merge)
         return ctx.fixed(finding, ctx.insert_shortcut(merge, identity, branch))
+
+
+def _broadcastable(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> bool:
+    """Operands an out-of-place op would accept: such an op fails only in place (`out += x`, `out` narrower)."""
+    return a is not None and b is not None and all(x == y or 1 in (x, y) for x, y in zip(reversed(a), reversed(b)))
+
+
+def _in_place_message(graph: AuditGraph, node: Node, owner: str) -> str:
+    """`out += x` that fails because `out` is narrower than the sum: which operand, and the layer whose width
+    made it so when one did (a conv with one output channel)."""
+    written, other = node.tensor_inputs
+    cause = ""
+    for dim in range(-1, -len(written.shape or ()) - 1, -1):
+        if written.shape[dim] == 1 and node.shape is not None and node.shape[dim] > 1:
+            origin = singleton_origin(written, dim)
+            if is_width_dim(origin, dim):
+                cause = f": {origin.label()} produces 1 where {node.shape[dim]} are needed"
+                break
+    return (
+        f"in-place `{node.target}` in {owner} fails: {source_label(graph, written)} {shape_text(written.shape)} "
+        f"cannot hold its sum with {source_label(graph, other)} {shape_text(other.shape)}, broadcast to "
+        f"{shape_text(node.shape)}{cause}; give both operands the same shape"
+    )
 
 
 def shortcut_advice(branch: tuple[int, ...] | None, identity: tuple[int, ...] | None) -> str:

@@ -3,15 +3,10 @@ from __future__ import annotations
 from typing import Iterator
 
 from auditor.findings import Finding, Severity
-from auditor.graph import PARAM, Node, ops
+from auditor.graph import PARAM, ops
 from auditor.rule import GraphContext, Rule, register
 
-from auditor_rules._shared import block_name, residual_roles, shape_text, source_label
-
-# Layers whose output width is a constructor argument: a size-1 dim they produce where the other operand of a
-# residual add is wider is a wrong width (`out_channels=1`), not a deliberate broadcast.
-_WIDTH_MAKERS = frozenset({ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR, ops.BILINEAR, ops.RNN, ops.ATTENTION})
-
+from auditor_rules._shared import block_name, is_width_dim, residual_roles, shape_text, singleton_origin, source_label
 
 @register
 class ResidualBroadcast(Rule):
@@ -83,8 +78,8 @@ class ResidualBroadcast(Rule):
                 continue
             small = a if a.shape != add.shape else b
             for dim in _broadcast_dims(small.shape, add.shape):
-                origin = _singleton_origin(small, dim)
-                if not _is_width_dim(origin, dim):
+                origin = singleton_origin(small, dim)
+                if not is_width_dim(origin, dim):
                     continue  # made size 1 on purpose (pooling, a reduction, unsqueeze, view)
                 role = "branch" if small is branch else "identity"
                 wide = identity if small is branch else branch
@@ -110,27 +105,3 @@ def _broadcast_dims(small: tuple[int, ...], result: tuple[int, ...]) -> list[int
         if small[-offset] == 1 and result[-offset] > 1:
             dims.append(-offset)
     return dims
-
-
-def _singleton_origin(node: Node, dim: int) -> Node:
-    """The node that made dim `dim` size 1, following inputs of the same rank that are already size 1 there."""
-    for _ in range(256):
-        rank = len(node.shape or ())
-        carried = [
-            i for i in node.tensor_inputs
-            if i.kind != PARAM and i.shape is not None and len(i.shape) == rank and i.shape[dim] == 1
-        ]
-        if not carried:
-            return node
-        node = carried[0]
-    return node
-
-
-def _is_width_dim(node: Node, dim: int) -> bool:
-    """Whether `dim` of the node's output is the width its constructor chose (a conv's channels, a Linear's
-    features)."""
-    if node.op not in _WIDTH_MAKERS or not node.shape:
-        return False
-    rank = len(node.shape)
-    width_dim = 1 if node.op in (ops.CONV, ops.CONV_TRANSPOSE) else rank - 1
-    return dim % rank == width_dim

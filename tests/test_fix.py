@@ -361,7 +361,9 @@ def test_rule_fixtures_are_fixed_or_explained(path, tmp_path):
     report = run(path, capture=(method,), inputs=header.get("input", []), select=header.get("select", ["ALL"]),
                  fix=FixOptions(out=tmp_path / "out"))
     for result in model_results(report):
-        assert result.status == "ok", result.error
+        if result.status != "ok":  # a crash no fix applies to: nothing is written, and the error says why
+            assert "--fix failed" in (result.error or "") and "not fixed" in (result.error or ""), result.error
+            continue
         notes = [n for n in result.capture.notes if n.startswith("fix: ") and "not fixed" in n]
         for finding in result.findings:
             if finding.code in FIXABLE_CODES:

@@ -1,8 +1,9 @@
 """Running the model inside a capture (fx's Interpreter, the hooks pass, torch.export's trace): failing merges
 are stepped over, and a forward pass that still fails further on leaves a partial graph.
 
-A merge of two computed tensors that fails on their shapes (a residual add of a 64- and a 256-channel tensor, a
-skip concatenation whose spatial sizes differ) is a finding (RES001, RES004), not a broken target. The capture
+A merge of two computed tensors that fails on their shapes (a residual add of a 64- and a 256-channel tensor, an
+in-place `out += x` whose `out` is narrower than the broadcast sum, a skip concatenation whose spatial sizes
+differ) is a finding (RES001, RES004), not a broken target. The capture
 records the failure on that op and carries on with a stand-in value: for an add, the operand on the longer path
 (a block's branch rather than its identity input: the shape the block was meant to produce); for a
 concatenation, every operand padded or center-cropped to the skip's size, as U-Net implementations do. When the
@@ -25,6 +26,8 @@ from auditor.graph import AuditGraph, ops
 
 # Elementwise ops between two tensors whose shape failure is a finding (RES001), not a broken target.
 _ELEMENTWISE = frozenset({ops.ADD, ops.SUB, ops.MUL, ops.DIV})
+# The out-of-place op whose result stands in for an in-place one that cannot hold it (`out += x`, `out` narrower).
+_OUT_OF_PLACE = {ops.ADD: torch.add, ops.SUB: torch.sub, ops.MUL: torch.mul, ops.DIV: torch.div}
 # A concatenation whose operands differ outside the concatenated dim (RES004).
 _CONCATENATIONS = frozenset({ops.CAT})
 # Forward passes per capture at most: the first, then other stand-in choices after a failure further on.
@@ -92,7 +95,7 @@ def step_over(op_name: str, args: Any, kwargs: Any, length: Callable[[torch.Tens
     """The stand-in for a call that failed, when it is a merge whose operands' shapes do not fit together
     (else None: the failure is the model's, and the capture reports it). `length(t)` is how many ops led to
     operand `t` (its path length): the stand-in follows the branch of an add, the skip of a concatenation."""
-    op = ops.op_for_name(op_name)[0]
+    op, inplace = ops.op_for_name(op_name)
     tensors = list(iter_tensors((args, kwargs)))
     if len(tensors) < 2:
         return None
@@ -101,6 +104,10 @@ def step_over(op_name: str, args: Any, kwargs: Any, length: Callable[[torch.Tens
     if op in _ELEMENTWISE and len(tensors) == 2 and not _broadcastable(*shapes):
         longer_first = sorted(range(2), key=lambda i: -length(tensors[i]))
         return SteppedOver(tensors[recovery.choose(longer_first)], f"operands of shapes {listed} cannot be combined")
+    if op in _ELEMENTWISE and len(tensors) == 2 and inplace and not fits_in_place(*shapes):
+        # `out += x` where `out` is the narrower operand: the sum out of place is what the model meant
+        value = _OUT_OF_PLACE[op](tensors[0], tensors[1])
+        return SteppedOver(value, f"in place, the sum {_shape_text(tuple(value.shape))} of operands of shapes {listed} does not fit the first")
     if op in _CONCATENATIONS and len({len(s) for s in shapes}) == 1:
         dim = _cat_dim(args, kwargs) % len(shapes[0])
         if all(_without(s, dim) == _without(shapes[0], dim) for s in shapes):
@@ -114,6 +121,11 @@ def step_over(op_name: str, args: Any, kwargs: Any, length: Callable[[torch.Tens
 
 def _broadcastable(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return all(x == y or x == 1 or y == 1 for x, y in zip(reversed(a), reversed(b)))
+
+
+def fits_in_place(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether `a op= b` can write its result into `a`: broadcasting `b` must not enlarge `a`."""
+    return len(b) <= len(a) and all(y == 1 or x == y for x, y in zip(reversed(a), reversed(b)))
 
 
 def _cat_dim(args: Any, kwargs: Any) -> int:

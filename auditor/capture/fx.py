@@ -7,6 +7,10 @@ one pass finds every bad merge; when the rest still cannot run, the graph up to 
 
 from __future__ import annotations
 
+import dis
+import functools
+import operator
+from types import CodeType, FrameType
 from typing import Any
 
 import torch
@@ -17,7 +21,11 @@ from auditor.capture.common import Site, call_node, describe_value, function_lab
 from auditor.capture.forward import Attempt, ForwardFailure, Recovery, is_recoverable, mark_partial, run_recovering, step_over
 from auditor.capture.state import restored
 from auditor.graph import INPUT, OUTPUT, PARAM, AuditGraph, Node
-from auditor.locations import user_frame
+from auditor.locations import display_path, user_frame_object
+
+# fx records `out += x` as `operator.add` (a Proxy has no `__iadd__`), but on tensors it runs in place (and fails
+# where `out` is narrower than the broadcast sum): the tracer records the in-place operator the user wrote.
+_AUGMENTED = {operator.add: operator.iadd, operator.sub: operator.isub, operator.mul: operator.imul, operator.truediv: operator.itruediv}
 
 
 class _LocatingTracer(fx.Tracer):
@@ -27,8 +35,11 @@ class _LocatingTracer(fx.Tracer):
         return is_leaf(m)
 
     def create_node(self, kind: str, target: Any, args: Any, kwargs: Any, name: str | None = None, type_expr: Any = None) -> fx.Node:
+        frame = user_frame_object(depth=2)
+        if kind == "call_function" and target in _AUGMENTED and frame is not None and _runs_augmented_assignment(frame):
+            target = _AUGMENTED[target]
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
-        node.meta["user_frame"] = user_frame(depth=2)
+        node.meta["user_frame"] = (display_path(frame.f_code.co_filename), frame.f_lineno) if frame is not None else None
         return node
 
 
@@ -127,6 +138,19 @@ def _convert(n: fx.Node, gm: fx.GraphModule, sites: dict[str, Site]) -> Node:
     if frame is not None:
         node.file, node.line = frame
     return node
+
+
+def _runs_augmented_assignment(frame: FrameType) -> bool:
+    """Whether `frame` is executing an augmented assignment (`+=`, `-=`, `*=`, `/=`) right now."""
+    return frame.f_lasti in _augmented_offsets(frame.f_code)
+
+
+@functools.lru_cache(maxsize=256)
+def _augmented_offsets(code: CodeType) -> frozenset[int]:
+    return frozenset(
+        i.offset for i in dis.get_instructions(code)
+        if i.opname.startswith("INPLACE_") or (i.opname == "BINARY_OP" and i.argrepr.endswith("="))
+    )
 
 
 def _op_name(n: fx.Node) -> str:
