@@ -36,8 +36,9 @@ class _LocatingTracer(fx.Tracer):
 
     def create_node(self, kind: str, target: Any, args: Any, kwargs: Any, name: str | None = None, type_expr: Any = None) -> fx.Node:
         frame = user_frame_object(depth=2)
-        if kind == "call_function" and target in _AUGMENTED and frame is not None and _runs_augmented_assignment(frame):
-            target = _AUGMENTED[target]
+        if kind == "call_function" and target in _AUGMENTED and isinstance(args[0], fx.Node) and frame is not None \
+                and _runs_augmented_assignment(frame):
+            target = _AUGMENTED[target]  # not `0 += x`, a number's reflected add (it rebinds, never in place)
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
         node.meta["user_frame"] = (display_path(frame.f_code.co_filename), frame.f_lineno) if frame is not None else None
         return node
