@@ -1,20 +1,24 @@
 """Real model zoos, audited as users would (`audit torchvision.models:resnet50 --kwargs '{"weights": null}'`):
-every model must capture, and no error-severity finding is allowed (an error on a torchvision or timm model is
-a bug of the rule until shown otherwise). Warnings and infos are printed per model for a person to judge.
+every model must capture, and no warning or error may appear (a finding on a torchvision, timm or Hugging Face
+model is a bug of the rule until shown otherwise). The few findings that were shown true are listed in `KNOWN`
+with the reasoning, and must stay found. Infos are printed per model for a person to judge.
 
-Hugging Face models are built from small configs (tests/fixtures/zoo/hf_configs.py) and their inputs inferred.
+Hugging Face models are built from small configs (tests/fixtures/zoo/hf_configs.py), their inputs inferred unless
+given. Inputs are as small as each architecture allows (patch and window grids need 224), so that the zoo runs
+in a few minutes on two cores.
 A representative subset is also probed (`--probe`) at batch sizes 1 and 2: a canonical model at initialization
 gets no probe finding at all (no vanishing/exploding gradients, no float16 overflow, autocast close to float32).
 
 Opt-in: `pip install -e .[zoo]`, then `pytest tests/test_zoo.py --run-zoo -s`. Weights are never downloaded
-(`weights=None`, `pretrained=False`). `ZOO_CAPTURE=hooks` (or fx, export, or a comma list) forces a capture
-method instead of the default fx -> export -> hooks chain.
+(`weights=None`, `weights_backbone=None`, `pretrained=False`). `ZOO_CAPTURE=hooks` (or fx, export, or a comma
+list) forces a capture method instead of the default fx -> export -> hooks chain.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from fnmatch import fnmatch
 
 import pytest
 
@@ -23,19 +27,60 @@ from support import FIXTURES, model_results, run
 
 pytestmark = pytest.mark.zoo
 
-IMAGE = ["1,3,224,224"]
+IMAGE = "1,3,224,224"  # patch and window grids (ViT, Swin, MaxViT...) are built for it
+SMALL = "1,3,64,64"  # convolutional networks: any size their strides divide
+MEDIUM = "1,3,96,96"  # Inception stems need at least 75 pixels
 
-TORCHVISION = [
-    "resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "mobilenet_v3_small", "densenet121", "efficientnet_b0",
-    "convnext_tiny", "vit_b_16", "swin_t", "regnet_y_400mf", "shufflenet_v2_x0_5", "squeezenet1_0",
-    "alexnet", "googlenet", "mnasnet0_5", "resnext50_32x4d",
+TORCHVISION = [  # (name, input)
+    ("resnet18", SMALL), ("resnet50", SMALL), ("resnext50_32x4d", SMALL), ("vgg11_bn", SMALL), ("vgg16", SMALL),
+    ("alexnet", SMALL), ("squeezenet1_0", SMALL), ("squeezenet1_1", SMALL), ("googlenet", SMALL),
+    ("inception_v3", MEDIUM), ("densenet121", SMALL), ("mobilenet_v2", SMALL), ("mobilenet_v3_small", SMALL),
+    ("mobilenet_v3_large", SMALL), ("mnasnet0_5", SMALL), ("shufflenet_v2_x0_5", SMALL),
+    ("efficientnet_b0", SMALL), ("efficientnet_v2_s", SMALL), ("regnet_y_400mf", SMALL),
+    ("regnet_x_400mf", SMALL), ("convnext_tiny", SMALL), ("vit_b_16", IMAGE), ("swin_t", IMAGE),
+    ("swin_v2_t", IMAGE), ("maxvit_t", IMAGE),
 ]
-TIMM = [
-    "resnet26d", "efficientnet_b0", "convnext_atto", "vit_tiny_patch16_224", "deit_tiny_patch16_224",
-    "mobilenetv3_small_050", "levit_128s", "regnetx_002", "mixer_s16_224", "poolformer_s12",
-    "nf_resnet26", "resmlp_12_224", "cait_xxs24_224", "ghostnet_100", "repvgg_a0", "hrnet_w18_small",
-    "mobilevit_xxs",
+TORCHVISION_TASKS = [  # (module, name, input): dense prediction, video, quantization-ready
+    ("segmentation", "fcn_resnet50", SMALL), ("segmentation", "lraspp_mobilenet_v3_large", SMALL),
+    ("segmentation", "deeplabv3_mobilenet_v3_large", SMALL), ("video", "r3d_18", "1,3,4,32,32"),
+    ("video", "r2plus1d_18", "1,3,4,32,32"), ("quantization", "mobilenet_v2", SMALL),
 ]
+TIMM = [  # (name, input)
+    ("resnet26d", SMALL), ("resnetv2_50x1_bit", SMALL), ("res2net50_26w_4s", SMALL), ("resnest14d", SMALL),
+    ("skresnet18", SMALL), ("nf_resnet26", SMALL), ("nf_regnet_b0", SMALL), ("regnetx_002", SMALL),
+    ("densenet121", SMALL), ("vgg11_bn", SMALL), ("dla34", SMALL), ("dpn68", SMALL), ("xception41", SMALL),
+    ("inception_v4", MEDIUM), ("inception_resnet_v2", MEDIUM), ("nasnetalarge", MEDIUM),
+    ("efficientnet_b0", SMALL), ("mixnet_s", SMALL), ("spnasnet_100", SMALL), ("mobilenetv3_small_050", SMALL),
+    ("mobilenetv4_hybrid_medium", SMALL), ("ghostnet_100", SMALL), ("ghostnetv2_100", SMALL),
+    ("rexnet_100", SMALL), ("cspdarknet53", SMALL), ("repvgg_a0", SMALL), ("mobileone_s0", SMALL),
+    ("hrnet_w18_small", SMALL), ("convnext_atto", SMALL), ("edgenext_xx_small", SMALL), ("fastvit_t8", SMALL),
+    ("mobilevit_xxs", SMALL), ("efficientvit_b0", SMALL), ("poolformer_s12", SMALL), ("levit_128s", IMAGE),
+    ("vit_tiny_patch16_224", IMAGE), ("deit_tiny_patch16_224", IMAGE), ("eva02_tiny_patch14_224", IMAGE),
+    ("cait_xxs24_224", IMAGE), ("convit_tiny", IMAGE), ("crossvit_tiny_240", "1,3,240,240"),
+    ("pvt_v2_b0", SMALL), ("twins_svt_small", IMAGE), ("tiny_vit_5m_224", IMAGE), ("coatnet_nano_rw_224", IMAGE),
+    ("efficientformer_l1", IMAGE), ("xcit_nano_12_p16_224", SMALL), ("mixer_s16_224", IMAGE),
+    ("resmlp_12_224", IMAGE), ("gmlp_ti16_224", IMAGE), ("sequencer2d_s", IMAGE),
+]
+HUGGING_FACE = [  # (factory in hf_configs.py, input or None to infer it)
+    ("bert", None), ("distilbert", None), ("roberta", None), ("albert", None), ("electra", None),
+    ("deberta_v2", None), ("mobilebert", None), ("squeezebert", None), ("fnet", None), ("t5_encoder", None),
+    ("bart", None), ("gpt2", None), ("llama", None), ("mistral", None), ("qwen2", None), ("gemma", None),
+    ("phi", None), ("gpt_neox", None), ("opt", None), ("bloom", None), ("falcon", None), ("mamba", None),
+    ("whisper_encoder", None), ("wav2vec2", "2,400"), ("conformer", "2,400"), ("patchtst", "2,32,3"),
+    ("vit", None), ("clip_vision", None), ("dinov2", None), ("beit", None), ("swin", None), ("convnext", None),
+    ("resnet", None), ("mobilevit", None), ("segformer", None),
+]
+
+# Findings on real architectures that were judged true (against /work/shared/KNOWLEDGE.md's account of each
+# rule): (code, module glob) per model. They must stay found, and nothing else may appear.
+KNOWN = {
+    # The ASPP projection ends in Dropout(0.5), and DeepLabHead follows it with Conv3x3 -> BatchNorm: dropout
+    # before a BatchNorm through a weight layer, the variance shift of Li et al. (CVPR 2019).
+    "torchvision segmentation deeplabv3_mobilenet_v3_large": {("DRO002", "classifier.0.project.3")},
+    # XCiT's local patch interaction is conv -> GELU -> BatchNorm -> conv on purpose (El-Nouby et al. 2021): the
+    # norm normalizes an activation's output, the order NRM001 describes; a deliberate, working design.
+    "timm xcit_nano_12_p16_224": {("NRM001", "blocks.*.local_mp.bn")},
+}
 
 
 def _captures() -> dict[str, tuple[str, ...]]:
@@ -43,12 +88,9 @@ def _captures() -> dict[str, tuple[str, ...]]:
     return {"capture": tuple(forced.split(","))} if forced else {}
 
 
-HUGGING_FACE = ["bert", "distilbert", "gpt2", "llama", "t5_encoder", "vit"]
-
-
-def _audit(target: str, kwargs: dict, label: str, inputs: list[str] | None = IMAGE) -> None:
+def _audit(target: str, kwargs: dict, label: str, inputs: list[str]) -> None:
     started = time.perf_counter()
-    report = run(target, kwargs=kwargs, inputs=inputs or [], **_captures())
+    report = run(target, kwargs=kwargs, inputs=inputs, **_captures())
     seconds = time.perf_counter() - started
     models = model_results(report)
     assert models, f"{label}: nothing audited"
@@ -61,28 +103,39 @@ def _audit(target: str, kwargs: dict, label: str, inputs: list[str] | None = IMA
             print(f"   note: {note}")
         for f in result.findings:
             print(f"   {f.code} {f.severity} [{f.module}] {f.message}")
-    errors = [f for r in models for f in r.findings if f.severity >= Severity.ERROR]
-    assert not errors, "\n".join(f"{f.code} [{f.module}] {f.message}" for f in errors)
     failed_rules = [n for r in models for n in (r.capture.notes if r.capture else []) if n.startswith("rule ")]
     assert not failed_rules, failed_rules
+    known = KNOWN.get(label, set())
+    serious = [f for r in models for f in r.findings if f.severity >= Severity.WARNING]
+    unexpected = [f for f in serious if not any(f.code == code and fnmatch(f.module or "", glob) for code, glob in known)]
+    assert not unexpected, "\n".join(f"{f.code} [{f.module}] {f.message}" for f in unexpected)
+    lost = [(code, glob) for code, glob in known if not any(f.code == code and fnmatch(f.module or "", glob) for f in serious)]
+    assert not lost, f"{label}: known findings no longer reported: {lost}"
 
 
-@pytest.mark.parametrize("name", TORCHVISION)
-def test_torchvision_model(name: str) -> None:
+@pytest.mark.parametrize(("name", "spec"), TORCHVISION, ids=[n for n, _ in TORCHVISION])
+def test_torchvision_model(name: str, spec: str) -> None:
     pytest.importorskip("torchvision")
-    _audit(f"torchvision.models:{name}", {"weights": None}, f"torchvision {name}")
+    _audit(f"torchvision.models:{name}", {"weights": None}, f"torchvision {name}", [spec])
 
 
-@pytest.mark.parametrize("name", TIMM)
-def test_timm_model(name: str) -> None:
+@pytest.mark.parametrize(("module", "name", "spec"), TORCHVISION_TASKS, ids=[f"{m}.{n}" for m, n, _ in TORCHVISION_TASKS])
+def test_torchvision_task_model(module: str, name: str, spec: str) -> None:
+    pytest.importorskip("torchvision")
+    kwargs = {"weights": None, **({"weights_backbone": None} if module == "segmentation" else {})}
+    _audit(f"torchvision.models.{module}:{name}", kwargs, f"torchvision {module} {name}", [spec])
+
+
+@pytest.mark.parametrize(("name", "spec"), TIMM, ids=[n for n, _ in TIMM])
+def test_timm_model(name: str, spec: str) -> None:
     pytest.importorskip("timm")
-    _audit("timm:create_model", {"model_name": name, "pretrained": False}, f"timm {name}")
+    _audit("timm:create_model", {"model_name": name, "pretrained": False}, f"timm {name}", [spec])
 
 
-@pytest.mark.parametrize("name", HUGGING_FACE)
-def test_hugging_face_model(name: str) -> None:
+@pytest.mark.parametrize(("name", "spec"), HUGGING_FACE, ids=[n for n, _ in HUGGING_FACE])
+def test_hugging_face_model(name: str, spec: str | None) -> None:
     pytest.importorskip("transformers")
-    _audit(f"{FIXTURES / 'zoo' / 'hf_configs.py'}:{name}", {}, f"transformers {name}", inputs=None)
+    _audit(f"{FIXTURES / 'zoo' / 'hf_configs.py'}:{name}", {}, f"transformers {name}", [spec] if spec else [])
 
 
 PROBED = [  # (label, target, kwargs, input): small-std heads, BatchNorm + global pool, attention, LayerNorm, SE gates
