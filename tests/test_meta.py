@@ -270,3 +270,12 @@ def test_a_70b_config_is_audited_on_meta_by_itself(tmp_path):
     [result] = run(path).results
     assert result.status == "ok", result.error
     assert any("its weights (131 GiB) exceed" in n for n in result.capture.notes), result.capture.notes
+
+
+def test_a_forward_that_reads_values_only_when_not_traced_is_exported_on_meta():
+    """The eager pass on meta cannot read the values; that settles nothing, so torch.export still gets its try."""
+    target = f"{MODELS / 'reads_values_unless_traced.py'}"
+    meta = run(target, meta=True)
+    _on_meta(meta)
+    assert [r.capture.method for r in model_results(meta)] == ["export"]
+    assert _findings(meta) == _findings(run(target)) != []

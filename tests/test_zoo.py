@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from fnmatch import fnmatch
+from typing import NamedTuple
 
 import pytest
 
@@ -113,29 +114,36 @@ def _audit(target: str, kwargs: dict, label: str, inputs: list[str]) -> None:
     assert not lost, f"{label}: known findings no longer reported: {lost}"
 
 
-@pytest.mark.parametrize(("name", "spec"), TORCHVISION, ids=[n for n, _ in TORCHVISION])
-def test_torchvision_model(name: str, spec: str) -> None:
-    pytest.importorskip("torchvision")
-    _audit(f"torchvision.models:{name}", {"weights": None}, f"torchvision {name}", [spec])
+class Case(NamedTuple):
+    """One model of the zoo, as a user audits it: `audit TARGET --kwargs KWARGS --input INPUTS`."""
+
+    package: str  # the optional dependency it needs
+    label: str
+    target: str
+    kwargs: dict
+    inputs: list[str]
 
 
-@pytest.mark.parametrize(("module", "name", "spec"), TORCHVISION_TASKS, ids=[f"{m}.{n}" for m, n, _ in TORCHVISION_TASKS])
-def test_torchvision_task_model(module: str, name: str, spec: str) -> None:
-    pytest.importorskip("torchvision")
-    kwargs = {"weights": None, **({"weights_backbone": None} if module == "segmentation" else {})}
-    _audit(f"torchvision.models.{module}:{name}", kwargs, f"torchvision {module} {name}", [spec])
+def zoo() -> list[Case]:
+    """Every model of the zoo, each at its smallest input (none: inferred)."""
+    cases = [Case("torchvision", f"torchvision {n}", f"torchvision.models:{n}", {"weights": None}, [s]) for n, s in TORCHVISION]
+    cases += [
+        Case("torchvision", f"torchvision {m} {n}", f"torchvision.models.{m}:{n}",
+             {"weights": None, **({"weights_backbone": None} if m == "segmentation" else {})}, [s])
+        for m, n, s in TORCHVISION_TASKS
+    ]
+    cases += [Case("timm", f"timm {n}", "timm:create_model", {"model_name": n, "pretrained": False}, [s]) for n, s in TIMM]
+    cases += [
+        Case("transformers", f"transformers {n}", f"{FIXTURES / 'zoo' / 'hf_configs.py'}:{n}", {}, [s] if s else [])
+        for n, s in HUGGING_FACE
+    ]
+    return cases
 
 
-@pytest.mark.parametrize(("name", "spec"), TIMM, ids=[n for n, _ in TIMM])
-def test_timm_model(name: str, spec: str) -> None:
-    pytest.importorskip("timm")
-    _audit("timm:create_model", {"model_name": name, "pretrained": False}, f"timm {name}", [spec])
-
-
-@pytest.mark.parametrize(("name", "spec"), HUGGING_FACE, ids=[n for n, _ in HUGGING_FACE])
-def test_hugging_face_model(name: str, spec: str | None) -> None:
-    pytest.importorskip("transformers")
-    _audit(f"{FIXTURES / 'zoo' / 'hf_configs.py'}:{name}", {}, f"transformers {name}", [spec] if spec else [])
+@pytest.mark.parametrize("case", zoo(), ids=lambda c: c.label.replace(" ", "-"))
+def test_zoo_model(case: Case) -> None:
+    pytest.importorskip(case.package)
+    _audit(case.target, case.kwargs, case.label, case.inputs)
 
 
 PROBED = [  # (label, target, kwargs, input): small-std heads, BatchNorm + global pool, attention, LayerNorm, SE gates

@@ -4,42 +4,34 @@ does not know), and the audit on meta finds exactly what the audit on real weigh
 
 from __future__ import annotations
 
+import importlib
 import math
-from typing import Any, Callable
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 
 from auditor.graph.inits import Measured
 from auditor.loading.importing import import_file
-from support import FIXTURES, run
+from support import run
 from test_inits import built_both_ways
-from test_zoo import HUGGING_FACE, IMAGE, TIMM, TORCHVISION
+from test_zoo import Case, zoo
 
 pytestmark = pytest.mark.zoo
 
-HF_CONFIGS = FIXTURES / "zoo" / "hf_configs.py"
+
+def _builder(case: Case) -> Callable[[], torch.nn.Module]:
+    """What the target builds: its factory called with the case's keyword arguments."""
+    module, name = case.target.rsplit(":", 1)
+    owner = import_file(Path(module)) if module.endswith(".py") else importlib.import_module(module)
+    return lambda: getattr(owner, name)(**case.kwargs)
 
 
-def _cases() -> list[Any]:
-    cases = [pytest.param("torchvision", n, f"torchvision.models:{n}", {"weights": None}, IMAGE, id=f"torchvision-{n}") for n in TORCHVISION]
-    cases += [pytest.param("timm", n, "timm:create_model", {"model_name": n, "pretrained": False}, IMAGE, id=f"timm-{n}") for n in TIMM]
-    cases += [pytest.param("transformers", n, f"{HF_CONFIGS}:{n}", {}, [], id=f"hf-{n}") for n in HUGGING_FACE]
-    return cases
-
-
-def _builder(package: str, name: str) -> Callable[[], torch.nn.Module]:
-    module = pytest.importorskip(package)
-    if package == "torchvision":
-        return lambda: getattr(module.models, name)(weights=None)
-    if package == "timm":
-        return lambda: module.create_model(name, pretrained=False)
-    return getattr(import_file(HF_CONFIGS), name)
-
-
-@pytest.mark.parametrize(("package", "name", "target", "kwargs", "inputs"), _cases())
-def test_record_tells_what_the_values_show_and_meta_finds_what_real_finds(package, name, target, kwargs, inputs):
-    real, meta, record = built_both_ways(_builder(package, name))
+@pytest.mark.parametrize("case", zoo(), ids=lambda c: c.label.replace(" ", "-"))
+def test_record_tells_what_the_values_show_and_meta_finds_what_real_finds(case: Case) -> None:
+    pytest.importorskip(case.package)
+    real, meta, record = built_both_ways(_builder(case))
     gaps = []
     for (label, weight), meta_weight in zip(real.named_parameters(), meta.parameters()):
         init = record.init_of(meta_weight)
@@ -51,8 +43,8 @@ def test_record_tells_what_the_values_show_and_meta_finds_what_real_finds(packag
             gaps.append(f"{label}: recorded {recorded:.4g}, values {measured:.4g} ({init.how})")
     assert not gaps, "\n".join(gaps)
 
-    real_report = run(target, kwargs=kwargs, inputs=inputs)
-    meta_report = run(target, kwargs=kwargs, inputs=inputs, meta=True)
+    real_report = run(case.target, kwargs=case.kwargs, inputs=case.inputs)
+    meta_report = run(case.target, kwargs=case.kwargs, inputs=case.inputs, meta=True)
     [result] = [r for r in meta_report.results if r.capture is not None]
     assert result.status == "ok", result.error
     assert _findings(meta_report) == _findings(real_report)

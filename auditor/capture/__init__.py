@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import torch.nn as nn
 
-from auditor.capture.common import Site
+from auditor.capture.common import Site, iter_tensors
 from auditor.errors import first_line
 from auditor.capture.forward import ForwardFailure
 from auditor.capture.state import ModuleState
@@ -31,24 +31,28 @@ class CaptureError(Exception):
 def capture(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site], methods: tuple[str, ...] = CAPTURE_METHODS) -> AuditGraph:
     """The graph of `model` on `inputs` by the first method that works.
 
-    Raises ForwardFailure when the model itself fails on these inputs (seen in a real forward pass), and
+    Raises ForwardFailure when the model itself fails on these inputs (seen in a real forward pass, or in every
+    method on meta), and
     CaptureError when every method failed for other reasons.
     """
     notes: list[str] = []
     forward_failed: ForwardFailure | None = None
+    # On meta an eager pass has no values to read (a Hugging Face padding check), so it settles nothing: export,
+    # whose traced forward skips such checks, still gets its try.
+    settles = not any(t.is_meta for t in iter_tensors(inputs))
     state = ModuleState(model)  # a failed attempt must not leave its traces (a Proxy, a fake tensor) for the next
     with eval_mode(model), quiet_torch():
         for method in methods:
-            if method == "export" and forward_failed is not None:
+            if method == "export" and forward_failed is not None and settles:
                 continue  # export runs the same forward symbolically; only a real eager pass can settle it
             try:
                 graph = _capturer(method)(model, inputs, sites)
             except ForwardFailure as failure:
                 state.restore()
-                if method == "hooks":
+                if method == "hooks" and settles:
                     raise
                 forward_failed = failure
-                notes.append(f"{method}: the traced forward failed ({failure}); checked eagerly")
+                notes.append(f"hooks: the forward on meta failed ({failure})" if method == "hooks" else f"{method}: the traced forward failed ({failure}); checked eagerly")
                 continue
             except Exception as exc:  # noqa: BLE001 - any capture failure moves on to the next method
                 state.restore()
