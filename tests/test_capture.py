@@ -88,6 +88,32 @@ def test_data_dependent_control_flow_falls_back_to_hooks():
     assert [(f.code, f.line) for f in result.findings] == [("DRO001", 11)]
 
 
+class _Cache:
+    """Keys kept for the next call: an object torch's pytree does not know (Hugging Face's EncoderDecoderCache)."""
+
+    def __init__(self, keys):
+        self.keys = keys
+
+
+class CachingDecoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.key = nn.Linear(8, 8)
+        self.drop = nn.Dropout(0.1)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        keys = self.key(x)
+        return self.act(self.drop(keys)), _Cache(keys)
+
+
+def test_export_reads_the_tensors_of_an_output_it_cannot_flatten():
+    model = CachingDecoder()
+    graph = capture(model, (torch.randn(2, 8),), {}, ("export",))
+    assert [(n.op, n.module) for n in graph.nodes if n.kind == MODULE] == [("linear", "key"), ("dropout", "drop"), ("relu", "act")]
+    assert "forward" not in vars(model)
+
+
 def test_transformer_layers_are_single_opaque_nodes_on_every_capture():
     model = nn.Sequential(nn.Linear(8, 16), nn.TransformerEncoderLayer(16, 2, 32, batch_first=True))
     for method in ("fx", "export", "hooks"):

@@ -14,9 +14,10 @@ an `aten.alias` that ends them; the conversion folds them back into one node car
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.fx as fx
@@ -33,6 +34,8 @@ _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 # tensor a (64) must match...", "Sizes of tensors must match except in dimension 1"): worth a second trace.
 _SHAPE_MISMATCH = re.compile(r"broadcast|must match", re.IGNORECASE)
 _CONTAINERS = ("torch.nn.modules.container.",)
+# What torch.export says when the output holds an object its pytree does not know.
+_UNKNOWN_OUTPUT = "in output, which is not a known type"
 
 
 def capture_export(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site]) -> AuditGraph:
@@ -46,8 +49,40 @@ def capture_export(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, S
 
 
 def _export(model: nn.Module, inputs: tuple[Any, ...]) -> Any:
+    try:
+        return _export_as_is(model, inputs)
+    except RuntimeError as failure:
+        if _UNKNOWN_OUTPUT not in str(failure):
+            raise
+    with _tensor_outputs(model):
+        return _export_as_is(model, inputs)
+
+
+def _export_as_is(model: nn.Module, inputs: tuple[Any, ...]) -> Any:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return torch.export.export(model, inputs, strict=False)  # a failed attempt prints its partial graph
+
+
+@contextlib.contextmanager
+def _tensor_outputs(model: nn.Module) -> Iterator[None]:
+    """The model's forward returning only the tensors of its output while export traces it: rules read nothing
+    else, and an object beside them that torch's pytree does not know (a Hugging Face EncoderDecoderCache) stops
+    export. The user's own instance attribute `forward` (accelerate's hooks set one) is put back afterwards."""
+    own = vars(model).get("forward")
+    original = model.forward
+
+    @functools.wraps(original)
+    def forward(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(iter_tensors(original(*args, **kwargs)))
+
+    model.forward = forward
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.forward
+        else:
+            model.forward = own
 
 
 def _capture_stepping_over(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site], failure: Exception) -> AuditGraph:
