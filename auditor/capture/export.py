@@ -59,8 +59,26 @@ def _export(model: nn.Module, inputs: tuple[Any, ...]) -> Any:
 
 
 def _export_as_is(model: nn.Module, inputs: tuple[Any, ...]) -> Any:
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), _fresh_dropout_inputs():
         return torch.export.export(model, inputs, strict=False)  # a failed attempt prints its partial graph
+
+
+@contextlib.contextmanager
+def _fresh_dropout_inputs() -> Iterator[None]:
+    """Dropout modules read a fresh alias of their input while export traces. In eval mode a dropout hands back
+    its input tensor itself, and export follows tensor identity: in `drop(y) + y.tanh()` the tanh would be
+    recorded as reading the dropout's output (torch 2.14), a dropout before an activation that is not there."""
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            return tuple(a.view_as(a) if isinstance(a, torch.Tensor) else a for a in args)
+        return None
+
+    handle = nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager
