@@ -30,6 +30,12 @@ class Measured:
     stdout: str
     stderr: str
 
+    def audited(self) -> Measured:
+        """This run, if it ended as an audit may (0, or 1 for findings); else the benchmark stops with its error."""
+        if self.returncode not in (0, 1):
+            raise SystemExit(f"a benchmarked run failed with exit status {self.returncode}:\n{self.stderr.strip()[-1000:]}")
+        return self
+
 
 def become_subreaper() -> bool:
     """Orphaned descendants are re-parented to this process (instead of init), so that they can be waited for."""

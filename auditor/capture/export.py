@@ -24,7 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from auditor.capture.common import Site, call_node, describe_value, is_leaf, iter_tensors, module_node
+from auditor.capture.common import Site, call_node, describe_value, is_leaf, iter_tensors, module_node, op_of_module
 from auditor.capture.forward import Attempt, Recovery, is_recoverable, run_recovering, step_over
 from auditor.graph import INPUT, OUTPUT, PARAM, AuditGraph, Node, ops
 from auditor.locations import first_user_site
@@ -70,7 +70,7 @@ def _fresh_dropout_inputs() -> Iterator[None]:
     recorded as reading the dropout's output (torch 2.14), a dropout before an activation that is not there."""
 
     def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
-        if isinstance(module, nn.modules.dropout._DropoutNd):
+        if op_of_module(module) == ops.DROPOUT:
             return tuple(a.view_as(a) if isinstance(a, torch.Tensor) else a for a in args)
         return None
 
