@@ -75,10 +75,15 @@ def _inferred(loaded: LoadedModel, device: torch.device, methods: tuple[str, ...
     except OverBudget:
         state.restore()  # what the interrupted forward wrote into the model
     ranked = rank(candidates, lambda c: runs_on_fake(loaded.model, _moved(make_inputs(c, loaded.model), device)))
-    return _first_that_runs(loaded, ranked, device, methods)
+    # None fits even on fake tensors: a merge that fails at every size is the model's, and the first guess that
+    # runs up to it shows it as well as any other (no more real forwards of large guesses).
+    return _first_that_runs(loaded, ranked or candidates, device, methods, first_partial_will_do=ranked is None)
 
 
-def _first_that_runs(loaded: LoadedModel, candidates: list[list[Spec]], device: torch.device, methods: tuple[str, ...]) -> tuple[AuditGraph, tuple[Any, ...]]:
+def _first_that_runs(
+    loaded: LoadedModel, candidates: list[list[Spec]], device: torch.device, methods: tuple[str, ...],
+    first_partial_will_do: bool = False,
+) -> tuple[AuditGraph, tuple[Any, ...]]:
     first_failure: ForwardFailure | None = None
     partial: tuple[AuditGraph, tuple[Any, ...], list[Spec]] | None = None
     for tried in candidates:
@@ -87,7 +92,7 @@ def _first_that_runs(loaded: LoadedModel, candidates: list[list[Spec]], device: 
         except ForwardFailure as failure:
             first_failure = first_failure or failure
             continue
-        if not graph.ran_cleanly:  # perhaps a wrong guess: an input the whole forward runs on comes first
+        if not graph.ran_cleanly and not first_partial_will_do:  # perhaps a wrong guess: one the whole forward runs on comes first
             partial = partial or (graph, inputs, tried)
             continue
         return _noted(graph, inputs, tried)

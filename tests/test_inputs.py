@@ -227,3 +227,32 @@ def test_a_slow_first_guess_is_replaced_by_the_shape_that_fits_on_fake_tensors(m
     [result] = auditor.audit(model).results
     assert _inferred(result) == "2,3,32,32"
     assert set(seen) == {(2, 3, 32, 32)}  # the interrupted first try never ran; only the shape that fits did
+
+
+def test_a_merge_that_fails_at_every_size_costs_one_real_guess_once_the_first_try_runs_long(monkeypatch):
+    """No candidate fits even on fake tensors (the residual add is wrong at every size): the first guess that
+    runs up to the failing add is audited, without real forwards of the other, larger guesses."""
+    import auditor
+    import auditor.prepare
+
+    seen: list[tuple[int, ...]] = []
+
+    class Widening(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x) + x  # 8 channels + 3 channels: fails whatever the size
+
+    def record(module, args):
+        if type(args[0]) is torch.Tensor:  # a real forward, not a fake one
+            seen.append(tuple(args[0].shape))
+
+    model = Widening()
+    model.conv.register_forward_pre_hook(record)
+    monkeypatch.setattr(auditor.prepare, "FIRST_TRY_SECONDS", 0.0)
+    [result] = auditor.audit(model).results
+    assert [f.code for f in result.findings] == ["RES001"]
+    assert _inferred(result) == "2,3,224,224"
+    assert set(seen) == {(2, 3, 224, 224)}

@@ -45,12 +45,12 @@ def time_budget(seconds: float) -> Iterator[None]:
         handle.remove()
 
 
-def rank(candidates: list[Any], fits: Callable[[Any], bool]) -> list[Any]:
+def rank(candidates: list[Any], fits: Callable[[Any], bool]) -> list[Any] | None:
     """The first candidate that fits, then the others in their order (a fake run can fail where a real one
     would not: data-dependent code, `.item()`; those are still tried for real). Only the real run on the chosen
-    one is needed when it works, so the search stops there."""
+    one is needed when it works, so the search stops there. None when no candidate fits."""
     chosen = next((c for c in candidates if fits(c)), None)
-    return candidates if chosen is None else [chosen, *[c for c in candidates if c is not chosen]]
+    return None if chosen is None else [chosen, *[c for c in candidates if c is not chosen]]
 
 
 def runs_on_fake(model: nn.Module, inputs: tuple[Any, ...]) -> bool:
