@@ -20,6 +20,7 @@ from auditor.memory import default_budget
 from auditor.loading.meta import weights_of
 from auditor.loading.models import LoadedModel
 from auditor.loading.sites import CreationSites
+from auditor.loading.wrappers import unwrap
 from auditor.options import FixOptions, Options
 from auditor.config import validate_settings
 from auditor.errors import UsageError
@@ -161,9 +162,11 @@ def _selectors(patterns: Iterable[str] | None, name: str, known: list[tuple[str,
 
 
 def live_model(model: nn.Module, example_inputs: Any) -> LoadedModel:
-    """Wrap a caller's module; creation sites come from reading its classes' source."""
+    """Wrap a caller's module (the model inside a `torch.compile` or data-parallel wrapper); creation sites come
+    from reading its classes' source."""
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    model, note = unwrap(model)
     return LoadedModel(
         label=type(model).__name__,
         model=model,
@@ -172,4 +175,5 @@ def live_model(model: nn.Module, example_inputs: Any) -> LoadedModel:
         owned=False,
         example_inputs=example_inputs,
         weights=weights_of(model, default_budget()),
+        notes=[note] if note is not None else [],
     )

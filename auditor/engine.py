@@ -132,7 +132,14 @@ class Engine:
 
     # --- models -----------------------------------------------------------------------------------------------
     def audit_loaded(self, loaded: LoadedModel) -> TargetResult:
-        """Capture one built model and run the graph rules on it."""
+        """Capture one built model and run the graph rules on it, in float32 semantics whatever autocast the
+        caller has active (a training callback under mixed precision)."""
+        from auditor.capture.float32 import autocast_off
+
+        with autocast_off():
+            return self._audit_loaded(loaded)
+
+    def _audit_loaded(self, loaded: LoadedModel) -> TargetResult:
         from auditor.prepare import capture_model, place_on_device
 
         started = time.perf_counter()
@@ -141,7 +148,7 @@ class Engine:
         place_on_device(loaded, self.options.device)
         graph, inputs = capture_model(loaded, self.options.inputs or loaded.inputs, self.options.capture, loaded.example_inputs)
         result = TargetResult(target=loaded.label, capture=CaptureInfo(graph.method, len(graph), list(graph.notes), graph.stopped))
-        result.capture.notes.extend(loaded.weights.notes())
+        result.capture.notes.extend(loaded.notes + loaded.weights.notes())
         findings = run_graph_rules(graph, self.options, result.capture.notes, loaded.weights.inits)
         refusal = self._refusal(loaded)
         if self.options.probe and refusal is None:

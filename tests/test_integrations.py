@@ -59,7 +59,7 @@ def lightning_module(pl, faulty: bool):
     return Classifier()
 
 
-def fit(pl, model, callbacks, tmp_path: Path):
+def fit(pl, model, callbacks, tmp_path: Path, precision: str = "32-true"):
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -68,6 +68,7 @@ def fit(pl, model, callbacks, tmp_path: Path):
     trainer = pl.Trainer(
         max_epochs=1, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path), log_every_n_steps=1,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+        precision=precision,
     )
     torch.manual_seed(1)  # the same shuffling and dropout masks in every fit
     trainer.fit(model, DataLoader(data, batch_size=16, shuffle=True))
@@ -165,10 +166,10 @@ class TokenData(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "attention_mask": torch.ones(12, dtype=torch.long), "labels": self.y[i]}
 
 
-def train(hf, model, data, callbacks, tmp_path: Path):
+def train(hf, model, data, callbacks, tmp_path: Path, **precision: bool):
     args = hf.TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=1, report_to=[], use_cpu=True,
-        save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0,
+        save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0, **precision,
     )
     trainer = hf.Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
     trainer.train()
@@ -206,3 +207,34 @@ def test_trainer_run_of_a_clean_transformer_trains_as_without_the_callback(hf, t
     result = callback.report.results[0]
     assert result.status == "ok" and [f for f in result.findings if f.severity >= 2] == []
     assert result.probes["loss"] == "model"  # the model's own loss on the batch's labels
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_trainer_under_mixed_precision_finds_a_dropout_planted_in_bert(hf, precision: str, tmp_path: Path) -> None:
+    """The Trainer's accelerate wraps the model's forward in autocast: the audit still sees every op inside."""
+    from auditor.integrations.transformers import AuditCallback, AuditFailed
+
+    config = hf.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=32, num_labels=3)
+    torch.manual_seed(0)
+    model = hf.BertForSequenceClassification(config)
+    model.bert.encoder.layer[1].intermediate.intermediate_act_fn = nn.Sequential(nn.Dropout(0.1), nn.GELU())
+    with pytest.raises(AuditFailed) as raised:
+        train(hf, model, TokenData(), [AuditCallback(fail_on="warning")], tmp_path, **{precision: True})
+    [finding] = raised.value.report.findings
+    assert (finding.code, finding.module) == ("DRO001", "bert.encoder.layer.1.intermediate.intermediate_act_fn.0")
+    assert raised.value.report.results[0].capture.nodes > 140  # the whole model, not the autocast region as one op
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true", "16-true"])
+def test_lightning_under_reduced_precision_audits_and_probes_as_in_float32(pl, precision: str, tmp_path: Path) -> None:
+    from auditor.integrations.lightning import AuditCallback, AuditFailed
+
+    with pytest.raises(AuditFailed) as raised:
+        fit(pl, lightning_module(pl, faulty=True), [AuditCallback(fail_on="warning")], tmp_path / "faulty", precision=precision)
+    assert [f.code for f in raised.value.report.findings] == ["DRO001"]
+    callback = AuditCallback(fail_on="warning", probe=True)
+    fit(pl, lightning_module(pl, faulty=False), [callback], tmp_path / "clean", precision=precision)
+    result = callback.report.results[0]
+    assert result.findings == [] and result.probes["loss"] == "training_step"
+    converted = [n for n in result.probes["notes"] if "probed in float32" in n]
+    assert bool(converted) == precision.endswith("-true")

@@ -2,7 +2,7 @@
 
 Every method yields the same `AuditGraph`, so rules never know which one ran; the result says which did and
 why the earlier ones failed. The model is captured in eval mode without gradients, and its train/eval state
-is restored afterwards.
+is restored afterwards; autocast regions its forward enters are inert meanwhile (`float32.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 import torch.nn as nn
 
 from auditor.capture.common import Site, iter_tensors
+from auditor.capture.float32 import inert_autocast
 from auditor.errors import first_line
 from auditor.capture.forward import ForwardFailure
 from auditor.capture.state import ModuleState
@@ -41,7 +42,7 @@ def capture(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site], m
     # whose traced forward skips such checks, still gets its try.
     settles = not any(t.is_meta for t in iter_tensors(inputs))
     state = ModuleState(model)  # a failed attempt must not leave its traces (a Proxy, a fake tensor) for the next
-    with eval_mode(model), quiet_torch():
+    with eval_mode(model), quiet_torch(), inert_autocast():
         for method in methods:
             if method == "export" and forward_failed is not None and settles:
                 continue  # export runs the same forward symbolically; only a real eager pass can settle it

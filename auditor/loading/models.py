@@ -21,6 +21,7 @@ from auditor.loading.arguments import accepted, call_with, describe_arguments, k
 from auditor.loading.importing import error_site, import_dotted, import_file, script_argv
 from auditor.loading.meta import MetaBuilder, WeightPolicy, Weights
 from auditor.loading.sites import CreationSites, Site
+from auditor.loading.wrappers import unwrap
 from auditor.locations import display_path
 from auditor.static.outline import FACTORY_NAMES, Outline
 from auditor.static.project import read_source
@@ -40,6 +41,7 @@ class LoadedModel:
     example_inputs: tuple[Any, ...] | None = None  # inputs handed to the API
     origin: dict[str, Any] | None = None  # how to build it again (--fix of untraceable models): file/module or config, name, kwargs
     weights: Weights = field(default_factory=Weights)  # real or meta, its size and budget (loading/meta.py)
+    notes: list[str] = field(default_factory=list)  # said about the model itself (a wrapper looked through)
 
 
 @dataclass
@@ -86,6 +88,10 @@ class ModelLoader:
         for item in loaded:
             if isinstance(item, LoadedModel):
                 item.weights = self.builder.weights_of(item.model)
+                inner, note = unwrap(item.model)
+                if note is not None:
+                    item.model, item.sites = inner, self.sites.for_model(inner)
+                    item.notes.append(note)
         return loaded
 
     def _load(self, target: Target) -> list[Loaded]:

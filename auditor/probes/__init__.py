@@ -58,6 +58,10 @@ def run_probes(
             measurements.skipped = f"the model cannot be deep-copied ({type(exc).__name__}: {first_line(exc)})"
             measurements.notes.append(f"probes skipped: {measurements.skipped}")
             return measurements
+        lowered = _in_float32(work)
+        if lowered is not None:
+            inputs = tuple(t.float() if _is_float(t) and t.dtype in _LOW_PRECISION else t for t in inputs)
+            measurements.notes.append(f"the model's weights are {lowered}: probed in float32 on a copy (the probes measure float32 training)")
         given = (lambda output: loss(work, output)) if loss is not None else None
         task = Task(inputs, graph, int(config["probe-seed"]), given, _loss_name(loss))
         step_norms: list[float] = []  # the total gradient norm of every backward, for the clipping statistics
@@ -254,6 +258,20 @@ def _requiring_grad(batch: tuple[Any, ...]) -> tuple[Any, ...]:
     """Float inputs as non-leaf tensors that require grad: the gradient reaching the data is measured, and a
     model that modifies its input in place still can."""
     return tuple(t.detach().requires_grad_(True).clone() if _is_float(t) else t for t in batch)
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _in_float32(work: nn.Module) -> str | None:
+    """A working copy whose weights are float16/bfloat16 (`model.half()`, a bf16 checkpoint) converted to
+    float32, so that the probes' float32 passes, and their findings, do not depend on the dtype the model is
+    kept in; the low precision's name, or None when there was nothing to convert."""
+    low = sorted({str(t.dtype).replace("torch.", "") for t in [*work.parameters(), *work.buffers()] if t.dtype in _LOW_PRECISION})
+    if not low:
+        return None
+    work.float()
+    return " and ".join(low)
 
 
 def _is_float(value: Any) -> bool:
