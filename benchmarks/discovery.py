@@ -8,6 +8,8 @@
    Python and against `audit --version` (the command's start-up).
 2. A CIFAR network that keeps its resolution (`models.py:cifar_wide`): `audit` with inferred inputs against
    `audit --input 2,3,32,32`.
+3. The training-code source checks alone (what the pre-commit hook pays per training script), in this process:
+   each script of tests/fixtures/training parsed and checked 20 times.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from timing import measure
@@ -76,6 +79,27 @@ def inference(repeat: int) -> None:
     print(f"| models.py:cifar_wide | {given:.2f} s | {inferred:.2f} s | {inferred / given:.1f}x |")
 
 
+def source_checks(repeat: int) -> None:
+    from auditor.options import Options
+    from auditor.rule import default_settings
+    from auditor.selection import Selection
+    from auditor.source import check_source, parse
+
+    scripts = sorted((HERE.parent / "tests" / "fixtures" / "training").glob("*.py"))
+    texts = [(str(p), p.read_text()) for p in scripts] * 20
+    options = Options(selection=Selection(select=["CLP001", "TRN001", "TRN002", "AMP003"]), settings=default_settings())
+
+    def once() -> float:
+        started = time.perf_counter()
+        for path, text in texts:
+            check_source(path, text, parse(path, text), options, [])
+        return time.perf_counter() - started
+
+    seconds = statistics.median(once() for _ in range(repeat))
+    print("\n| training-code source checks | files | total | per file |\n| --- | --- | --- | --- |")
+    print(f"| tests/fixtures/training x 20 | {len(texts)} | {seconds:.2f} s | {1000 * seconds / len(texts):.1f} ms |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -84,6 +108,7 @@ def main() -> None:
     plain_files(args.repeat)
     if not args.skip_inference:
         inference(args.repeat)
+    source_checks(args.repeat)
 
 
 if __name__ == "__main__":

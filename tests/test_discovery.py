@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -161,17 +160,15 @@ def test_only_files_that_reach_torch_are_imported(tmp_path):
     assert "util" not in sys.modules  # a plain utility module is never executed
 
 
-def test_a_folder_of_plain_python_costs_about_what_reading_it_does(tmp_path):
-    """200 torch-free modules with classes and top-level code: parsed and checked, never imported."""
-    for index in range(200):
+def test_a_folder_of_plain_python_is_read_never_imported(tmp_path):
+    """Torch-free modules with classes and top-level code: parsed and checked, never imported (what a folder of
+    200 costs: benchmarks/discovery.py)."""
+    for index in range(20):
         (tmp_path / f"util_{index}.py").write_text(f"import os\n\n\nclass Helper{index}:\n    value = {index}\n\n\n"
                                                    f"def helper(x):\n    return os.path.join(x, 'y')\n\n\nprint('imported')\n")
-    started = time.perf_counter()
     report = run(tmp_path)
-    elapsed = time.perf_counter() - started
-    assert len(report.results) == 200 and all(r.status == "ok" for r in report.results)
+    assert len(report.results) == 20 and all(r.status == "ok" for r in report.results)
     assert not any(name.startswith("util_") for name in sys.modules)
-    assert elapsed < 5, f"{elapsed:.2f} s for 200 plain files"  # generous: the measured figure is in README
 
 
 def test_argument_parsing_at_import_sees_only_the_file(tmp_path):

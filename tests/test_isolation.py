@@ -31,17 +31,15 @@ def _results(stdout: str) -> dict[str, dict]:
     return {r["target"]: r for r in json.loads(stdout)["results"]}
 
 
-def test_deaths_and_hangs_become_errors_of_their_targets_and_the_others_still_count():
+def test_deaths_become_errors_of_their_targets_and_the_others_still_count():
     deaths = {
         "exits_at_import.py": "exited with status 0 while importing",
         "exits_in_build.py": "exited with status 3 while building Net",
         "signal_in_forward.py": "killed by SIGTERM while capturing Net",
         "crash_in_build.py": "killed by SIGSEGV while building Net",
-        "hangs_at_import.py": "timed out after 4 s while importing",
-        "hangs_in_forward.py": "timed out after 4 s while capturing Net",
     }
     targets = [NOISY, *(f"{HERE / name}:Net" for name in deaths), f"{HERE / 'patches_torch.py'}:Net", str(CLEAN)]
-    done = cli("--format", "json", "--fail-on", "warning", "--timeout", "4", "--jobs", "3", *targets)  # 4 s: ample for the others on a busy machine
+    done = cli("--format", "json", "--fail-on", "warning", "--jobs", "3", *targets)
     assert done.returncode == 2, done.stderr
     results = _results(done.stdout)
     clean = display_path(str(CLEAN))
@@ -50,11 +48,24 @@ def test_deaths_and_hangs_become_errors_of_their_targets_and_the_others_still_co
     for name, message in deaths.items():
         error = results[f"{SHOWN}/{name}:Net"]["error"]
         assert error.startswith(message), error
-    assert "--timeout SECONDS" in results[f"{SHOWN}/hangs_in_forward.py:Net"]["error"]
     assert "--verbose shows what it wrote" in results[f"{SHOWN}/crash_in_build.py:Net"]["error"]  # the fault handler's stack
     # the previous target replaced torch's default init in its own process only
     assert results[f"{clean}:build_model"]["findings"] == []
     assert [line.split(": ")[2] for line in done.stderr.splitlines()] == [f"{SHOWN}/{name}:Net" for name in deaths]
+    assert "Traceback" not in done.stderr
+
+
+def test_hangs_are_stopped_at_the_timeout_naming_what_they_were_doing():
+    """Only the hangs run under the short limit: how long a healthy target takes on a busy machine is no part
+    of what this checks."""
+    hangs = {"hangs_at_import.py": "timed out after 8 s while importing", "hangs_in_forward.py": "timed out after 8 s while capturing Net"}
+    done = cli("--format", "json", "--timeout", "8", "--jobs", "2", *(f"{HERE / name}:Net" for name in hangs))
+    assert done.returncode == 2, done.stderr
+    results = _results(done.stdout)
+    for name, message in hangs.items():
+        error = results[f"{SHOWN}/{name}:Net"]["error"]
+        assert error.startswith(message), error
+        assert "--timeout SECONDS" in error
     assert "Traceback" not in done.stderr
 
 

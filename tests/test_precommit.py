@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import time
+import sys
 from pathlib import Path
 
 import yaml
 
+from auditor.locations import display_path
 from support import run
 
 ROOT = Path(__file__).parent.parent
@@ -22,14 +23,15 @@ def test_hooks_manifest():
     assert hooks["audit"].get("pass_filenames", True) is True
 
 
-def test_files_without_models_pass_quickly(tmp_path):
+def test_files_without_models_pass_without_being_imported(tmp_path):
+    """The hook passes a commit's files one by one: each plain module is checked from its source, never run
+    (what 200 of them cost: benchmarks/discovery.py)."""
     files = []
     for index in range(20):
-        path = tmp_path / f"util_{index}.py"
+        path = tmp_path / f"hooked_{index}.py"
         path.write_text(f"import os\n\nVALUE = {index}\n\n\ndef helper(x):\n    return os.path.join(x, 'y')\n")
         files.append(path)
-    started = time.perf_counter()
     report = run(*files)
-    elapsed = time.perf_counter() - started
+    assert [r.target for r in report.results] == [display_path(str(f)) for f in files]
     assert all(r.status == "ok" and not r.findings for r in report.results)
-    assert elapsed < 1.0, f"{elapsed:.2f} s for 20 plain files"
+    assert not any(name.startswith("hooked_") for name in sys.modules)
