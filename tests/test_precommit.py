@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -21,6 +22,16 @@ def test_hooks_manifest():
         assert hook["language"] == "python" and hook["types_or"] == ["python"] and hook["require_serial"] is True
     assert hooks["audit-models"]["pass_filenames"] is False
     assert hooks["audit"].get("pass_filenames", True) is True
+
+
+def test_readme_snippet_uses_the_published_hooks_with_one_pinned_environment():
+    snippet = re.search(r"```yaml\n(# \.pre-commit-config\.yaml\n.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert snippet, "README has no .pre-commit-config.yaml snippet"
+    (repo,) = yaml.safe_load(snippet.group(1))["repos"]
+    published = {hook["id"] for hook in yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())}
+    assert {hook["id"] for hook in repo["hooks"]} == published
+    pins = {tuple(hook.get("additional_dependencies", [])) for hook in repo["hooks"]}
+    assert len(pins) == 1 and re.fullmatch(r"torch==[\d.]+", next(iter(pins))[0]), "both hooks pin torch alike (one env)"
 
 
 def test_files_without_models_pass_without_being_imported(tmp_path):
