@@ -45,11 +45,13 @@ class _LocatingTracer(fx.Tracer):
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """The traced module; what the symbolic forward wrote into the model (a Proxy) is undone first."""
+    """The traced module; what the symbolic forward wrote into the model (a Proxy) is undone first. The
+    GraphModule is made before that: it copies the tensor constants tracing stored on the model
+    (`_tensor_constant0`, a `torch.arange` made in forward), which the undo removes."""
     tracer = _LocatingTracer()
     with restored(model):
         graph = tracer.trace(model)
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
 class _ShapeRecorder(fx.Interpreter):
