@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch.nn as nn
 
@@ -17,6 +17,7 @@ from auditor.engine import Engine
 from auditor.errors import TargetError
 from auditor.findings import AppliedFix, Report
 from auditor.memory import default_budget
+from auditor.loading.inputs import bound_by_name
 from auditor.loading.meta import weights_of
 from auditor.loading.models import LoadedModel
 from auditor.loading.sites import CreationSites
@@ -38,8 +39,10 @@ def audit(
     settings: dict[str, Any] | None = None,
     loss: Callable[[nn.Module, Any], Any] | None = None,
 ) -> Report:
-    """Audit a live module. `example_inputs` is a tensor or a tuple of tensors; without it, inputs are
-    resolved as on the command line (`example_input_array`, then inference from the first layer).
+    """Audit a live module. `example_inputs` is a tensor, a tuple (one item per positional forward argument),
+    or a dict bound to the forward's parameters by name (`{"input_ids": ids, "attention_mask": mask}`; a
+    `forward(self, batch)` that no key names takes the dict itself); without it, inputs are resolved as on the
+    command line (`example_input_array`, then guessed from the forward and its layers).
     `loss(model, output)`: with `probe`, the real training loss of an output (`model` is the probes' copy),
     used instead of the probes' surrogate loss; if it fails, the surrogate is used and a note says why."""
     options = api_options(select, ignore, settings, probe=probe, probe_loss=loss)
@@ -163,10 +166,13 @@ def _selectors(patterns: Iterable[str] | None, name: str, known: list[tuple[str,
 
 def live_model(model: nn.Module, example_inputs: Any) -> LoadedModel:
     """Wrap a caller's module (the model inside a `torch.compile` or data-parallel wrapper); creation sites come
-    from reading its classes' source."""
-    if example_inputs is not None and not isinstance(example_inputs, tuple):
-        example_inputs = (example_inputs,)
+    from reading its classes' source. `example_inputs`: a tuple (one item per positional argument), a dict
+    (bound to the forward's parameters by name) or one value."""
     model, note = unwrap(model)
+    if isinstance(example_inputs, Mapping):
+        example_inputs = bound_by_name(model, example_inputs)
+    elif example_inputs is not None and not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
     return LoadedModel(
         label=type(model).__name__,
         model=model,

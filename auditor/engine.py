@@ -140,16 +140,20 @@ class Engine:
             return self._audit_loaded(loaded)
 
     def _audit_loaded(self, loaded: LoadedModel) -> TargetResult:
-        from auditor.prepare import capture_model, place_on_device
+        from auditor.prepare import capture_model, place_of, place_on_device, settle_guessed
 
         started = time.perf_counter()
         name = loaded.label.rsplit(":", 1)[-1]
         self.progress(f"capturing {name}")
         place_on_device(loaded, self.options.device)
-        graph, inputs = capture_model(loaded, self.options.inputs or loaded.inputs, self.options.capture, loaded.example_inputs)
-        result = TargetResult(target=loaded.label, capture=CaptureInfo(graph.method, len(graph), list(graph.notes), graph.stopped))
+        prepared = capture_model(loaded, self.options.inputs or loaded.inputs, self.options.capture, loaded.example_inputs)
+        graph, inputs = prepared.graph, prepared.inputs
+        result = TargetResult(target=loaded.label, capture=CaptureInfo(graph.method, len(graph), list(graph.notes), graph.stopped, prepared.records))
         result.capture.notes.extend(loaded.notes + loaded.weights.notes())
-        findings = run_graph_rules(graph, self.options, result.capture.notes, loaded.weights.inits)
+        found = run_graph_rules(graph, self.options, result.capture.notes, loaded.weights.inits)
+        findings, guess_notes = settle_guessed(loaded, prepared, found, lambda other: run_graph_rules(other, self.options, [], loaded.weights.inits))
+        result.capture.notes.extend(guess_notes)
+        guessed_only = {place_of(f) for f in found if f not in findings}  # what --fix must leave alone too
         refusal = self._refusal(loaded)
         if self.options.probe and refusal is None:
             self.progress(f"probing {name}")
@@ -159,7 +163,7 @@ class Engine:
             result.status, result.error = "error", refusal
         elif self.options.fix is not None:
             self.progress(f"fixing {name}")
-            self._fix(loaded, graph, inputs, result)
+            self._fix(loaded, graph, inputs, result, guessed_only)
         result.seconds = time.perf_counter() - started
         return result
 
@@ -171,17 +175,20 @@ class Engine:
         return loaded.weights.refusal(" and ".join(asked)) if asked else None
 
     # --- --fix ------------------------------------------------------------------------------------------------
-    def _fix(self, loaded: LoadedModel, graph: AuditGraph, inputs: tuple[Any, ...], result: TargetResult) -> None:
+    def _fix(self, loaded: LoadedModel, graph: AuditGraph, inputs: tuple[Any, ...], result: TargetResult,
+             guessed_only: set[tuple[Any, ...]]) -> None:
         """Fix a copy of the model and stage its folder (auditor/fixing), then audit what was written with this
         engine's own audit step and report what remains. A failure makes this result an error but keeps its
-        findings."""
+        findings. Findings only the guessed input made (`guessed_only`, by place) are not fixed."""
         from dataclasses import replace
 
         from auditor.fixing.fixer import failure_message, fix_model
+        from auditor.prepare import place_of
 
         try:
             outcome = fix_model(loaded, inputs, graph.method, self.options, self._output_folder(),
-                                lambda fixing, inits: _kept(run_graph_rules(fixing, self.options, [], inits), self.options))
+                                lambda fixing, inits: [f for f in _kept(run_graph_rules(fixing, self.options, [], inits), self.options)
+                                                       if place_of(f) not in guessed_only])
             try:
                 reaudit = Engine(replace(self.options, fix=None, capture=(outcome.fixed.method,))).audit_loaded(outcome.written)
                 if reaudit.status != "ok":

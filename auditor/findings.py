@@ -72,15 +72,40 @@ class AppliedFix:
         return {"code": self.code, "module": self.module, "action": self.action, "safe": self.safe}
 
 
+GUESS_NOTE = "guess: "  # starts the notes about what a guessed input decided (shown with the guess, without -v)
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One forward argument the model was audited with (JSON `capture.inputs[]`). `spec` is in --input's
+    grammar (`int64:2,32`; "None" for an optional argument left at None); `source` says where it came from:
+    `--input`, `example_inputs()`, `example_input_array`, `the caller's inputs`, or, for a guess, what it was
+    read from (`from Embedding(1000, 64) and pos_emb[32]`)."""
+
+    name: str
+    spec: str
+    source: str
+    guessed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "spec": self.spec, "guessed": self.guessed, "source": self.source}
+
+
 @dataclass
 class CaptureInfo:
     method: str  # "fx", "export" or "hooks"
     nodes: int
     notes: list[str] = field(default_factory=list)
     stopped: str | None = None  # a partial graph: the note saying where the forward pass stopped (one of `notes`)
+    inputs: list[InputRecord] = field(default_factory=list)  # what the forward was fed, argument by argument
+
+    @property
+    def guessed(self) -> bool:
+        """Whether the inputs were guessed (inferred from the model) rather than given."""
+        return any(record.guessed for record in self.inputs)
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "nodes": self.nodes, "notes": list(self.notes)}
+        return {"method": self.method, "nodes": self.nodes, "notes": list(self.notes), "inputs": [i.to_json() for i in self.inputs]}
 
 
 @dataclass

@@ -62,6 +62,27 @@ class TupleSpec:
 Spec = Union[InputSpec, TupleSpec]
 
 
+@dataclass(frozen=True)
+class ArgumentHint:
+    """One argument of the repository's own call of a model, as its source reads: the text (`images`, `t`,
+    `None`) and, when the source makes the tensor with literal sizes (`torch.randn(4, 3, 64, 64)`), its spec in
+    --input's grammar."""
+
+    text: str
+    spec: str | None = None
+
+
+@dataclass(frozen=True)
+class CallHint:
+    """A call of the model in the repository (`model(x, t)` at train.py:41), read statically: the guesses take
+    its specs first, read its argument names as they read the forward's, and feed the optional arguments it
+    passes. Plain data: it crosses from the process that reads the repository to the one that builds."""
+
+    site: str
+    args: tuple[ArgumentHint, ...] = ()
+    kwargs: tuple[tuple[str, ArgumentHint], ...] = ()
+
+
 def parse_spec(text: str, limit: int | None = None) -> Spec:
     """One --input. Malformed specs, and inputs larger than `limit` bytes (default: this machine's memory),
     are usage errors."""
@@ -112,6 +133,24 @@ def _groups(text: str, original: str) -> list[str]:
         if closed and all(groups):
             return groups
     raise UsageError(f"--input {original!r}: unbalanced or misplaced parentheses; a tuple is written (SPEC),(SPEC),... {_EXAMPLES}")
+
+
+def readable(spec: Spec | None) -> str:
+    """How people read a spec: `long 2x32`, `float32 2x3x224x224`, `(float32 1x2x32, float32 1x2x32)`."""
+    if spec is None:
+        return "None"
+    if isinstance(spec, TupleSpec):
+        return "(" + ", ".join(readable(item) for item in spec.items) + ")"
+    dtype = "long" if spec.dtype == "int64" else spec.dtype
+    return f"{dtype} {'x'.join(str(d) for d in spec.shape)}"
+
+
+def readable_text(text: str) -> str:
+    """`readable` of a spec written in --input's grammar; anything else ("None") as it is."""
+    try:
+        return readable(_parse(text.replace(" ", ""), text))
+    except UsageError:
+        return text
 
 
 def memory_bytes() -> int:

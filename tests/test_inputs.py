@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 
 from auditor.errors import TargetError, UsageError
-from auditor.loading.inputs import infer_candidates, make_inputs
+from auditor.loading.guesses import infer_candidates
+from auditor.loading.inputs import make_inputs
 from auditor.specs import InputSpec, TupleSpec, parse_spec
 from support import FIXTURES, cli, model_results, run
 
@@ -56,15 +57,15 @@ def test_integer_inputs_stay_below_the_smallest_embedding_table():
     ],
 )
 def test_inference_from_the_first_layer(model, first):
-    assert infer_candidates(model)[0][0].shape == first
+    assert infer_candidates(model)[0].specs[0].shape == first
 
 
 def test_inference_through_a_sequence_model():
     report = run(MODELS / "sequence.py")
     tagger, time_major = model_results(report)
     assert tagger.status == time_major.status == "ok"
-    assert any("input inferred as int64:2,16" in note for note in tagger.capture.notes)
-    assert any("input inferred as 16,2,6" in note for note in time_major.capture.notes)
+    assert _inferred(tagger) == "int64:2,16"
+    assert _inferred(time_major) == "16,2,6"
 
 
 def test_inferred_sizes_are_tried_until_one_runs():
@@ -80,7 +81,7 @@ def test_inferred_sizes_are_tried_until_one_runs():
     import auditor
 
     [result] = auditor.audit(LeNetish()).results
-    assert any("input inferred as 2,3,32,32" in note for note in result.capture.notes)
+    assert _inferred(result) == "2,3,32,32"
 
 
 def test_an_inferred_size_at_which_a_merge_fails_gives_way_to_one_the_whole_forward_runs_on():
@@ -89,7 +90,7 @@ def test_an_inferred_size_at_which_a_merge_fails_gives_way_to_one_the_whole_forw
     model's, so the size the whole forward runs on is chosen."""
     [result] = model_results(run(FIXTURES / "canonical" / "vit_tiny.py"))
     assert result.status == "ok"
-    assert any("input inferred as 2,3,32,32" in note for note in result.capture.notes), result.capture.notes
+    assert _inferred(result) == "2,3,32,32", result.capture.inputs
     assert not result.findings
 
 
@@ -103,19 +104,55 @@ def test_example_input_array_is_used():
     assert result.status == "ok" and result.capture.nodes == 3
 
 
-def test_multiple_inputs_without_specs_are_explained():
-    class TwoInputs(nn.Module):
+def test_a_mask_is_shaped_after_the_input_it_masks():
+    class Masked(nn.Module):
         def __init__(self):
             super().__init__()
             self.a = nn.Linear(3, 3)
 
         def forward(self, x, mask):
-            return self.a(x) * mask
+            return self.a(x).masked_fill(~mask, 0.0)
 
-    with pytest.raises(TargetError, match="cannot infer input 'mask'"):
-        import auditor
+    import auditor
 
-        auditor.audit(TwoInputs())
+    [result] = auditor.audit(Masked()).results
+    assert _inferred(result) == "2,3 bool:2,3"
+    assert result.capture.inputs[1].source == "as a mask over the positions of `x`, by its name"
+
+
+def test_an_input_no_layer_reads_is_explained():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return torch.tanh(x) * self.scale
+
+    import auditor
+
+    with pytest.raises(TargetError, match=r"cannot infer input 'x' \(no layer consumes it directly\); pass --input SPEC"):
+        auditor.audit(Scaled())
+
+
+def test_when_no_guess_fits_the_error_lists_only_what_the_first_layer_takes():
+    """A token model whose forward rejects every guess: what was tried are token ids, never an image shape."""
+
+    class Picky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+
+        def forward(self, ids):
+            if ids.shape[-1] != 7:
+                raise ValueError("expected 7 tokens")
+            return self.embed(ids)
+
+    import auditor
+
+    with pytest.raises(TargetError, match=r"forward failed on every guessed input \(int64:2,16; int64:2,128; int64:2\)") as raised:
+        auditor.audit(Picky())
+    assert "224" not in str(raised.value)
 
 
 def test_a_forward_with_only_optional_arguments_is_fed_its_first():
@@ -133,7 +170,7 @@ def test_a_forward_with_only_optional_arguments_is_fed_its_first():
                 hidden = hidden * attention_mask.unsqueeze(-1)
             return self.out(hidden)
 
-    assert infer_candidates(TokenModel())[0] == [InputSpec("int64", (2, 16))]
+    assert infer_candidates(TokenModel())[0].specs == [InputSpec("int64", (2, 16))]
 
 
 # --- per-argument inference, nested specs, sizes -----------------------------------------------------------------
@@ -141,8 +178,9 @@ INPUTS = FIXTURES / "inputs"
 
 
 def _inferred(result) -> str:
-    [note] = [n for n in result.capture.notes if n.startswith("input inferred as ")]
-    return note[len("input inferred as "):].split(";")[0]
+    """The guessed inputs as --input specs."""
+    assert result.capture.guessed, result.capture.inputs
+    return " ".join(record.spec for record in result.capture.inputs)
 
 
 def test_each_forward_argument_is_inferred_on_its_own():

@@ -8,7 +8,7 @@ import json
 
 from rich.console import Console
 
-from auditor.findings import AppliedFix, CaptureInfo, Finding, Report, Severity, TargetResult
+from auditor.findings import AppliedFix, CaptureInfo, Finding, InputRecord, Report, Severity, TargetResult
 from auditor.report import renderer
 from auditor.report.text import print_report
 from auditor.rule import all_rules
@@ -19,12 +19,13 @@ FINDING = Finding(
     module="head.drop", node="head_drop", file="models/net.py", line=14, fixable=True, hint="Move the dropout after the activation",
 )
 ROOT_FINDING = Finding(code="RES001", rule="residual-shape-mismatch", severity=Severity.ERROR, message="100% bad: a, b\nnext", module="", node="add", file="models/net.py", line=30)
+GUESSED = InputRecord("idx", "int64:2,32", "from Embedding(1000, 64) and pos_emb[32]", guessed=True)
 UNLOCATED = Finding(code="NRM001", rule="batchnorm-after-activation", severity=Severity.INFO, message="m", module=None)
 
 
 def report() -> Report:
     return Report([
-        TargetResult("models/net.py:Net", capture=CaptureInfo("fx", 57), findings=[FINDING, ROOT_FINDING], fixes=[AppliedFix("DRO001", "head.drop", "moved after head.act")]),
+        TargetResult("models/net.py:Net", capture=CaptureInfo("fx", 57, inputs=[GUESSED]), findings=[FINDING, ROOT_FINDING], fixes=[AppliedFix("DRO001", "head.drop", "moved after head.act")]),
         TargetResult("models/net.py", findings=[UNLOCATED]),
         TargetResult("models/broken.py", status="error", error="models/broken.py:3: syntax error: invalid syntax"),
     ])
@@ -35,7 +36,8 @@ def test_json_has_every_contract_field():
     assert document["version"] == 1 and document["tool"] == {"name": "auditor", "version": "0.1.0"}
     first = document["results"][0]
     assert first["target"] == "models/net.py:Net" and first["status"] == "ok"
-    assert first["capture"] == {"method": "fx", "nodes": 57, "notes": []}
+    assert first["capture"] == {"method": "fx", "nodes": 57, "notes": [], "inputs": [
+        {"name": "idx", "spec": "int64:2,32", "guessed": True, "source": "from Embedding(1000, 64) and pos_emb[32]"}]}
     assert first["findings"][0] == {
         "code": "DRO001", "rule": "dropout-before-activation", "severity": "warning",
         "message": "Dropout `head.drop` feeds ReLU `head.act`; apply dropout after the activation",
@@ -96,6 +98,25 @@ def test_text_report_for_a_clean_run():
     buffer = io.StringIO()
     print_report(Report([TargetResult("a.py"), TargetResult("a.py:Net", capture=CaptureInfo("fx", 3))]), Console(file=buffer, no_color=True, width=200))
     assert buffer.getvalue().strip() == "All checks passed! (2 targets audited)"
+
+
+def test_a_guessed_input_is_shown_without_verbose_even_on_a_clean_model():
+    guessed = CaptureInfo("fx", 3, notes=["guess: RES001 at m.py:9 not reported: the guessed input does not fit `pos_emb` [1, 32, 64]"],
+                          inputs=[GUESSED, InputRecord("t", "int64:2", "as a timestep (one value per sample)", guessed=True)])
+    given = CaptureInfo("fx", 3, inputs=[InputRecord("x", "2,3", "--input")])
+    buffer = io.StringIO()
+    print_report(Report([TargetResult("m.py:GPT", capture=guessed), TargetResult("m.py:Net", capture=given)]),
+                 Console(file=buffer, no_color=True, width=200, soft_wrap=True))
+    assert buffer.getvalue().strip().splitlines() == [
+        "m.py:GPT  fx, 3 nodes",
+        "  input guessed: idx long 2x32 from Embedding(1000, 64) and pos_emb[32]; t long 2 as a timestep (one value per sample)",
+        "  note: RES001 at m.py:9 not reported: the guessed input does not fit `pos_emb` [1, 32, 64]",
+        "",
+        "All checks passed! (2 targets audited)",
+    ]
+    quiet = io.StringIO()
+    print_report(Report([TargetResult("m.py:GPT", capture=guessed)]), Console(file=quiet, no_color=True, width=200), quiet=True)
+    assert quiet.getvalue() == ""
 
 
 def test_text_report_says_when_no_model_was_found_or_audited():

@@ -2,7 +2,8 @@
 
 The rule (documented in the README):
 - a mapping (`{"input_ids": ..., "labels": ...}`) is passed by keyword: each key that names a parameter of the
-  forward fills it; other keys (ids, raw text) are left out;
+  forward fills it; other keys (ids, raw text) are left out; a forward of one parameter that no key names
+  (`forward(self, batch)`) takes the mapping itself;
 - a tensor is the one input;
 - a tuple or list `(x, y)` gives its leading items to the forward's required positional parameters (at least
   one): `forward(x)` gets `x`, `forward(x, mask)` gets `x, mask`; the rest (targets) are left out.
@@ -17,6 +18,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
+from auditor.loading.inputs import bound_by_name
 from auditor.prepare import model_device
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -40,25 +42,9 @@ def forward_inputs(model: nn.Module, batch: Any, choose: Callable[[Any], Any] | 
 
 
 def keyword_inputs(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The batch's entries bound by name to the forward's parameters, as positional arguments: the parameters
-    between them keep their defaults (the audit's captures take positional inputs)."""
-    parameters = inspect.signature(model.forward).parameters
-    keyword_only = [k for k in batch if k in parameters and parameters[k].kind is inspect.Parameter.KEYWORD_ONLY]
-    if keyword_only:
-        raise ValueError(f"the forward takes `{keyword_only[0]}` only by keyword; pass inputs=(a function from the batch to the inputs)")
-    positional = [p for p in parameters.values() if p.kind in _POSITIONAL]
-    used = [i for i, p in enumerate(positional) if p.name in batch]
-    if not used:
-        raise ValueError(f"no key of the batch ({', '.join(map(str, batch))}) names a parameter of the forward")
-    inputs = []
-    for parameter in positional[: used[-1] + 1]:
-        if parameter.name in batch:
-            inputs.append(batch[parameter.name])
-        elif parameter.default is inspect.Parameter.empty:
-            raise ValueError(f"the batch has no `{parameter.name}` for the forward's required argument")
-        else:
-            inputs.append(parameter.default)
-    return tuple(inputs)
+    """The batch's entries bound by name to the forward's parameters, as positional arguments (the API's own
+    binding of a dict of inputs, `loading.inputs.bound_by_name`)."""
+    return bound_by_name(model, batch, "the batch", "pass inputs=(a function from the batch to the inputs)")
 
 
 def leading_inputs(model: nn.Module, batch: tuple[Any, ...] | list[Any]) -> tuple[Any, ...]:

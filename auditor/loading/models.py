@@ -23,6 +23,7 @@ from auditor.loading.meta import MetaBuilder, WeightPolicy, Weights
 from auditor.loading.sites import CreationSites, Site
 from auditor.loading.wrappers import unwrap
 from auditor.locations import display_path
+from auditor.specs import CallHint
 from auditor.static.outline import FACTORY_NAMES, Outline
 from auditor.static.project import read_source
 from auditor.targets import FIXED_MANIFEST, Kind, Target
@@ -42,6 +43,7 @@ class LoadedModel:
     origin: dict[str, Any] | None = None  # how to build it again (--fix of untraceable models): file/module or config, name, kwargs
     weights: Weights = field(default_factory=Weights)  # real or meta, its size and budget (loading/meta.py)
     notes: list[str] = field(default_factory=list)  # said about the model itself (a wrapper looked through)
+    call: CallHint | None = None  # the repository's own call of the model, read statically (input guesses start there)
 
 
 @dataclass

@@ -45,24 +45,44 @@ def time_budget(seconds: float) -> Iterator[None]:
         handle.remove()
 
 
-def rank(candidates: list[Any], fits: Callable[[Any], bool]) -> list[Any] | None:
-    """The first candidate that fits, then the others in their order (a fake run can fail where a real one
-    would not: data-dependent code, `.item()`; those are still tried for real). Only the real run on the chosen
-    one is needed when it works, so the search stops there. None when no candidate fits."""
-    chosen = next((c for c in candidates if fits(c)), None)
-    return None if chosen is None else [chosen, *[c for c in candidates if c is not chosen]]
+def rank(candidates: list[Any], fits: Callable[[Any], bool | None]) -> tuple[list[Any], bool]:
+    """The order to try candidates in for real, and whether a run that stops at a failed merge will do.
+
+    The first candidate that fits on fake tensors comes first (only its real run is needed when it works, so
+    the search stops there). Where none fits but some could not be judged on fake tensors (data-dependent code,
+    `.item()`), those are tried for real in their order, for a run of the whole forward. Where every one is
+    known not to fit, a merge fails at every size: the first that runs up to it will do."""
+    undecided = []
+    for candidate in candidates:
+        verdict = fits(candidate)
+        if verdict:
+            return [candidate, *[c for c in candidates if c is not candidate]], False
+        if verdict is None:
+            undecided.append(candidate)
+    return (undecided, False) if undecided else (candidates, True)
 
 
-def runs_on_fake(model: nn.Module, inputs: tuple[Any, ...]) -> bool:
-    """Whether the model's forward accepts inputs of these shapes, run on fake tensors (no data computed)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils._pytree import tree_map
+def runs_on_fake(model: nn.Module, inputs: tuple[Any, ...]) -> bool | None:
+    """Whether the model's forward accepts inputs of these shapes, run on fake tensors (no data computed); None
+    when fake tensors cannot tell (the forward reads values: `if x.sum() > 0`, `.item()`, `nonzero()`)."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
 
     try:
         with restored(model), preserved_rng(), eval_mode(model), quiet_torch(), torch.no_grad():
-            with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-                fake = tree_map(lambda v: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v, inputs)
+            with fake_inputs(inputs) as fake:
                 model(*fake)
-    except Exception:  # noqa: BLE001 - any failure means "not known to fit"
+    except (DataDependentOutputException, DynamicOutputShapeException):
+        return None
+    except Exception:  # noqa: BLE001 - any other failure means "does not fit"
         return False
     return True
+
+
+@contextlib.contextmanager
+def fake_inputs(inputs: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+    """Fake tensors of the inputs' shapes, inside the fake mode (the model's own tensors join it as used)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._pytree import tree_map
+
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        yield tree_map(lambda v: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v, inputs)

@@ -10,8 +10,9 @@ import io
 from rich.console import Console
 from rich.text import Text
 
-from auditor.findings import Finding, Report, Severity, TargetResult
+from auditor.findings import GUESS_NOTE, CaptureInfo, Finding, Report, Severity, TargetResult
 from auditor.report import Group, grouped
+from auditor.specs import readable_text
 
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
@@ -21,7 +22,8 @@ def print_report(report: Report, console: Console, *, quiet: bool = False, verbo
         if result.status != "ok":
             continue  # failed targets are reported on stderr by the CLI, skipped ones below
         partial = result.capture is not None and result.capture.stopped is not None
-        if result.findings or partial or (verbose and not quiet) or (result.probes and not quiet) or result.fixes or result.fixed_path:
+        guessed = result.capture is not None and result.capture.guessed
+        if result.findings or partial or ((verbose or guessed or result.probes) and not quiet) or result.fixes or result.fixed_path:
             _print_result(result, console, verbose=verbose, quiet=quiet, diff=diff)
     if not quiet:
         _print_skipped(report, console)
@@ -48,9 +50,15 @@ def _print_result(result: TargetResult, console: Console, *, verbose: bool, quie
     if verbose:
         header.append(f", {result.seconds:.2f} s", style="dim")
     console.print(header)
+    if result.capture is not None and result.capture.guessed:  # what the audit rests on, said without -v
+        console.print(Text(f"  input guessed: {guessed_text(result.capture)}", style="yellow"))
+        for note in result.capture.notes:
+            if note.startswith(GUESS_NOTE):
+                console.print(Text(f"  note: {note[len(GUESS_NOTE):]}", style="dim"))
     if verbose and result.capture is not None:
         for note in result.capture.notes:
-            console.print(Text(f"  note: {note}", style="dim"))
+            if not note.startswith(GUESS_NOTE):
+                console.print(Text(f"  note: {note}", style="dim"))
     elif result.capture is not None and result.capture.stopped:  # what was not audited, said without -v
         console.print(Text(f"  note: {result.capture.stopped}", style="yellow"))
     if not quiet:
@@ -65,6 +73,11 @@ def _print_result(result: TargetResult, console: Console, *, verbose: bool, quie
     if not quiet:
         _print_written(result, console, diff=diff)
     console.print()
+
+
+def guessed_text(capture: CaptureInfo) -> str:
+    """`idx long 2x32 from Embedding(1000, 64) and pos_emb[32]; t long 2 as a timestep (one value per sample)`."""
+    return "; ".join(f"{record.name} {readable_text(record.spec)} {record.source}" for record in capture.inputs if record.spec != "None")
 
 
 def _print_applied(result: TargetResult, console: Console, *, verbose: bool) -> None:
