@@ -69,3 +69,41 @@ def test_a_config_the_class_refuses_is_a_clear_error():
     report = run(f"{FIXTURES / 'discovery' / 'gpt_parts.py'}:GPT", kwargs={"config": {"layers": 2}})
     [result] = report.results
     assert result.status == "error" and "GPTConfig has no field 'layers'" in result.error
+
+
+@dataclass
+class Hyper:
+    width: int = 8
+    depth: int = 2
+
+
+class Settings:  # a plain config class: built from the keys
+    def __init__(self, act: str = "relu", scale: float = 1.0):
+        self.act, self.scale = act, scale
+
+
+class Annotated:
+    def __init__(self, hp: Hyper, opts: "Settings", table: dict = None, anything: object = None, either: Optional[Hyper] = None):
+        self.args = (hp, opts, table, anything, either)
+
+
+def test_a_mapping_becomes_the_dataclass_or_config_class_an_annotation_names():
+    converted = convert(Annotated, {"hp": {"width": 16}, "opts": {"scale": 0.5}, "table": {"a": 1}, "anything": {"b": 2}, "either": {"depth": 3}})
+    assert converted["hp"] == Hyper(width=16, depth=2) and converted["either"] == Hyper(width=8, depth=3)
+    assert isinstance(converted["opts"], Settings) and (converted["opts"].act, converted["opts"].scale) == ("relu", 0.5)
+    assert converted["table"] == {"a": 1} and converted["anything"] == {"b": 2}  # dict and object take the mapping as it is
+
+
+def test_kwargs_build_a_model_whose_constructor_takes_config_objects(tmp_path):
+    (tmp_path / "net.py").write_text(
+        "from dataclasses import dataclass\n\nimport torch.nn as nn\n\n\n@dataclass\nclass Hyper:\n    width: int = 8\n    depth: int = 2\n\n\n"
+        "class Cfg:\n    def __init__(self, classes: int = 4):\n        self.classes = classes\n\n\n"
+        "class Net(nn.Module):\n    def __init__(self, hp: Hyper, config: Cfg):\n        super().__init__()\n"
+        "        self.body = nn.Sequential(*[nn.Linear(hp.width, hp.width) for _ in range(hp.depth)])\n"
+        "        self.head = nn.Linear(hp.width, config.classes)\n\n    def forward(self, x):\n        return self.head(self.body(x))\n"
+    )
+    done = cli("net.py:Net", "--kwargs", '{"hp": {"width": 16, "depth": 3}, "config": {"classes": 10}}', "--input", "2,16",
+               "--format", "json", cwd=tmp_path)
+    (result,) = json.loads(done.stdout)["results"]
+    assert result["status"] == "ok", done.stderr
+    assert result["capture"]["nodes"] == 6  # input, three body Linears, the head, output: the JSON values were used

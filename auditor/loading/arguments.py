@@ -20,7 +20,8 @@ from auditor.errors import TargetError, first_line
 
 _CONFIG_PARAMETERS = ("config", "cfg", "args", "model_args", "params", "hparams", "model_config", "conf")
 _CONFIG_SUFFIXES = ("Config", "Args", "Params", "Cfg", "Arguments", "Options", "Hparams")
-_PLAIN = (dict, list, tuple, set, str, int, float, bool, bytes, object, type(None))
+_PLAIN = (dict, list, tuple, set, frozenset, str, int, float, complex, bool, bytes, type(None))  # a mapping stays a mapping
+_NOT_CONFIG_MODULES = ("builtins", "typing", "collections.abc", "abc")  # `object`, `Any`, `Mapping`: not config classes
 
 Builder = Callable[[dict[str, Any]], Any]
 
@@ -119,9 +120,9 @@ def _config_builder(hint: Any, default: Any, owner: Callable[..., Any], name: st
 def _config_class(hint: Any, default: Any, owner: Callable[..., Any], name: str) -> type | None:
     """The class a mapping for this parameter should become, or None to pass the mapping as it is."""
     for candidate in _union_members(hint):
-        if inspect.isclass(candidate) and not issubclass(candidate, _PLAIN) and candidate.__module__ != "typing":
+        if _is_config_class(candidate):
             return candidate
-    if default is not None and not isinstance(default, _PLAIN) and hasattr(default, "__dict__"):
+    if default is not None and _is_config_class(type(default)) and hasattr(default, "__dict__"):
         return type(default)
     if name not in _CONFIG_PARAMETERS:
         return None
@@ -132,6 +133,13 @@ def _config_class(hint: Any, default: Any, owner: Callable[..., Any], name: str)
     configs = [obj for obj_name, obj in vars(module).items() if inspect.isclass(obj) and dataclasses.is_dataclass(obj)
                and obj_name.endswith(_CONFIG_SUFFIXES) and obj.__module__ == module.__name__] if module else []
     return configs[0] if len(configs) == 1 else None
+
+
+def _is_config_class(candidate: Any) -> bool:
+    """A class a JSON mapping can be turned into: the user's (a dataclass, a config class), not a builtin, a
+    typing construct or an abstract base."""
+    return (inspect.isclass(candidate) and candidate.__module__ not in _NOT_CONFIG_MODULES
+            and not issubclass(candidate, _PLAIN) and not inspect.isabstract(candidate))
 
 
 def build_config(cls: type, mapping: dict[str, Any], default: Any = None) -> Any:
