@@ -31,7 +31,8 @@ FIELDS = ("fingerprint", "code", "rule", "target", "module", "message", "count")
 def fingerprint(finding: Finding, target: str) -> str:
     """The finding's identity across runs: a hash of code, target (as `portable` gives it), module and key."""
     parts = (finding.code, target, "-" if finding.module is None else finding.module, _key(finding))
-    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
+    # surrogateescape: a file name that is not UTF-8 hashes as its bytes (the same name gives the same hash)
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def portable(target: str, root: Path) -> str:

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
 
 import typer
-from rich.console import Console
 
 from auditor import __version__
 from auditor import baseline as baselines
 from auditor.config import Config, find_pyproject, load_config, validate_settings
-from auditor.errors import UsageError
+from auditor.errors import UsageError, first_line
 from auditor.findings import Report, Severity
+from auditor.limits import MAX_NESTING, check_nesting, check_timeout
 from auditor.options import CAPTURE_METHODS, FixOptions, Options
 from auditor.report import FORMATS
+from auditor.report.terminal import StdoutClosed, Terminal, discard, ensure_stdout, printable
 from auditor.selection import Selection, is_valid_selector
 
 EPILOG = "Other commands: `audit rules` lists every rule; `audit explain CODE` explains one."
@@ -33,13 +35,23 @@ def main() -> None:
     """Console-script entry point. A bug of the tool's still ends in one line (the traceback with --verbose)."""
     argv = sys.argv[1:]
     app = rules_app if argv and argv[0] in ("rules", "explain") else audit_app
+    ensure_stdout()
     try:
         app(args=argv, prog_name="audit")
+    except (UsageError, StdoutClosed) as exc:  # a bad rule pack, or a report with nowhere to go
+        _say(f"audit: error: {exc}")
+        sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - last resort: never a bare traceback
         if "--verbose" in argv or "-v" in argv:
             raise
-        sys.stderr.write(f"audit: internal error: {type(exc).__name__}: {exc} (rerun with --verbose for the traceback)\n")
+        _say(f"audit: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --verbose for the traceback)")
         sys.exit(2)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, if there is a stderr (`2>&-` closes it)."""
+    if sys.stderr is not None:
+        sys.stderr.write(printable(line) + "\n")
 
 
 def _version(value: bool) -> None:
@@ -81,7 +93,7 @@ def audit(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
 ) -> None:
     """Audit PyTorch models for missing or misplaced training tricks."""
-    err = Console(stderr=True, soft_wrap=True, emoji=False, markup=False, highlight=False)  # user text stays literal
+    err = Terminal(stderr=True, soft_wrap=True, emoji=False, markup=False, highlight=False)  # user text stays literal
     try:
         runs = []
         for config, group in _configured(targets, config_file):
@@ -117,7 +129,9 @@ def audit(
     if options.plot is not None:
         _plot(report, options.plot, err)
     for result in report.failed_targets:
-        err.print(f"audit: error: {result.target}: {result.error}", style="red")
+        said = result.error or ""
+        named = not result.target or said.startswith(result.target + ":")  # the message names its target already
+        err.print(f"audit: error: {said if named else f'{result.target}: {said}'}", style="red")
         if result.traceback:
             err.print(result.traceback)
     if write_baseline is not None:
@@ -126,7 +140,7 @@ def audit(
     raise typer.Exit(exit_code)
 
 
-def _usage_error(err: Console, exc: UsageError) -> NoReturn:
+def _usage_error(err: Terminal, exc: UsageError) -> NoReturn:
     err.print(f"audit: error: {exc}", style="red")
     raise typer.Exit(2) from None
 
@@ -143,7 +157,7 @@ def _merge(report: Report, part: Report) -> None:
         report.baseline.stale.extend(part.baseline.stale)
 
 
-def _run(targets: list[Any], base: Path | None, options: Options, config: Config, err: Console, silent: bool, limits: tuple[int, float]) -> Report:
+def _run(targets: list[Any], base: Path | None, options: Options, config: Config, err: Terminal, silent: bool, limits: tuple[int, float]) -> Report:
     """Each target's models are audited in a child process (`auditor.runner`); what the user's code wrote is
     shown on stderr with --verbose, never on stdout."""
     from auditor.engine import resolve_targets
@@ -160,7 +174,7 @@ def _run(targets: list[Any], base: Path | None, options: Options, config: Config
         return Report(errors + run(progress=lambda text: status.update(Text(f"auditing {text}"))))
 
 
-def _show_output(err: Console) -> Any:
+def _show_output(err: Terminal) -> Any:
     def show(label: str, text: str) -> None:
         err.print(f"audit: output of {label}:")
         err.print("\n".join(f"  | {line}" for line in text.splitlines()))
@@ -173,28 +187,37 @@ def _limits(jobs: int, timeout: float | None, config: Config) -> tuple[int, floa
 
     if jobs < 1:
         raise UsageError(f"--jobs {jobs}: expected a number of processes, 1 or more")
-    seconds = timeout if timeout is not None else config.timeout if config.timeout is not None else DEFAULT_TIMEOUT
-    if not seconds >= 0:
-        raise UsageError(f"--timeout {seconds:g}: expected seconds, 0 or more (0: no limit)")
-    return jobs, seconds
+    if timeout is not None:
+        return jobs, check_timeout(timeout, "--timeout")
+    return jobs, config.timeout if config.timeout is not None else DEFAULT_TIMEOUT
 
 
 def _emit(report: Report, output_format: str, quiet: bool, verbose: bool, diff: bool = False) -> None:
     if output_format == "text":
         from auditor.report.text import print_report
 
-        print_report(report, Console(highlight=False, soft_wrap=True, emoji=False, markup=False), quiet=quiet, verbose=verbose, diff=diff)
+        print_report(report, Terminal(highlight=False, soft_wrap=True, emoji=False, markup=False), quiet=quiet, verbose=verbose, diff=diff)
         return
     from auditor.report import renderer
 
-    sys.stdout.write(renderer(output_format)(report) + "\n")
+    _write(renderer(output_format)(report) + "\n")
     if diff:  # stdout holds the document: the generated code's diff goes to stderr
         for result in report.results:
             if result.fix_diff:
-                sys.stderr.write(result.fix_diff)
+                sys.stderr.write(printable(result.fix_diff))
 
 
-def _plot(report: Report, path: Path, err: Console) -> None:
+def _write(text: str) -> None:
+    """Data on stdout. A reader that went away (`| head`) is no error: the rest is discarded and the command ends
+    with its own exit code (click would exit 1, which reads as "findings")."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        discard(sys.stdout)
+
+
+def _plot(report: Report, path: Path, err: Terminal) -> None:
     from auditor.report.plot import write_chart
 
     try:
@@ -227,11 +250,24 @@ def _configured(targets: list[str] | None, config_file: Path | None) -> list[tup
 def _folder_of(text: str) -> Path:
     """Where a target's configuration search starts: its folder (a directory: itself); the working directory
     for an importable module."""
-    location = text.rsplit(":", 1)[0] if ":" in text and not Path(text).exists() else text
-    path = Path(location)
-    if path.is_dir():
-        return path.resolve()
-    return path.resolve().parent if path.exists() else Path.cwd()
+    path = _location(text)
+    if _exists(path):
+        return path.resolve() if path.is_dir() else path.resolve().parent
+    return Path.cwd()
+
+
+def _location(text: str) -> Path:
+    """The file or folder a TARGET names, without its `:NAME`."""
+    return Path(text.rsplit(":", 1)[0] if ":" in text and not _exists(Path(text)) else text)
+
+
+def _exists(path: Path) -> bool:
+    """Whether a path exists; False where this user may not look (inside a mode-000 folder): the target then fails
+    with its own error line."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _options(
@@ -254,7 +290,7 @@ def _options(
     if clip_norm is not None:
         if not probe:
             raise UsageError("--clip-norm needs --probe")
-        if not clip_norm > 0:
+        if not 0 < clip_norm < math.inf:
             raise UsageError(f"--clip-norm {clip_norm}: expected a positive number")
         settings["clip-norm"] = clip_norm
     if plot is not None:
@@ -324,13 +360,12 @@ def _check_out(out: Path, targets: list[str]) -> None:
     """--fix never writes over what it audits: --out may not be, or contain, a target's file or folder."""
     resolved = out.resolve()
     for text in targets:
-        location = text.rsplit(":", 1)[0] if ":" in text and not Path(text).exists() else text
-        path = Path(location)
-        if not path.exists():
+        path = _location(text)
+        if not _exists(path):
             continue
         target = path.resolve()
         if target == resolved or resolved in target.parents:
-            raise UsageError(f"--out {out}: would replace the audited {location}; write the fixed model elsewhere")
+            raise UsageError(f"--out {out}: would replace the audited {path}; write the fixed model elsewhere")
 
 
 def _capture_methods(method: str) -> tuple[str, ...]:
@@ -377,8 +412,13 @@ def _kwargs(text: str | None) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"--kwargs: not valid JSON: {exc.msg}") from None
+    except ValueError:  # int()'s digit limit
+        raise UsageError(f"--kwargs: a number with more than {sys.get_int_max_str_digits()} digits") from None
+    except RecursionError:
+        raise UsageError(f"--kwargs: nested more than {MAX_NESTING} levels deep") from None
     if not isinstance(value, dict):
         raise UsageError("--kwargs: expected a JSON object such as '{\"depth\": 18}'")
+    check_nesting(value, "--kwargs")
     return value
 
 
@@ -397,13 +437,13 @@ def list_rules(
 
     rules = all_rules()
     if output_format == "json":
-        sys.stdout.write(json.dumps([rule_pages.record(r) for r in rules], indent=2) + "\n")
+        _write(json.dumps([rule_pages.record(r) for r in rules], indent=2) + "\n")
         return
     if output_format == "markdown":
-        sys.stdout.write(rule_pages.markdown(rules))
+        _write(rule_pages.markdown(rules))
         return
     if output_format != "text":
-        Console(stderr=True, soft_wrap=True).print(f"audit: error: --format {output_format!r}: expected text, markdown or json", style="red", markup=False)
+        Terminal(stderr=True, soft_wrap=True).print(f"audit: error: --format {output_format!r}: expected text, markdown or json", style="red", markup=False)
         raise typer.Exit(2)
     table = Table(box=None, header_style="bold")
     for column in ("code", "name", "severity", "fix", "scope"):
@@ -411,9 +451,9 @@ def list_rules(
     table.add_column("what it flags")
     for r in rules:
         table.add_row(r.code, r.name, str(r.severity), "yes" if r.fixable else "", r.scope, r.summary)
-    console = Console(highlight=False)
+    console = Terminal(highlight=False)
     if not console.is_terminal:
-        console = Console(highlight=False, width=200)  # piped: one row per rule, no wrapping
+        console = Terminal(highlight=False, width=200)  # piped: one row per rule, no wrapping
     console.print(table)
 
 
@@ -427,10 +467,10 @@ def explain(code: Annotated[str, typer.Argument(help="A rule code (DRO001) or na
 
     rule = find_rule(code)
     if rule is None:
-        Console(stderr=True, soft_wrap=True, emoji=False).print(f"audit: error: unknown rule {code!r} (see `audit rules`)", style="red", markup=False, highlight=False)
+        Terminal(stderr=True, soft_wrap=True, emoji=False).print(f"audit: error: unknown rule {code!r} (see `audit rules`)", style="red", markup=False, highlight=False)
         raise typer.Exit(2)
-    console = Console(highlight=False)
+    console = Terminal(highlight=False)
     if console.is_terminal:
         console.print(Markdown(page(rule)))
     else:
-        sys.stdout.write(page(rule))
+        _write(page(rule))

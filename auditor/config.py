@@ -12,6 +12,7 @@ from typing import Any
 
 from auditor.errors import UsageError
 from auditor.findings import Severity
+from auditor.limits import check_nesting, check_timeout, quoted
 from auditor.memory import parse_size
 
 if sys.version_info >= (3, 11):
@@ -53,7 +54,11 @@ def find_pyproject(start: Path) -> Path | None:
     """The nearest pyproject.toml at or above `start` that has a [tool.auditor] table."""
     for folder in [start, *start.parents]:
         candidate = folder / "pyproject.toml"
-        if candidate.is_file():
+        try:
+            found = candidate.is_file()
+        except OSError:  # a folder this user may not look into (mode 000): no config can be read from it
+            continue
+        if found:
             try:
                 if "auditor" in _read_toml(candidate).get("tool", {}):
                     return candidate
@@ -104,10 +109,7 @@ def parse_table(table: dict[str, Any], path: Path) -> Config:
     if "baseline" in table:
         config.baseline = path.parent / _string(table["baseline"], "baseline", where)
     if "timeout" in table:
-        value = table["timeout"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise UsageError(f"timeout {where}: expected seconds, 0 or more (0: no limit), got {value!r}")
-        config.timeout = float(value)
+        config.timeout = check_timeout(table["timeout"], f"timeout {where}:")
     if "per-module-ignores" in table:
         ignores = table["per-module-ignores"]
         if not isinstance(ignores, dict):
@@ -145,6 +147,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: invalid TOML: {exc}") from None
+    except ValueError:  # int()'s digit limit
+        raise UsageError(f"{path}: invalid TOML: a number with more than {sys.get_int_max_str_digits()} digits") from None
+    except RecursionError:
+        raise UsageError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be read: {exc.strerror or exc}") from None
 
 
 def _target(entry: Any, index: int, where: str) -> TargetConfig:
@@ -161,6 +169,7 @@ def _target(entry: Any, index: int, where: str) -> TargetConfig:
     kwargs = entry.get("kwargs", {})
     if not isinstance(kwargs, dict):
         raise UsageError(f"{key}.kwargs {where}: expected a table")
+    check_nesting(kwargs, f"{key}.kwargs {where}")
     inputs = entry.get("input", [])
     if isinstance(inputs, str):
         inputs = [inputs]
@@ -173,7 +182,9 @@ def _target(entry: Any, index: int, where: str) -> TargetConfig:
 
 def _string(value: Any, key: str, where: str) -> str:
     if not isinstance(value, str):
-        raise UsageError(f"{key} {where}: expected a string, got {value!r}")
+        raise UsageError(f"{key} {where}: expected a string, got {quoted(repr(value))}")
+    if "\0" in value:  # no path or name holds one: os calls would raise ValueError
+        raise UsageError(f"{key} {where}: a NUL character in {quoted(value)}")
     return value
 
 

@@ -113,14 +113,16 @@ class Engine:
             if exc.lineno is None:  # a PEP 263 coding line naming an unknown encoding
                 return [_error(label, f"{label}: cannot be read: {exc.msg}", exc, self.options)], False
             return [_error(label, f"{label}:{exc.lineno}: syntax error: {exc.msg}", exc, self.options)], False
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
+            return [_error(label, f"{label}: cannot be read: {exc.strerror or first_line(exc)}", exc, self.options)], False
+        except UnicodeDecodeError as exc:
             return [_error(label, f"{label}: cannot be read: {first_line(exc)}", exc, self.options)], False
         source = TargetResult(target=label)
-        notes: list[str] = []
-        findings = check_source(label, text, tree, self.options, notes)
+        failures: list[str] = []
+        findings = check_source(label, text, tree, self.options, failures)
         source.findings = _kept(findings, self.options)
-        if notes:  # a source rule crashed: a bug of the tool's, shown rather than hidden
-            source.status, source.error = "error", "; ".join(notes)
+        if failures:  # a source rule crashed: a bug, shown rather than passed
+            source.status, source.error = "error", "; ".join(failures)
         source.seconds = time.perf_counter() - started
         self.project.facts(target.path, tree)
         if not self.project.reaches_torch(target.path):
@@ -150,16 +152,19 @@ class Engine:
         graph, inputs = prepared.graph, prepared.inputs
         result = TargetResult(target=loaded.label, capture=CaptureInfo(graph.method, len(graph), list(graph.notes), graph.stopped, prepared.records))
         result.capture.notes.extend(loaded.notes + loaded.weights.notes())
-        found = run_graph_rules(graph, self.options, result.capture.notes, loaded.weights.inits)
+        failures: list[str] = []
+        found = run_graph_rules(graph, self.options, failures, loaded.weights.inits)
         findings, guess_notes = settle_guessed(loaded, prepared, found, lambda other: run_graph_rules(other, self.options, [], loaded.weights.inits))
         result.capture.notes.extend(guess_notes)
         guessed_only = {place_of(f) for f in found if f not in findings}  # what --fix must leave alone too
         refusal = self._refusal(loaded)
         if self.options.probe and refusal is None:
             self.progress(f"probing {name}")
-            findings += run_probes(loaded.model, inputs, graph, self.options, result)
+            findings += run_probes(loaded.model, inputs, graph, self.options, result, failures)
         result.findings = _kept(findings, self.options)
-        if refusal is not None:  # the structure was audited; what was asked beyond it was not
+        if failures:  # a rule crashed: this model was not fully audited, so it did not pass (nor is it fixed)
+            result.status, result.error = "error", "; ".join(failures)
+        elif refusal is not None:  # the structure was audited; what was asked beyond it was not
             result.status, result.error = "error", refusal
         elif self.options.fix is not None:
             self.progress(f"fixing {name}")
@@ -248,7 +253,10 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - a broken or foreign file
             raise TargetError(f"{target.text}: not a loadable torch.export program: {first_line(exc)}") from exc
         result = TargetResult(target=target.text, capture=CaptureInfo(graph.method, len(graph), list(graph.notes)))
-        result.findings = _kept(run_graph_rules(graph, self.options, result.capture.notes), self.options)
+        failures: list[str] = []
+        result.findings = _kept(run_graph_rules(graph, self.options, failures), self.options)
+        if failures:
+            result.status, result.error = "error", "; ".join(failures)
         if self.options.fix is not None:
             result.capture.notes.append("fix: a saved torch.export program has no model code to fix; run --fix on the code that builds it")
         if self.options.probe:
@@ -279,13 +287,13 @@ def target_label(target: Target) -> str:
     return display_path(str(target.path)) if target.kind is Kind.FILE else target.text
 
 
-def run_graph_rules(graph: AuditGraph, options: Options, notes: list[str], inits: Any = None) -> list[Finding]:
+def run_graph_rules(graph: AuditGraph, options: Options, failures: list[str], inits: Any = None) -> list[Finding]:
     """Every enabled graph rule over one graph (`inits`: the init record of a model built without weights); a
     finding is `fixable` only where --fix would apply its fix."""
     from auditor.fixing.plan import judge
 
     ctx = GraphContext(graph=graph, settings=options.settings, inits=inits)
-    findings = run_rules("graph", ctx, options.selection, notes, options.verbose)
+    findings = run_rules("graph", ctx, options.selection, failures, options.verbose)
     return _chained(graph, judge(graph, findings, options.fix))
 
 
@@ -307,7 +315,7 @@ def _chained(graph: AuditGraph, findings: list[Finding]) -> list[Finding]:
     return [replace(f, group=group_of[(f.code, f.node)]) if (f.code, f.node) in group_of else f for f in findings]
 
 
-def run_probes(model: Any, inputs: tuple[Any, ...], graph: AuditGraph, options: Options, result: TargetResult) -> list[Finding]:
+def run_probes(model: Any, inputs: tuple[Any, ...], graph: AuditGraph, options: Options, result: TargetResult, failures: list[str]) -> list[Finding]:
     """Measure the model (`auditor.probes`, on a copy), keep the numbers in `result.probes`, and run the probe
     rules on them. The probes' own notes join the capture notes."""
     from auditor.probes import run_probes as measure
@@ -317,7 +325,7 @@ def run_probes(model: Any, inputs: tuple[Any, ...], graph: AuditGraph, options: 
     notes = result.capture.notes if result.capture is not None else []
     notes.extend(measurements.notes)
     ctx = ProbeContext(graph=graph, measurements=measurements, settings=options.settings)
-    return run_rules("probe", ctx, options.selection, notes, options.verbose)
+    return run_rules("probe", ctx, options.selection, failures, options.verbose)
 
 
 def _relocate(result: TargetResult, old: str, new: str) -> None:
@@ -369,6 +377,9 @@ def resolve_targets(entries: list[TargetConfig], exclude: list[str], base: Path 
             parsed = parse_target(entry.target, exclude=exclude, base=base)
         except TargetError as exc:
             errors.append(TargetResult(target=entry.target, status="error", error=str(exc)))
+            continue
+        except OSError as exc:  # a path this user may not look into (a mode-000 folder)
+            errors.append(TargetResult(target=entry.target, status="error", error=f"{entry.target}: cannot be read: {exc.strerror or exc}"))
             continue
         for target in parsed:
             target.kwargs, target.inputs = dict(entry.kwargs), list(entry.inputs)

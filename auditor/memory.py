@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from auditor.errors import UsageError
+from auditor.limits import MAX_DIGITS, quoted
 
 DEFAULT_FRACTION = 8  # the default budget is 1/8 of the available memory
 
@@ -28,10 +29,13 @@ def parse_size(text: str, option: str = "--max-memory") -> int:
     """`8GiB`, `500MB`, `1.5g`, `1048576` -> bytes. Decimal units are powers of 1000, `KiB`... of 1024."""
     match = _SIZE.match(text.lower())
     if match is None or match.group("unit") not in _UNITS:
-        raise UsageError(f"{option} {text!r}: expected a size such as 8GiB, 500MB or 2.5GB")
-    size = int(float(match.group("number")) * _UNITS[match.group("unit")])
+        raise UsageError(f"{option} {quoted(text)}: expected a size such as 8GiB, 500MB or 2.5GB")
+    number = match.group("number")
+    if len(number.partition(".")[0]) > MAX_DIGITS:
+        raise UsageError(f"{option} {quoted(text)}: more than {MAX_DIGITS} digits; no memory is that large")
+    size = int(float(number) * _UNITS[match.group("unit")])
     if size <= 0:
-        raise UsageError(f"{option} {text!r}: the size must be positive")
+        raise UsageError(f"{option} {quoted(text)}: the size must be positive")
     return size
 
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Protocol
 
-from auditor.errors import first_line
+from auditor.errors import UsageError, first_line
 from auditor.findings import Finding, Severity
 
 if TYPE_CHECKING:
@@ -244,18 +244,24 @@ _loaded = False
 
 
 def register(cls: type[Rule]) -> type[Rule]:
-    """Class decorator: add a rule to the catalog. Codes and names must be unique and well-formed."""
+    """Class decorator: add a rule to the catalog. Codes and names must be unique and well-formed; a rule that
+    breaks this is a usage error naming its package (and, for a clash, both packages), as `audit` reports it."""
     if not CODE_PATTERN.match(cls.code):
-        raise ValueError(f"rule code {cls.code!r} is not three capitals and three digits")
+        raise UsageError(f"rule {_defined(cls)}: code {cls.code!r} is not three capitals and three digits")
     if cls.scope not in SCOPES:
-        raise ValueError(f"rule {cls.code}: scope {cls.scope!r} is not one of {SCOPES}")
+        raise UsageError(f"rule {_defined(cls)}: scope {cls.scope!r} is not one of {', '.join(SCOPES)}")
     for other in _REGISTRY.values():
-        if other.code == cls.code and type(other) is not cls:
-            raise ValueError(f"rule code {cls.code} registered twice")
-        if other.name == cls.name and type(other) is not cls:
-            raise ValueError(f"rule name {cls.name} registered twice")
+        for what in ("code", "name"):
+            if getattr(other, what) == getattr(cls, what) and type(other) is not cls:
+                raise UsageError(f"rule {what} {getattr(cls, what)} is registered twice: by {_defined(type(other))} and by "
+                                 f"{_defined(cls)}; uninstall one of the two packages")
     _REGISTRY[cls.code] = cls()
     return cls
+
+
+def _defined(cls: type[Rule]) -> str:
+    """`auditor_widths (auditor_widths.wid001.WideLinear)`: the package that defines a rule class, and where."""
+    return f"{cls.__module__.split('.')[0]} ({cls.__module__}.{cls.__qualname__})"
 
 
 def all_rules() -> list[Rule]:
@@ -268,9 +274,10 @@ def rules_in_scope(scope: str) -> list[Rule]:
     return [r for r in all_rules() if r.scope == scope]
 
 
-def run_rules(scope: str, ctx: Any, selection: Selection, notes: list[str], verbose: bool = False) -> list[Finding]:
-    """The enabled rules of one scope on one context. A rule that crashes is noted, not fatal (unless verbose):
-    a bug in one rule must not hide the others' findings."""
+def run_rules(scope: str, ctx: Any, selection: Selection, failures: list[str], verbose: bool = False) -> list[Finding]:
+    """The enabled rules of one scope on one context. A rule that raises (a bug of ours or of a rule pack's) adds
+    one line naming it and its package to `failures`, which makes the target an error: a crashed rule is never a
+    pass. The other rules still run, so their findings are not lost (with --verbose it raises, for the traceback)."""
     findings: list[Finding] = []
     for rule in rules_in_scope(scope):
         if not selection.enabled(rule.code, rule.name):
@@ -280,8 +287,13 @@ def run_rules(scope: str, ctx: Any, selection: Selection, notes: list[str], verb
         except Exception as exc:  # noqa: BLE001
             if verbose:
                 raise
-            notes.append(f"rule {rule.code} failed internally: {type(exc).__name__}: {first_line(exc)}")
+            failures.append(f"rule {rule.code} ({rule.name}, from {origin(rule)}) failed: {type(exc).__name__}: {first_line(exc)}")
     return findings
+
+
+def origin(rule: Rule) -> str:
+    """The package that registered the rule: `auditor_rules` for the built-in catalog, else the rule pack's."""
+    return type(rule).__module__.split(".")[0]
 
 
 def find_rule(code_or_name: str) -> Rule | None:
@@ -307,8 +319,15 @@ def _load_catalogs() -> None:
     _loaded = True
     import_catalog("auditor_rules")
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry.value != "auditor_rules":
+        if entry.value == "auditor_rules":
+            continue
+        try:
             import_catalog(entry.value)
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken third-party pack: named in one line, not a crash of ours
+            raise UsageError(f"rule pack {entry.value} (entry point {entry.name!r} in {ENTRY_POINT_GROUP}) cannot be imported: "
+                             f"{type(exc).__name__}: {first_line(exc)}") from exc
 
 
 def import_catalog(package_name: str) -> None:

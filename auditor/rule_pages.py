@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from auditor.rule import Rule
+from auditor.rule import Rule, origin
 
 
 def page(rule: Rule, level: int = 1) -> str:
@@ -47,7 +47,3 @@ def record(rule: Rule) -> dict[str, Any]:
         "doc": rule.doc_sections(),
     }
 
-
-def origin(rule: Rule) -> str:
-    """The package that registered the rule: `auditor_rules` for the built-in catalog, else the rule pack's."""
-    return type(rule).__module__.split(".")[0]

@@ -13,6 +13,6 @@ def parse(path: str, text: str) -> ast.Module:
     return ast.parse(text, filename=path)
 
 
-def check_source(path: str, text: str, tree: ast.Module, options: Options, notes: list[str]) -> list[Finding]:
+def check_source(path: str, text: str, tree: ast.Module, options: Options, failures: list[str]) -> list[Finding]:
     ctx = SourceContext(path=path, text=text, tree=tree, settings=options.settings)
-    return run_rules("source", ctx, options.selection, notes, options.verbose)
+    return run_rules("source", ctx, options.selection, failures, options.verbose)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from auditor.errors import UsageError
+from auditor.limits import MAX_DIGITS, MAX_DIMS, MAX_NESTING, quoted
 
 # Accepted spellings -> torch dtype attribute names.
 DTYPE_NAMES = {
@@ -87,26 +88,33 @@ def parse_spec(text: str, limit: int | None = None) -> Spec:
     """One --input. Malformed specs, and inputs larger than `limit` bytes (default: this machine's memory),
     are usage errors."""
     compact = text.strip().replace(" ", "")
-    spec = _parse(compact, text)
+    spec = _parse(compact, text, 0)
     limit = memory_bytes() if limit is None else limit
     if limit and spec.nbytes > limit:
-        raise UsageError(f"--input {text!r}: input too large: {_size(spec.nbytes)}, more than this machine's memory "
+        raise UsageError(f"--input {quoted(text)}: input too large: {_size(spec.nbytes)}, more than this machine's memory "
                          f"({_size(limit)}); pass a smaller shape")
     return spec
 
 
-def _parse(text: str, original: str) -> Spec:
+def _parse(text: str, original: str, depth: int) -> Spec:
     if text.startswith("("):
-        return TupleSpec(tuple(_parse(group, original) for group in _groups(text, original)))
+        if depth >= MAX_NESTING:
+            raise UsageError(f"--input {quoted(original)}: tuples nested more than {MAX_NESTING} levels deep")
+        return TupleSpec(tuple(_parse(group, original, depth + 1) for group in _groups(text, original)))
     match = _TENSOR.match(text)
     if match is None:
-        raise UsageError(f"--input {original!r}: expected [DTYPE:]D0,D1,... {_EXAMPLES}")
+        raise UsageError(f"--input {quoted(original)}: expected [DTYPE:]D0,D1,... {_EXAMPLES}")
     dtype = match.group("dtype") or "float32"
     if dtype not in DTYPE_NAMES:
-        raise UsageError(f"--input {original!r}: unknown dtype {dtype!r} (known: {', '.join(sorted(DTYPE_NAMES))})")
-    shape = tuple(int(d) for d in match.group("dims").split(","))
+        raise UsageError(f"--input {quoted(original)}: unknown dtype {quoted(dtype)} (known: {', '.join(sorted(DTYPE_NAMES))})")
+    dims = match.group("dims").split(",")
+    if len(dims) > MAX_DIMS:
+        raise UsageError(f"--input {quoted(original)}: {len(dims)} dimensions, more than {MAX_DIMS}")
+    if any(len(d) > MAX_DIGITS for d in dims):
+        raise UsageError(f"--input {quoted(original)}: a dimension with more than {MAX_DIGITS} digits; no input is that large")
+    shape = tuple(int(d) for d in dims)
     if any(d == 0 for d in shape):
-        raise UsageError(f"--input {original!r}: dimensions must be positive")
+        raise UsageError(f"--input {quoted(original)}: dimensions must be positive")
     return InputSpec(DTYPE_NAMES[dtype], shape)
 
 
@@ -132,7 +140,7 @@ def _groups(text: str, original: str) -> list[str]:
     else:
         if closed and all(groups):
             return groups
-    raise UsageError(f"--input {original!r}: unbalanced or misplaced parentheses; a tuple is written (SPEC),(SPEC),... {_EXAMPLES}")
+    raise UsageError(f"--input {quoted(original)}: unbalanced or misplaced parentheses; a tuple is written (SPEC),(SPEC),... {_EXAMPLES}")
 
 
 def readable(spec: Spec | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ def parse_target(text: str, *, exclude: list[str] | None = None, base: Path | No
 
     Raises TargetError for targets that cannot exist (missing file, unknown form).
     """
+    if not text.strip():
+        raise TargetError("an empty TARGET names nothing (to audit this folder, pass `.`)")
     raw = text
     member: str | None = None
     location = text
@@ -77,13 +80,14 @@ def parse_target(text: str, *, exclude: list[str] | None = None, base: Path | No
 
 
 def python_files(folder: Path, exclude: list[str]) -> list[Path]:
-    """Every *.py below `folder`, skipping hidden folders and excluded names, in a stable order."""
+    """Every *.py below `folder`, skipping hidden folders and excluded names, in a stable order. A folder that
+    cannot be read (mode 000) is listed as well: reading it fails as this target's error, never a silent miss."""
     found: list[Path] = []
-    for path in sorted(folder.rglob("*.py")):
-        parts = path.relative_to(folder).parts
-        if any(part.startswith(".") for part in parts[:-1]):
-            continue
-        if any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in exclude):
-            continue
-        found.append(path)
-    return found
+
+    def excluded(name: str) -> bool:
+        return any(fnmatch.fnmatch(name, pattern) for pattern in exclude)
+
+    for root, folders, files in os.walk(folder, onerror=lambda error: found.append(Path(error.filename))):
+        folders[:] = [name for name in folders if not name.startswith(".") and not excluded(name)]
+        found.extend(Path(root, name) for name in files if name.endswith(".py") and not excluded(name))
+    return sorted(found)

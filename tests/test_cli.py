@@ -40,8 +40,8 @@ def test_json_on_stdout_and_one_error_line_per_failed_target_on_stderr():
     assert {f["code"] for f in by_target[f"{display_path(FAULTY)}:Head"]["findings"]} == {"DRO001"}
     errors = result.stderr.strip().splitlines()
     assert errors == [
-        "audit: error: missing.py: missing.py: no such file or directory",
-        "audit: error: tests/fixtures/models/syntax_error.py: tests/fixtures/models/syntax_error.py:3: syntax error: expected ':'",
+        "audit: error: missing.py: no such file or directory",
+        "audit: error: tests/fixtures/models/syntax_error.py:3: syntax error: expected ':'",
     ]
     assert "Traceback" not in result.stderr
 

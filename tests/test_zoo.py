@@ -104,8 +104,6 @@ def _audit(target: str, kwargs: dict, label: str, inputs: list[str]) -> None:
             print(f"   note: {note}")
         for f in result.findings:
             print(f"   {f.code} {f.severity} [{f.module}] {f.message}")
-    failed_rules = [n for r in models for n in (r.capture.notes if r.capture else []) if n.startswith("rule ")]
-    assert not failed_rules, failed_rules
     known = KNOWN.get(label, set())
     serious = [f for r in models for f in r.findings if f.severity >= Severity.WARNING]
     unexpected = [f for f in serious if not any(f.code == code and fnmatch(f.module or "", glob) for code, glob in known)]

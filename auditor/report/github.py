@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from auditor.findings import Report, Severity
 from auditor.report import Group, grouped
+from auditor.report.terminal import printable
 
 _COMMAND = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
@@ -35,7 +36,9 @@ def _annotation(group: Group) -> str:
 
 
 def _data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """Workflow-command data: %, CR and LF encoded as GitHub decodes them; other controls (an escape sequence
+    in a module name) shown escaped, as in the text report."""
+    return printable(text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A"))
 
 
 def _property(text: str) -> str:

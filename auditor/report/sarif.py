@@ -1,14 +1,22 @@
-"""`--format sarif`: SARIF 2.1.0 as GitHub code scanning accepts it, with every rule's documentation."""
+"""`--format sarif`: SARIF 2.1.0 as GitHub code scanning accepts it, with every rule's documentation.
+
+The document is valid Unicode whatever the user named things: artifact URIs are percent-encoded (a file name that
+is not UTF-8, `m\xff.py`, becomes `m%FF.py`) and user text in messages is shown as the text report shows it
+(`auditor.report.terminal.printable`).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from auditor import __version__
 from auditor.baseline import fingerprint, portable
 from auditor.findings import Finding, Report, Severity
+from auditor.report.terminal import printable
 from auditor.rule import Rule, all_rules
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -21,10 +29,10 @@ def document(report: Report) -> dict[str, Any]:
     index = {rule.code: i for i, rule in enumerate(rules)}
     results = [_result(f, index, r.target) for r in report.results for f in r.findings]
     notifications = [
-        {"level": "error", "message": {"text": f"{r.target}: {r.error}"}} for r in report.results if r.status == "error"
+        {"level": "error", "message": {"text": printable(f"{r.target}: {r.error}")}} for r in report.results if r.status == "error"
     ]
     skipped = [  # found but not audited: a note, not a failure of the run
-        {"level": "note", "message": {"text": f"{r.target}: not audited: {r.reason}"}} for r in report.skipped
+        {"level": "note", "message": {"text": printable(f"{r.target}: not audited: {r.reason}")}} for r in report.skipped
     ]
     return {
         "$schema": SCHEMA,
@@ -60,13 +68,13 @@ def _descriptor(rule: Rule) -> dict[str, Any]:
 
 def _result(finding: Finding, index: dict[str, int], target: str) -> dict[str, Any]:
     file = finding.file or _file_of(target)
-    location: dict[str, Any] = {"physicalLocation": {"artifactLocation": {"uri": file, "uriBaseId": "%SRCROOT%"}, "region": {"startLine": finding.line or 1}}}
+    location: dict[str, Any] = {"physicalLocation": {"artifactLocation": {"uri": _uri(file), "uriBaseId": "%SRCROOT%"}, "region": {"startLine": finding.line or 1}}}
     if finding.module is not None:
-        location["logicalLocations"] = [{"fullyQualifiedName": finding.module or "<root>", "kind": "module"}]
+        location["logicalLocations"] = [{"fullyQualifiedName": printable(finding.module or "<root>"), "kind": "module"}]
     result: dict[str, Any] = {
         "ruleId": finding.code,
         "level": _LEVEL[finding.severity],
-        "message": {"text": finding.message},
+        "message": {"text": printable(finding.message)},
         "locations": [location],
         # the baseline's fingerprint, with the target relative to the working directory (as artifact URIs are)
         "partialFingerprints": {FINGERPRINT_KEY: fingerprint(finding, portable(target, Path.cwd()))},
@@ -74,6 +82,12 @@ def _result(finding: Finding, index: dict[str, int], target: str) -> dict[str, A
     if finding.code in index:
         result["ruleIndex"] = index[finding.code]
     return result
+
+
+def _uri(path: str) -> str:
+    """A relative path as a URI reference (RFC 3986): the bytes of its name percent-encoded where a URI needs it,
+    so a name that is not UTF-8 (`m\udcff.py`, a surrogate escape) becomes `m%FF.py`."""
+    return quote(os.fsencode(path), safe="/")
 
 
 def _file_of(target: str) -> str:

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from auditor.findings import GUESS_NOTE, CaptureInfo, Finding, Report, Severity, TargetResult
 from auditor.report import Group, grouped
+from auditor.report.terminal import Terminal
 from auditor.specs import readable_text
 
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -19,8 +20,8 @@ STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: 
 
 def print_report(report: Report, console: Console, *, quiet: bool = False, verbose: bool = False, diff: bool = False) -> None:
     for result in report.results:
-        if result.status != "ok":
-            continue  # failed targets are reported on stderr by the CLI, skipped ones below
+        if result.status == "skipped" or (result.status == "error" and not result.findings):
+            continue  # skipped ones are listed below; what failed is said on stderr (by the CLI), with any findings here
         partial = result.capture is not None and result.capture.stopped is not None
         guessed = result.capture is not None and result.capture.guessed
         if result.findings or partial or ((verbose or guessed or result.probes) and not quiet) or result.fixes or result.fixed_path:
@@ -39,7 +40,7 @@ def print_report(report: Report, console: Console, *, quiet: bool = False, verbo
 def render(report: Report, *, quiet: bool = False) -> str:
     """The text report as plain text (no colour, no wrapping): what assertion and callback messages show."""
     buffer = io.StringIO()
-    print_report(report, Console(file=buffer, no_color=True, highlight=False, soft_wrap=True, width=200), quiet=quiet)
+    print_report(report, Terminal(file=buffer, no_color=True, highlight=False, soft_wrap=True, width=200), quiet=quiet)
     return buffer.getvalue()
 
 
