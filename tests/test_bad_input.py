@@ -94,6 +94,22 @@ def test_an_empty_target_is_an_error_not_the_working_directory() -> None:
     assert result.stderr.strip().splitlines() == ["audit: error: an empty TARGET names nothing (to audit this folder, pass `.`)"]
 
 
+@pytest.mark.parametrize("manifest", ['{"models": ["."]}', '{"models": ["../elsewhere"]}', '{"models": 5}', "[1]",
+                                      '{"module": "../x.py", "factory": "build"}', '{"module": "m.py", "factory": "f", "inputs": "2,3"}'])
+def test_a_stray_or_malformed_manifest_is_never_an_internal_error(tmp_path: Path, manifest: str, monkeypatch) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "auditor-fixed.json").write_text(manifest)
+    (folder / "train.py").write_text(TRAINING)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("d", "--fail-on", "info")
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    if result.exit_code == 2:  # refused as a malformed --fix output, in one line naming the manifest
+        assert "auditor-fixed.json" in one_usage_error(result.exit_code, result.stderr)
+    else:  # or not taken for a --fix output at all: the folder is audited as any other
+        assert result.exit_code == 1 and "TRN001" in result.stdout, result.stdout + result.stderr
+
+
 # --- the process: stdout, permissions, file names ------------------------------------------------------------------
 
 

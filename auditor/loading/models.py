@@ -191,23 +191,31 @@ class ModelLoader:
                            origin=_origin(namespace, name, dict(target.kwargs), by_file=target.kind is Kind.FILE_MEMBER))
 
     # --- saved models -----------------------------------------------------------------------------------------
-    def _load_fixed(self, target: Target) -> list[LoadedModel]:
+    def _load_fixed(self, target: Target, inside: bool = False) -> list[LoadedModel]:
         """A folder written by `--fix`: its manifest names the module and factory (one model), or lists the
-        model folders inside it (several). Inputs: --input, else the manifest's, else the folder's
-        `example_inputs()` (the inputs the audit used)."""
+        model folders inside it (several, `inside` each of which is one model). Inputs: --input, else the
+        manifest's, else the folder's `example_inputs()` (the inputs the audit used). A manifest that says
+        anything else is this target's error."""
         assert target.path is not None
         where = display_path(str(target.path))
         try:
             manifest = json.loads((target.path / FIXED_MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise TargetError(f"{where}: unreadable {FIXED_MANIFEST}: {first_line(exc)}") from exc
-        if "models" in manifest:
-            return [m for name in manifest["models"]
-                    for m in self._load_fixed(Target(Kind.FIXED, str(target.path / name), path=target.path / name, inputs=list(target.inputs)))]
-        if not isinstance(manifest, dict) or "module" not in manifest or "factory" not in manifest:
-            raise TargetError(f"{where}: {FIXED_MANIFEST} names no module and factory")
-        member = Target(Kind.FILE_MEMBER, target.text, path=target.path / manifest["module"], name=manifest["factory"],
-                        inputs=list(target.inputs) or list(manifest.get("inputs", [])))
+        if not isinstance(manifest, dict):
+            raise TargetError(f"{where}: malformed {FIXED_MANIFEST}: not a JSON object")
+        if "models" in manifest and not inside:
+            models = manifest["models"]
+            if not isinstance(models, list) or not all(isinstance(m, str) and _inside(m) for m in models):
+                raise TargetError(f"{where}: malformed {FIXED_MANIFEST}: 'models' must name folders inside it")
+            return [m for name in models
+                    for m in self._load_fixed(Target(Kind.FIXED, str(target.path / name), path=target.path / name, inputs=list(target.inputs)), inside=True)]
+        module, factory, inputs = manifest.get("module"), manifest.get("factory"), manifest.get("inputs", [])
+        if not (isinstance(module, str) and _inside(module) and isinstance(factory, str) and factory.isidentifier()):
+            raise TargetError(f"{where}: {FIXED_MANIFEST} names no module of the folder and factory")
+        if not (isinstance(inputs, list) and all(isinstance(spec, str) for spec in inputs)):
+            raise TargetError(f"{where}: malformed {FIXED_MANIFEST}: 'inputs' must be a list of input specs")
+        member = Target(Kind.FILE_MEMBER, target.text, path=target.path / module, name=factory, inputs=list(target.inputs) or inputs)
         loaded = self.load(member)[0]
         loaded.label = where
         return [loaded]
@@ -245,6 +253,11 @@ class ModelLoader:
             model = self._build(_Candidate(name, None, build), where)
         origin = {"config": str(target.path.resolve()), "name": name, "kwargs": dict(target.kwargs)}
         return LoadedModel(where, model, self.sites.for_model(model), None, list(target.inputs), origin=origin)
+
+
+def _inside(name: str) -> bool:
+    """Whether a name in a manifest is an entry of its folder: not the folder itself (`.`), not above it, no path."""
+    return name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
 
 
 def _origin(namespace: ModuleType, name: str, kwargs: dict[str, Any], by_file: bool = True) -> dict[str, Any]:
