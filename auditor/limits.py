@@ -26,7 +26,8 @@ def quoted(text: str, limit: int = 60) -> str:
 def check_timeout(value: Any, where: str) -> float:
     """Seconds one target may take: a finite number from 0 (no limit) to a week."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= MAX_TIMEOUT:
-        raise UsageError(f"{where} {value!r}: expected seconds from 0 (no limit) to {MAX_TIMEOUT:.0f} (a week)")
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        raise UsageError(f"{where} {shown}: expected seconds from 0 (no limit) to {MAX_TIMEOUT:.0f} (a week)")
     return float(value)
 
 
