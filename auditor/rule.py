@@ -13,7 +13,7 @@ import inspect
 import importlib.metadata
 import pkgutil
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Protocol
 
 from auditor.errors import UsageError, first_line
@@ -174,9 +174,38 @@ class SourceContext:
     text: str
     tree: Any  # ast.Module
     settings: dict[str, Any]
+    _modules: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
+    shared: dict[str, Any] = field(default_factory=dict, repr=False)  # analyses rules share, computed once per file
 
     def setting(self, name: str) -> Any:
         return self.settings[name]
+
+    def local_module(self, module: str, level: int = 0) -> tuple[str, Any] | None:
+        """The path (as reported) and parsed tree of the user's own module that this file imports as `module`
+        (`from models import Net`, `from .nets import Critic` with `level=1`), read, never imported; None for an
+        installed package or a file that cannot be read. Rules that follow a model class into the file that
+        defines it use this. Parsed once per file checked."""
+        key = (module, level)
+        if key not in self._modules:
+            self._modules[key] = _read_local_module(self.path, module, level)
+        return self._modules[key]
+
+
+def _read_local_module(importer: str, module: str, level: int) -> tuple[str, Any] | None:
+    import ast
+    from pathlib import Path
+
+    from auditor.locations import display_path
+    from auditor.static.project import module_file, read_source
+
+    path = module_file(Path(importer), module, level)
+    if path is None:
+        return None
+    try:
+        tree = ast.parse(read_source(path), filename=str(path))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    return display_path(str(path)), tree
 
 
 # How `--probe` runs (not thresholds: those are the probe rules' own settings), under [tool.auditor.settings].

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 
 def dotted(node: ast.AST) -> str | None:
@@ -24,12 +24,52 @@ def dotted(node: ast.AST) -> str | None:
     return None
 
 
+def file_nodes(ctx: Any) -> list[ast.AST]:
+    """Every node of the checked file (`ast.walk` order), listed once for all the source rules
+    (`SourceContext.shared`): each rule walking the tree itself cost more than the rest of its work."""
+    if "nodes" not in ctx.shared:
+        ctx.shared["nodes"], ctx.shared["parents"] = walk_with_parents(ctx.tree)
+    return ctx.shared["nodes"]
+
+
+def file_parents(ctx: Any) -> dict[int, ast.AST]:
+    """id(node) -> its parent, for every node of the checked file."""
+    file_nodes(ctx)
+    return ctx.shared["parents"]
+
+
+def walk_with_parents(tree: ast.AST) -> tuple[list[ast.AST], dict[int, ast.AST]]:
+    """`list(ast.walk(tree))` and each node's parent, in one pass."""
+    nodes, parents = [tree], {}
+    index = 0
+    while index < len(nodes):
+        node = nodes[index]
+        index += 1
+        for child in ast.iter_child_nodes(node):
+            parents[id(child)] = node
+            nodes.append(child)
+    return nodes, parents
+
+
+def file_imports(ctx: Any) -> Imports:
+    if "imports" not in ctx.shared:
+        ctx.shared["imports"] = Imports(ctx.tree, file_nodes(ctx))
+    return ctx.shared["imports"]
+
+
+def file_calls(ctx: Any) -> list[Call]:
+    """Every call of the checked file in source order, names resolved through its imports."""
+    if "calls" not in ctx.shared:
+        ctx.shared["calls"] = all_calls(ctx.tree, file_imports(ctx), file_nodes(ctx))
+    return ctx.shared["calls"]
+
+
 class Imports:
     """Local name -> full dotted path, from the file's imports."""
 
-    def __init__(self, tree: ast.Module) -> None:
+    def __init__(self, tree: ast.Module, nodes: Iterable[ast.AST] | None = None) -> None:
         self.aliases: dict[str, str] = {}
-        for node in ast.walk(tree):
+        for node in nodes if nodes is not None else ast.walk(tree):
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.asname:
@@ -96,8 +136,9 @@ def calls_in(statements: list[ast.AST], imports: Imports) -> list[Call]:
     return sorted(found, key=_position)
 
 
-def all_calls(tree: ast.Module, imports: Imports) -> list[Call]:
-    found = [Call(n, dotted(n.func), imports.resolve(dotted(n.func))) for n in ast.walk(tree) if isinstance(n, ast.Call)]
+def all_calls(tree: ast.Module, imports: Imports, nodes: Iterable[ast.AST] | None = None) -> list[Call]:
+    walked = nodes if nodes is not None else ast.walk(tree)
+    found = [Call(n, dotted(n.func), imports.resolve(dotted(n.func))) for n in walked if isinstance(n, ast.Call)]
     return sorted(found, key=_position)
 
 

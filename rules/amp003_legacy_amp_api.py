@@ -5,7 +5,7 @@ from typing import Iterator
 
 from auditor.findings import Finding, Severity
 from auditor.rule import Rule, SourceContext, register
-from auditor_rules._training_code import dotted
+from auditor_rules._training_code import dotted, file_nodes
 
 LEGACY = ("torch.cuda.amp", "torch.cpu.amp")
 REPLACEMENT = {
@@ -67,7 +67,7 @@ class LegacyAmpApi(Rule):
 
     def check(self, ctx: SourceContext) -> Iterator[Finding]:
         seen: set[int] = set()
-        for node in ast.walk(ctx.tree):
+        for node in file_nodes(ctx):
             found = _legacy(node)
             if found is None or node.lineno in seen:  # type: ignore[attr-defined]
                 continue

@@ -6,7 +6,7 @@ from typing import Iterator
 
 from auditor.findings import Finding, Severity
 from auditor.rule import Rule, SourceContext, register
-from auditor_rules._training_code import Call, Imports, all_calls, calls_in, dotted, literal, scopes
+from auditor_rules._training_code import Call, Imports, calls_in, dotted, file_calls, file_imports, literal, scopes
 
 CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_", "clip_grad_norm")
 
@@ -128,8 +128,8 @@ class ClipBeforeUnscale(Rule):
     scope = "source"
 
     def check(self, ctx: SourceContext) -> Iterator[Finding]:
-        imports = Imports(ctx.tree)
-        everything = all_calls(ctx.tree, imports)
+        imports = file_imports(ctx)
+        everything = file_calls(ctx)
         if not any(is_clip(c) for c in everything):
             return
         scalers = scaler_names(ctx.tree, imports)

@@ -8,9 +8,13 @@ from typing import Iterator
 
 from auditor.findings import Finding, Severity
 from auditor.rule import Rule, SourceContext, register
-from auditor_rules._training_code import Call, Imports, all_calls, calls_in, is_missing, literal, scopes
+from auditor_rules._script import EVALUATION_NAME, Script
+from auditor_rules._training_code import Call, calls_in, dotted, file_calls, file_imports, file_nodes, is_missing, literal, scopes
 
 WARMUP = re.compile(r"warm_?up", re.IGNORECASE)
+# A script that mentions these already handles soft targets: a smoothing option, mixup or cutmix (soft labels
+# by construction), a soft-target loss.
+SOFT_TARGETS = re.compile(r"smoothing|mixup|mix_up|cutmix|soft_?target", re.IGNORECASE)
 
 
 def _is_cross_entropy_loss(call: Call) -> bool:
@@ -63,7 +67,10 @@ class NoLabelSmoothing(Rule):
     scope = "source"
 
     def check(self, ctx: SourceContext) -> Iterator[Finding]:
-        imports = Imports(ctx.tree)
+        if "CrossEntropyLoss" not in ctx.text and "cross_entropy" not in ctx.text or _handles_soft_targets(file_nodes(ctx)):
+            return
+        imports = file_imports(ctx)
+        script = Script.of(ctx)
         for statements in scopes(ctx.tree):
             calls = calls_in(statements, imports)
             trains = any(c.last == "backward" and c.receiver is not None for c in calls)
@@ -76,11 +83,84 @@ class NoLabelSmoothing(Rule):
                 smoothing = call.keyword("label_smoothing")
                 if smoothing is not None and (is_missing(literal(smoothing.value)) or literal(smoothing.value) != 0):
                     continue
+                if _evaluation_only(script, call.node) or _fallback(script, call.node):
+                    continue
                 yield self.finding(
                     f"`{call.name}(...)` without label smoothing; for classification, `label_smoothing=0.1` usually "
                     "improves calibration and accuracy",
                     file=ctx.path, line=call.node.lineno,
                 )
+
+
+def _handles_soft_targets(nodes: list[ast.AST]) -> bool:
+    """A name, attribute, argument or class mentions a smoothing option, mixup/cutmix or soft targets (the
+    `label_smoothing=` keyword of a loss itself aside: `label_smoothing=0.0` is no option)."""
+    for node in nodes:
+        if isinstance(node, ast.keyword) and node.arg == "label_smoothing":
+            continue
+        if any(SOFT_TARGETS.search(text) for text in _identifiers(node)):
+            return True
+    return False
+
+
+def _evaluation_only(script: Script, call: ast.Call) -> bool:
+    """A loss that only measures: built in evaluation code (a `validate` function, under `torch.no_grad()`),
+    bound to a name that says so (`val_criterion`, `validate_loss_fn`), or whose every use is evaluation code."""
+    if script.in_evaluation(call):
+        return True
+    target = _bound_name(script, call)
+    if target is None:
+        return False
+    if EVALUATION_NAME.search(target.rpartition(".")[2]):
+        return True
+    uses = [n for n in script.nodes if isinstance(n, (ast.Name, ast.Attribute)) and dotted(n) == target and isinstance(n.ctx, ast.Load)]
+    return bool(uses) and all(script.in_evaluation(use) or _passed_to_evaluation(script, use) for use in uses)
+
+
+def _passed_to_evaluation(script: Script, use: ast.AST) -> bool:
+    parent = script.parent(use)
+    if isinstance(parent, ast.keyword):
+        parent = script.parent(parent)
+    if isinstance(parent, ast.Call) and parent.func is not use:
+        return bool(EVALUATION_NAME.search((dotted(parent.func) or "").rpartition(".")[2]))
+    return False
+
+
+def _bound_name(script: Script, call: ast.Call) -> str | None:
+    """The name a loss is assigned to: `criterion = nn.CrossEntropyLoss()` (also through `.to(device)`)."""
+    node: ast.AST = call
+    parent = script.parent(node)
+    while isinstance(parent, ast.Attribute) and isinstance(script.parent(parent), ast.Call):  # `.to(device)`
+        node = script.parent(parent)
+        parent = script.parent(node)
+    if isinstance(parent, ast.Assign) and len(parent.targets) == 1:
+        return dotted(parent.targets[0])
+    return None
+
+
+def _fallback(script: Script, call: ast.Call) -> bool:
+    """A default for when no loss was configured: `loss_fn or nn.CrossEntropyLoss()`, a parameter's default,
+    the body of `if criterion is None:`, the `else` of a conditional expression."""
+    child: ast.AST = call
+    for ancestor in script.ancestors(call):
+        if isinstance(ancestor, ast.BoolOp) and isinstance(ancestor.op, ast.Or) and ancestor.values[0] is not child:
+            return True
+        if isinstance(ancestor, ast.arguments):
+            return True
+        if isinstance(ancestor, ast.IfExp) and child is ancestor.orelse:
+            return True
+        if isinstance(ancestor, ast.If) and child in ancestor.body and _tests_none(ancestor.test):
+            return True
+        if isinstance(ancestor, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            return False
+        child = ancestor
+    return False
+
+
+def _tests_none(test: ast.expr) -> bool:
+    return isinstance(test, ast.Compare) and any(isinstance(c, ast.Constant) and c.value is None for c in test.comparators) or (
+        isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)
+    )
 
 
 # Schedules that decay from the start; the ones that ramp up by themselves (OneCycleLR, CyclicLR, LinearLR with a
@@ -143,13 +223,12 @@ class NoLrWarmup(Rule):
     scope = "source"
 
     def check(self, ctx: SourceContext) -> Iterator[Finding]:
-        imports = Imports(ctx.tree)
-        calls = all_calls(ctx.tree, imports)
+        calls = file_calls(ctx)
         adam = next((c for c in calls if ADAM.match(c.last)), None)
         if adam is None:
             return
         schedules = [c for c in calls if _is_torch_scheduler(c, DECAYING) or _no_warmup_steps(c) or _decaying_linear(c)]
-        if not schedules or _has_warmup(ctx.tree, calls):
+        if not schedules or _has_warmup(file_nodes(ctx), calls):
             return
         schedule = schedules[0]
         yield self.finding(
@@ -177,14 +256,14 @@ def _no_warmup_steps(call: Call) -> bool:
     return literal(node) == 0
 
 
-def _has_warmup(tree: ast.Module, calls: list[Call]) -> bool:
+def _has_warmup(nodes: list[ast.AST], calls: list[Call]) -> bool:
     """A ramping scheduler, or any name, argument or attribute that mentions warm-up (except a zero one)."""
     if any(_is_torch_scheduler(c, RAMPING) for c in calls):
         return True
     if any(_is_torch_scheduler(c, frozenset({"LinearLR"})) and not _decaying_linear(c) for c in calls):
         return True
     zero = {id(n) for c in calls if _no_warmup_steps(c) for n in ast.walk(c.node.func)}
-    for node in ast.walk(tree):
+    for node in nodes:
         if id(node) in zero:
             continue
         for text in _identifiers(node):

@@ -1,4 +1,4 @@
-"""The training-code rules (CLP001, TRN001, TRN002, AMP003): every fixture under fixtures/training/ yields exactly
+"""The training-code rules (CLP001, TRN*, AMP003, LOS*): every fixture under fixtures/training/ yields exactly
 the findings its `# expect: CODE` comments mark; they read the source only (no torch, no import of the file)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from support import FIXTURES, expected_marks, run
 
-SOURCE_CODES = ["CLP001", "TRN001", "TRN002", "AMP003"]
+SOURCE_CODES = ["CLP001", "TRN001", "TRN002", "AMP003", "LOS001", "LOS002", "LOS003", "LOS004"]
 TRAINING = sorted((FIXTURES / "training").glob("*.py"))
 
 
@@ -34,6 +34,18 @@ def test_every_source_rule_has_firing_and_clean_fixtures() -> None:
     assert sorted(ours) == sorted(SOURCE_CODES)
     assert set(SOURCE_CODES) <= fired
     assert any(not expected_marks(p) for p in TRAINING)
+
+
+def test_loss_wiring_follows_the_model_into_the_module_that_defines_it() -> None:
+    """train.py gets `classifier()` from nets.py, whose Sequential ends in nn.Softmax: the finding is on the loss
+    line of train.py and names where the softmax is."""
+    project = FIXTURES / "training" / "project"
+    report = run(project / "train.py", select=SOURCE_CODES)
+    findings = [f for r in report.results for f in r.findings]
+    assert [(f.code, Path(f.file).name, f.line) for f in findings] == [("LOS001", "train.py", 17)], [f.message for f in findings]
+    assert "nets.py:6" in findings[0].message
+    nets = run(project / "nets.py", select=SOURCE_CODES)  # the model file alone has no loss: nothing to say
+    assert not [f for r in nets.results for f in r.findings]
 
 
 def test_source_rules_never_import_torch() -> None:

@@ -112,6 +112,24 @@ def _read_facts(path: Path, tree: ast.Module | None) -> FileFacts:
     return facts
 
 
+def module_file(importer: Path, module: str, level: int = 0) -> Path | None:
+    """The user's own file that `from <module> import ...` (with `level` leading dots) reads in `importer`:
+    `models.py` or `models/__init__.py` next to it or at the top of its package; None for an installed package."""
+    parts = module.split(".") if module else []
+    if level:
+        base = importer.resolve().parent
+        for _ in range(level - 1):
+            base = base.parent
+        bases = [base]
+    else:
+        bases = _search_roots(importer.resolve())
+    if not parts:
+        init = bases[0] / "__init__.py"
+        return init if init.is_file() else None
+    found = _local_module(parts, bases)
+    return found[-1] if found else None
+
+
 def _search_roots(path: Path) -> list[Path]:
     """Where `import x` finds the user's own modules: the file's folder and the top of its package."""
     roots = [path.parent]
