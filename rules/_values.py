@@ -9,10 +9,11 @@ stays None: no guess.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 
 from auditor_rules._script import DEPTH, FUNCTIONS, Located, Script
-from auditor_rules._training_code import dotted
+from auditor_rules._training_code import dotted, literal
 
 SOFTMAX, SIGMOID, LOG_SOFTMAX, LOGITS = "softmax", "sigmoid", "log_softmax", "logits"
 
@@ -233,3 +234,59 @@ def _same(a: Held | None, b: Held | None) -> Held | None:
 def _is_self_attribute(func: ast.expr) -> bool:
     name = dotted(func) or ""
     return name.startswith("self.") and name.count(".") == 1
+
+
+UNKNOWN = "unknown"  # what `layer_in` says of a model built by code it cannot read
+BATCH_NORM = re.compile(r"BatchNorm|batch_norm")
+# torchvision's classification models that normalize with BatchNorm.
+TORCHVISION_BATCH_NORM = re.compile(
+    r"^torchvision\.models\.(\w+\.)?(resnet|resnext|wide_resnet|vgg\d+_bn|densenet|mobilenet|efficientnet|inception|"
+    r"googlenet|shufflenet|mnasnet|regnet)"
+)
+
+
+def layer_in(module: Built, pattern: re.Pattern[str], keyword: str | None = None) -> Located | str | None:
+    """Where the model names a layer matching `pattern` (`nn.BatchNorm2d(...)`, or a `keyword=` argument such as
+    `dropout=0.1`): in its class, the local classes and helper functions it builds with, its local base classes,
+    or its constructor call (`nn.Sequential(...)`). UNKNOWN when it builds something this cannot read (a class
+    of another package); None when it was read through and has none."""
+    if module.cls is not None:
+        return _layer_in(module.cls[0], module.cls[1], pattern, keyword, set())
+    if pattern is BATCH_NORM and TORCHVISION_BATCH_NORM.match(module.name):
+        return module.call
+    if not module.is_torch:
+        return UNKNOWN
+    return _layer_in(module.call.script, module.call.node, pattern, keyword, set())
+
+
+def _layer_in(script: Script, code: ast.AST, pattern: re.Pattern[str], keyword: str | None, seen: set[int]) -> Located | str | None:
+    if id(code) in seen:
+        return None
+    seen.add(id(code))
+    unknown = False
+    for node in ast.walk(code):
+        name = dotted(node) if isinstance(node, (ast.Name, ast.Attribute)) else None
+        if name is not None and pattern.search(name):
+            return Located(script, node)
+        if keyword and isinstance(node, ast.keyword) and node.arg and keyword in node.arg and literal(node.value) not in (0, 0.0, None, False):
+            return Located(script, node.value)
+        if not isinstance(node, ast.Call):
+            continue
+        callee = dotted(node.func) or ""
+        local = script.find_class(callee) or script.find_function(callee)
+        if local is not None:
+            found = _layer_in(local[0], local[1], pattern, keyword, seen)
+            if found == UNKNOWN:
+                unknown = True
+            elif found is not None:
+                return found
+        elif callee[:1].isupper() and not (script.imports.resolve(callee) or "").startswith(("torch.", "nn.")):
+            unknown = True  # a module class it cannot read
+    for base in getattr(code, "bases", ()):
+        local = script.find_class(dotted(base) or "")
+        if local is not None:
+            found = _layer_in(local[0], local[1], pattern, keyword, seen)
+            if found is not None:
+                return found
+    return UNKNOWN if unknown else None
+
