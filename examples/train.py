@@ -1,8 +1,9 @@
-"""Training loop for examples/faulty_cnn.py, with two mistakes `audit` finds without running it.
+"""Training loop for examples/faulty_cnn.py, with three mistakes `audit` finds without running it.
 
     audit examples/train.py
 
 - gradients are clipped while the GradScaler still scales them (the threshold sees ~65536x the real norm);
+- AdamW's weight decay also applies to the biases and BatchNorm weights;
 - the classification loss has no label smoothing.
 """
 
