@@ -177,27 +177,23 @@ class Script:
     # --- classes defined here or in the user's own modules ---------------------------------------------------
     def find_class(self, name: str) -> tuple[Script, ast.ClassDef] | None:
         """The class a name in this file refers to: defined here, or imported from a local module."""
-        if name in self.classes:
-            return self, self.classes[name]
-        other, original = self._imported(name)
-        if other is not None and original in other.classes:
-            return other, other.classes[original]
-        return None
+        return self._find(name, "classes")  # type: ignore[return-value]
 
     def find_function(self, name: str) -> tuple[Script, ast.FunctionDef | ast.AsyncFunctionDef] | None:
-        if name in self.functions:
-            return self, self.functions[name]
-        other, original = self._imported(name)
-        if other is not None and original in other.functions:
-            return other, other.functions[original]
-        return None
+        """The top-level function a name in this file refers to, here or in a local module."""
+        return self._find(name, "functions")  # type: ignore[return-value]
 
-    def _imported(self, name: str) -> tuple[Script | None, str]:
+    def _find(self, name: str, table: str) -> tuple[Script, ast.AST] | None:
+        if name in getattr(self, table):
+            return self, getattr(self, table)[name]
         origin = self.imported_from(name)
         if origin is None:
-            return None, ""
+            return None
         module, level, original = origin
-        return self.module(module, level), original
+        other = self.module(module, level)
+        if other is not None and original in getattr(other, table):
+            return other, getattr(other, table)[original]
+        return None
 
     def imported_from(self, name: str) -> tuple[str, int, str] | None:
         """(module, level, original name) of `from module import original as name` or of `module.name`."""
