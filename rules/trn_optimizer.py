@@ -165,19 +165,27 @@ class WarmupTooShort(Rule):
 
 
 def _warmup_steps(script: Script, call: Call) -> tuple[int | None, str]:
-    """The warm-up length in optimizer steps a call sets, when it is a literal and counts steps."""
+    """The warm-up length in optimizer steps a call sets, when it is a literal (or a name assigned one) and counts
+    steps."""
     if "schedule_with_warmup" in call.last or call.last == "TrainingArguments":
         keyword = call.keyword("num_warmup_steps") or call.keyword("warmup_steps")
         node = keyword.value if keyword is not None else (call.node.args[1] if "schedule" in call.last and len(call.node.args) > 1 else None)
-        value = literal(node) if node is not None else None
-        return (value if isinstance(value, int) and not isinstance(value, bool) else None), f"`{call.name}(...)`"
+        return _count(script, node, call.node), f"`{call.name}(...)`"
     if call.last == "LinearLR" and _ramps_up(call) and _stepped_per_batch(script, call):
         keyword = call.keyword("total_iters")
         node = keyword.value if keyword is not None else (call.node.args[3] if len(call.node.args) > 3 else None)
-        value = 5 if node is None else literal(node)  # LinearLR's default total_iters
-        written = f"`{call.name}(...)` stepped every batch"
-        return (value if isinstance(value, int) and not isinstance(value, bool) else None), written
+        steps = 5 if node is None else _count(script, node, call.node)  # LinearLR's default total_iters
+        return steps, f"`{call.name}(...)` stepped every batch"
     return None, ""
+
+
+def _count(script: Script, node: ast.expr | None, use: ast.AST) -> int | None:
+    """An integer literal, or a name last assigned one (`warmup_steps = 5`)."""
+    if isinstance(node, ast.Name):
+        assigned = script.assigned_before(node.id, use)
+        node = assigned if isinstance(assigned, ast.expr) else None
+    value = literal(node) if node is not None else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _ramps_up(call: Call) -> bool:
@@ -189,9 +197,11 @@ def _ramps_up(call: Call) -> bool:
 
 def _stepped_per_batch(script: Script, scheduler: Call) -> bool:
     """Whether the scheduler (the name it is assigned to, or the SequentialLR that wraps it) is stepped in the
-    same loop as an optimizer: once per batch."""
+    same loop as an optimizer, once per batch, or handed to Lightning with `"interval": "step"`."""
     names = _scheduler_names(script, scheduler.node)
     scope = script.scope_of(scheduler.node)
+    if _lightning_per_step(scope, names, scheduler.node):
+        return True
     for call in script.calls:
         func = call.func
         if not (isinstance(func, ast.Attribute) and func.attr == "step" and dotted(func.value) in names):
@@ -207,6 +217,19 @@ def _stepped_per_batch(script: Script, scheduler: Call) -> bool:
                     inner = next((a for a in script.ancestors(other) if isinstance(a, (ast.For, ast.AsyncFor, ast.While))), None)
                     if inner is loop:
                         return True
+    return False
+
+
+def _lightning_per_step(scope: ast.AST, names: set[str], scheduler: ast.Call) -> bool:
+    """`{"scheduler": sched, "interval": "step"}` in the function that builds the scheduler (Lightning's
+    configure_optimizers)."""
+    for node in ast.walk(scope):
+        if not isinstance(node, ast.Dict):
+            continue
+        entries = {literal(k): v for k, v in zip(node.keys, node.values) if k is not None}
+        target = entries.get("scheduler")
+        if target is not None and (dotted(target) in names or target is scheduler) and literal(entries.get("interval")) == "step":
+            return True
     return False
 
 

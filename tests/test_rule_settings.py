@@ -41,3 +41,11 @@ def test_orthogonal_tolerance_setting() -> None:
     path = RULES / "ini002_recurrent.py"
     assert len(_codes(path, inputs=["long:2,6"], select=["INI002"])) == 2
     assert _codes(path, inputs=["long:2,6"], select=["INI002"], settings={"orthogonal-tolerance": 10.0}) == []
+
+
+def test_min_warmup_steps_setting() -> None:
+    """A ramp of 3, 2, 5 and 4 steps is short against the default 10; against 3 only the 2-step one is."""
+    path = FIXTURES / "training" / "trn008_short_warmup.py"
+    assert len(run(path, select=["TRN008"]).results[0].findings) == 4
+    stricter = run(path, select=["TRN008"], settings={"min-warmup-steps": 3}).results[0].findings
+    assert [f.message.split(" warms")[0] for f in stricter] == ["`TrainingArguments(...)`"]

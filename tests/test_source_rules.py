@@ -48,6 +48,16 @@ def test_loss_wiring_follows_the_model_into_the_module_that_defines_it() -> None
     assert not [f for r in nets.results for f in r.findings]
 
 
+def test_critic_batchnorm_is_found_in_the_module_that_defines_it() -> None:
+    """The penalty is in train.py, the BatchNorm in models.py: the finding is on the penalty's file (the one
+    audited) and names the BatchNorm's place; models.py alone has no penalty and no finding."""
+    project = FIXTURES / "training" / "gan_project"
+    findings = [f for r in run(project / "train.py", select=SOURCE_CODES).results for f in r.findings]
+    assert [(f.code, Path(f.file).name, f.line) for f in findings] == [("NRM005", "train.py", 11)], [f.message for f in findings]
+    assert "`Discriminator`" in findings[0].message and "models.py:12" in findings[0].message
+    assert not [f for r in run(project / "models.py", select=SOURCE_CODES).results for f in r.findings]
+
+
 def test_source_rules_never_import_torch() -> None:
     """Run every source rule on a script that imports torch: the rules read it, torch stays unimported."""
     script = (
