@@ -42,9 +42,11 @@ class MissingActivation(Rule):
     Flags a Linear or convolution whose output reaches the next Linear or convolution with nothing non-linear
     in between: directly, or through dropout, BatchNorm, reshapes, pooling or padding only. Not flagged, because
     they are deliberate factorizations: a bottleneck narrower than both ends (low-rank projections, LoRA,
-    MobileNetV2's linear bottlenecks, ALBERT's embedding projection), a depthwise or grouped convolution paired
-    with a pointwise one (separable convolutions), a k x 1 then 1 x k pair; and any layer whose output is also
-    used elsewhere (attention's q/k/v, an embedding returned next to the logits, FPN's lateral convolutions).
+    ALBERT's embedding projection), a depthwise or grouped convolution paired with a pointwise one (separable
+    convolutions), the 1x1 projection that ends an inverted residual block after its depthwise conv, which the
+    next block expands (the linear bottlenecks of MobileNetV2/V3, EfficientNet, MnasNet), a k x 1 then 1 x k
+    pair; and any layer whose output is also used elsewhere (attention's q/k/v, an embedding returned next to
+    the logits, FPN's lateral convolutions).
 
     ## Why is this bad?
     A composition of linear maps is one linear map. Without an activation between them the two layers have the
@@ -171,6 +173,26 @@ def _linear_between(first: Layer, node: Node, flattened: bool) -> bool | None:
     return None
 
 
+def _projects_depthwise(node: Node) -> bool:
+    """Whether a conv projects the output of a grouped (depthwise) conv: going back through its input, past
+    norms, activations, dropout and squeeze-excitation products, the first weight layer is grouped."""
+    stack, seen = list(node.tensor_inputs), set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen or len(seen) > 64:
+            continue
+        seen.add(id(current))
+        layer = _layer(current)
+        if layer is not None:
+            if layer.groups > 1:
+                return True
+            continue
+        if current.op in ops.WEIGHT_LAYERS or current.op == ops.OPAQUE:
+            continue
+        stack.extend(current.tensor_inputs)
+    return False
+
+
 def _factorized(first: Layer, second: Layer) -> bool:
     """A deliberate factorization: a bottleneck narrower than both ends (low rank), a grouped/depthwise conv
     with a pointwise one, or a k x 1 conv with a 1 x k one. A conv flattened into a Linear is a map from the
@@ -183,6 +205,8 @@ def _factorized(first: Layer, second: Layer) -> bool:
         return True
     if first.groups > 1 or second.groups > 1:
         return True
+    if first.is_conv and _projects_depthwise(first.node):
+        return True  # the linear bottleneck of an inverted residual (MobileNetV2/V3, EfficientNet, MnasNet)
     if first.is_conv and len(first.kernel) == len(second.kernel) and len(first.kernel) > 1:
         spread_first = {i for i, k in enumerate(first.kernel) if k > 1}
         spread_second = {i for i, k in enumerate(second.kernel) if k > 1}

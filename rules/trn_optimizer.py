@@ -109,9 +109,10 @@ class WarmupTooShort(Rule):
     ## What it does
     Flags a learning-rate warm-up that lasts fewer optimizer steps than `min-warmup-steps` (default 10):
     `get_*_schedule_with_warmup(..., num_warmup_steps=N)` or `TrainingArguments(warmup_steps=N)` with
-    0 < N < 10, and a `LinearLR` warm-up (start factor below 1) stepped once per batch whose `total_iters` is
-    under 10 (its default is 5). A `LinearLR` stepped once per epoch warms up over epochs and is not flagged; no
-    warm-up at all is TRN002's.
+    0 < N < 10 (a literal, or a name assigned one), and a `LinearLR` warm-up (start factor below 1) stepped once
+    per batch (in the loop that steps the optimizer, or handed to Lightning with `"interval": "step"`) whose
+    `total_iters` is under 10 (its default is 5). A `LinearLR` stepped once per epoch warms up over epochs and
+    is not flagged; no warm-up at all is TRN002's.
 
     ## Why is this bad?
     A warm-up exists to keep the first updates small while Adam's second-moment estimate averages only a few
