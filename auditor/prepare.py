@@ -26,10 +26,10 @@ from auditor.capture.state import ModuleState
 from auditor.errors import TargetError
 from auditor.findings import GUESS_NOTE, Finding, InputRecord, Severity
 from auditor.graph import INPUT, PARAM, AuditGraph, Node
-from auditor.loading.guesses import Candidate, Proposal, infer_candidates
+from auditor.loading.guesses import Candidate, Guesses, Proposal, guesses
 from auditor.loading.inputs import make_inputs, provided_inputs, records
 from auditor.loading.models import LoadedModel
-from auditor.loading.shapes import FIRST_TRY_SECONDS, OverBudget, fake_inputs, rank, runs_on_fake, time_budget
+from auditor.loading.shapes import FIRST_TRY_SECONDS, FakeRun, OverBudget, climb, fake_inputs, fake_run, rank, time_budget
 from auditor.options import CAPTURE_METHODS
 from auditor.rng import preserved_rng
 from auditor.specs import InputSpec, Spec, parse_spec
@@ -95,20 +95,51 @@ def _given(loaded: LoadedModel, inputs: tuple[Any, ...], device: torch.device, s
 
 
 def _guessed(loaded: LoadedModel, device: torch.device, methods: tuple[str, ...]) -> Prepared:
-    """Candidates ranked on fake tensors and tried for real in that order. Before fake tensors are loaded,
-    the candidates are first tried for real in their own order as long as that stays quick; when it runs long
-    (a large image through a small-image network), they are ranked on fake tensors."""
-    candidates = infer_candidates(loaded.model, loaded.call)
-    fits = lambda c: runs_on_fake(loaded.model, _moved(make_inputs(c.specs, loaded.model), device))  # noqa: E731
-    if len(candidates) > 1 and _fake_tensors_loaded():
-        return _first_that_runs(loaded, *rank(candidates, fits), device, methods)
-    state = ModuleState(loaded.model)
+    """Candidates ranked on fake tensors and tried for real in that order. Before fake tensors are loaded, the
+    candidates are first tried for real in their own order while that stays quick, and ranked on fake tensors
+    only when that runs long (a large image through a small-image network) or finds no clean run."""
+    found = guesses(loaded.model, loaded.call)
+    if len(found.candidates) > 1 and _fake_tensors_loaded():
+        return _first_that_runs(loaded, *_ranked(loaded, found, device), device, methods)
+    state, tried = ModuleState(loaded.model), None
     try:
         with time_budget(FIRST_TRY_SECONDS):
-            return _first_that_runs(loaded, candidates, False, device, methods)
+            tried = _first_that_runs(loaded, found.candidates, False, device, methods)
+        if tried.graph.ran_cleanly or len(found.candidates) == 1:
+            return tried
     except OverBudget:
         state.restore()  # what the interrupted forward wrote into the model
-    return _first_that_runs(loaded, *rank(candidates, fits), device, methods)
+    except TargetError:
+        if len(found.candidates) == 1:
+            raise
+    order, partial_will_do = _ranked(loaded, found, device)
+    if tried is not None and partial_will_do:
+        return tried  # a merge fails at every size: the first guess shows it, no need to run it again
+    try:
+        return _first_that_runs(loaded, order, partial_will_do, device, methods)
+    except TargetError:
+        if tried is None:
+            raise
+        return tried
+
+
+def _ranked(loaded: LoadedModel, found: Guesses, device: torch.device) -> tuple[list[Candidate], bool]:
+    """The candidates ranked on fake tensors (`shapes.rank`); when none fits, one found by fitting the
+    arguments one at a time (`shapes.climb`: a source mask and a target mask of different shapes) comes first."""
+    runs: dict[str, FakeRun] = {}
+
+    def run(candidate: Candidate) -> FakeRun:
+        key = str(candidate)
+        if key not in runs:
+            runs[key] = fake_run(loaded.model, _moved(make_inputs(candidate.specs, loaded.model), device))
+        return runs[key]
+
+    order, partial_will_do = rank(found.candidates, run)
+    if partial_will_do:
+        climbed = climb(found.candidates[0], found.least_certain_first(), found.varied, run)
+        if climbed is not None:
+            return [climbed, *found.candidates], False
+    return order, partial_will_do
 
 
 def _fake_tensors_loaded() -> bool:

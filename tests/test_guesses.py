@@ -226,3 +226,33 @@ def test_float_inputs_take_the_dtype_of_the_layer_they_feed():
 
     model = nn.Sequential(nn.Conv1d(20, 8, 3), nn.GELU()).to(torch.bfloat16)
     assert str(infer_candidates(model)[0]) == "bfloat16:2,20,128"
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ("conditional.py:Generator", "2,20 int64:2"),  # the Linear's 30 inputs less the label embedding's 10
+    ("conditional.py:Discriminator", "2,64 int64:2"),  # 74 less 10: the flattened 8x8 image
+    ("conditional.py:NeRF", "2,15 2,9"),  # 25 less the 16 features of `pts` (through its ReLU)
+])
+def test_an_argument_concatenated_with_a_layer_output_gets_what_that_layer_leaves(target, expected):
+    assert specs(audited(target)) == expected
+
+
+def test_masks_whose_shapes_none_of_the_first_guesses_has_are_fitted_one_argument_at_a_time():
+    """The annotated Transformer's `forward(src, tgt, src_mask, tgt_mask)`: its attention unsqueezes the mask
+    over the heads, so a (B, L) mask fails; varying the masks one at a time on fake tensors finds (B, 1, L)."""
+    result = audited("conditional.py:EncoderDecoder")
+    assert specs(result) == "int64:2,16 int64:2,16 bool:2,1,16 bool:2,1,16"
+
+
+def test_every_argument_departs_from_its_first_proposal_early_in_the_candidates():
+    """Many mask proposals must not push the first argument's second proposal out of the candidates."""
+    from auditor.loading.guesses import infer_candidates
+
+    sys.path.insert(0, str(INPUTS))
+    try:
+        from conditional import EncoderDecoder
+    finally:
+        sys.path.remove(str(INPUTS))
+    candidates = [str(c) for c in infer_candidates(EncoderDecoder())]
+    assert candidates[0] == "int64:2,16 int64:2,16 bool:2,16 bool:2,16"
+    assert "int64:2,128 int64:2,16 bool:2,128 bool:2,128" in candidates[:6]  # the first argument varied, its masks follow

@@ -27,6 +27,10 @@ _MATMULS = {"mm", "matmul", "bmm", "spmm", "sparse.mm", "linear"}
 _CATS = {"cat", "concat", "concatenate"}
 _SHAPE_READS = {"size", "dim", "shape", "numel", "len", "device", "dtype"}  # a shape or place, not the argument's data
 _BINARY = {"mul", "add", "sub", "truediv", "mul_", "add_"}
+_SHAPE_KEEPING = {"relu", "relu_", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu", "softplus", "mish", "dropout",
+                  "layer_norm", "contiguous"}
+_SHAPE_KEEPING_MODULES = (nn.modules.activation.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU,
+                          nn.Softplus, nn.Mish, nn.modules.dropout._DropoutNd, nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.Identity)
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class Use:
     label: str
     module: nn.Module | None = None
     steps: tuple[tuple[Any, ...], ...] = ()  # ("transpose", a, b), ("permute", dims), ("unsqueeze", dim): undone in reverse
-    split: tuple[int, int] | None = None  # (dim, parts): concatenated with other arguments along dim
+    split: tuple[int, int, int] | None = None  # (dim, parts, taken): concatenated along dim with `parts` arguments and others `taken` wide
     item: int | None = None
     features: int | None = None
     partner: str | None = None
@@ -108,7 +112,7 @@ def read_forward(model: nn.Module) -> Forward | None:
 
 def _first_use(forward: Forward, start: Any, name: str) -> Use | None:
     gm = forward.gm
-    frontier: deque[tuple[Any, Any, tuple[tuple[Any, ...], ...], tuple[int, int] | None, bool]] = deque(
+    frontier: deque[tuple[Any, Any, tuple[tuple[Any, ...], ...], tuple[int, int, int] | None, bool]] = deque(
         (user, start, (), None, False) for user in start.users)
     seen = set()
     while frontier:
@@ -139,13 +143,13 @@ def _first_use(forward: Forward, start: Any, name: str) -> Use | None:
             raised = raised or _is_column(node)
             steps = ()  # a reshape cannot be undone: the consumer's shape is taken as the argument's
         if op in _CATS:
-            split = _cat_split(node) or split
+            split = _cat_split(forward, node) or split
         frontier.extend((user, node, steps, split, raised) for user in node.users)
     return None
 
 
 def _matmul_use(forward: Forward, node: Any, came_from: Any, name: str, steps: tuple[tuple[Any, ...], ...],
-                split: tuple[int, int] | None) -> Use | None:
+                split: tuple[int, int, int] | None) -> Use | None:
     """`x @ W` (W a weight: x's last dim is W's rows; `F.linear(x, W)`: W's columns), or `adj @ h` with h made
     from another argument (adj is square over h's rows)."""
     operands = list(node.args[:2])
@@ -211,15 +215,44 @@ def _is_column(node: Any) -> bool:
     return tuple(node.args[1:]) in ((-1, 1), ((-1, 1),))
 
 
-def _cat_split(node: Any) -> tuple[int, int] | None:
-    """`torch.cat([a, b], dim=1)` of forward arguments only: each has 1/k of the consumer's size along dim."""
+def _cat_split(forward: Forward, node: Any) -> tuple[int, int, int] | None:
+    """`torch.cat([a, b], dim=1)`: operands a layer of known width makes take that much of the consumer's size
+    along dim (`self.label_emb(labels)`: the embedding's width); the operands made from the arguments otherwise
+    share the rest evenly (a conditional GAN's noise is its Linear's input less the label embedding's width; a
+    pair discriminator's two images have half the channels each). None where an operand is neither."""
     operands = node.args[0] if node.args else node.kwargs.get("tensors", ())
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     if not isinstance(operands, (list, tuple)) or not isinstance(dim, int) or len(operands) < 2:
         return None
-    if all(getattr(o, "op", None) == "placeholder" for o in operands):
-        return dim, len(operands)
+    widths = [_width(forward.gm, o, dim) for o in operands]
+    shares = [o for o, w in zip(operands, widths) if w is None]
+    if not shares or any(not forward.data_from.get(o) for o in shares):
+        return None
+    return dim, len(shares), sum(w for w in widths if w is not None)
+
+
+def _width(gm: Any, node: Any, dim: int) -> int | None:
+    """The size along `dim` of a layer's output, where the layer alone decides it: an Embedding's or a
+    Linear's features (the last dim), a convolution's channels (dim 1)."""
+    while _keeps_shape(gm, node):
+        node = node.args[0]  # `F.relu(self.pts(x))`: the Linear decides
+    if getattr(node, "op", None) != "call_module":
+        return None
+    module = gm.get_submodule(str(node.target))
+    if dim == -1 and isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return module.embedding_dim
+    if dim == -1 and isinstance(module, nn.Linear):
+        return module.out_features
+    if dim == 1 and isinstance(module, nn.modules.conv._ConvNd):
+        return module.out_channels
     return None
+
+
+def _keeps_shape(gm: Any, node: Any) -> bool:
+    """An activation, dropout or norm: its output has its input's shape."""
+    if getattr(node, "op", None) == "call_module":
+        return isinstance(gm.get_submodule(str(node.target)), _SHAPE_KEEPING_MODULES)
+    return getattr(node, "op", None) in ("call_function", "call_method") and _op(node) in _SHAPE_KEEPING and bool(node.args)
 
 
 def _tables(forward: Forward, name: str) -> list[Table]:

@@ -105,7 +105,55 @@ class Options:
         return found if self.given is None else [self.given, *[p for p in found if p is not self.given]]
 
 
+@dataclass(frozen=True)
+class Guesses:
+    """The candidates for a model's inputs, best first, and what they were combined from (to vary one
+    argument of a candidate: `varied`)."""
+
+    names: tuple[str, ...]
+    options: dict[str, Options]
+    candidates: list[Candidate]
+
+    def least_certain_first(self) -> list[str]:
+        """The arguments to vary first when no candidate fits: those derived from others (masks), then the rest
+        from the last (the first argument's guess, from its consuming layer, is the surest)."""
+        derived = [n for n in self.names if self.options[n].derive is not None]
+        return derived + [n for n in reversed(self.names) if n not in derived]
+
+    def varied(self, candidate: Candidate, name: str) -> list[Candidate]:
+        """`candidate` with each other proposal for argument `name`; the arguments derived from it (a mask over
+        its positions) derived again, at the same rank among their proposals."""
+        chosen = dict(zip(self.names, candidate.proposals))
+        ranks = {n: _rank(self.options[n].proposals(_specs(chosen)), chosen[n]) for n in self.names}
+        found = []
+        for proposal in self.options[name].proposals(_specs(chosen)):
+            if proposal == chosen[name]:
+                continue
+            other = {**chosen, name: proposal}
+            for dependent in (n for n in self.names if self.options[n].after == name):
+                derived = self.options[dependent].proposals(_specs(other))
+                if not derived:
+                    break
+                other[dependent] = derived[min(ranks[dependent], len(derived) - 1)]
+            else:
+                found.append(Candidate(self.names, tuple(other[n] for n in self.names)))
+        return found
+
+
+def _specs(chosen: dict[str, Proposal]) -> dict[str, Optional[Spec]]:
+    return {name: proposal.spec for name, proposal in chosen.items()}
+
+
+def _rank(proposals: list[Proposal], proposal: Proposal) -> int:
+    return proposals.index(proposal) if proposal in proposals else 0
+
+
 def infer_candidates(model: nn.Module, call: CallHint | None = None) -> list[Candidate]:
+    """Whole candidates, best first (`guesses(model, call).candidates`)."""
+    return guesses(model, call).candidates
+
+
+def guesses(model: nn.Module, call: CallHint | None = None) -> Guesses:
     """Whole candidates, best first: every argument's first proposal, then the combinations that change
     fewest and earliest choices (at most MAX_CANDIDATES). `call`: the repository's own call of the model,
     whose specs come first and whose argument names are read as the forward's are."""
@@ -124,7 +172,10 @@ def infer_candidates(model: nn.Module, call: CallHint | None = None) -> list[Can
                               "for each argument")
         options[argument.name] = found
     names = tuple(a.name for a in arguments)
-    return [Candidate(names, tuple(combo[name] for name in names)) for combo in _combinations(names, options)]
+    combinations = _combinations(names, options)
+    if not combinations:
+        raise TargetError(f"cannot infer inputs that fit together for {', '.join(names)}; pass --input SPEC for each argument")
+    return Guesses(names, options, [Candidate(names, tuple(combo[name] for name in names)) for combo in combinations])
 
 
 def fed_arguments(model: nn.Module, call: CallHint | None = None) -> list[Argument]:
@@ -417,7 +468,7 @@ def _mask_proposals(name: str, partner_name: str, partner: Spec | None) -> list[
         shapes = [(batch, 1, height, width), (batch, height, width)]
     else:
         batch, length = partner.shape[:2]
-        shapes = [(batch, length), (batch, 1, 1, length), (batch, 1, length, length), (length, length)]
+        shapes = [(batch, length), (batch, 1, length), (batch, 1, 1, length), (batch, length, length), (batch, 1, length, length), (length, length)]
     dtypes = ("int64", "bool", "float32") if name == "attention_mask" else ("bool", "float32")
     if _PADDING_MASKS.search(name):
         shapes = shapes[:1]
@@ -433,11 +484,16 @@ def _state_spec(rnn: nn.RNNBase) -> Spec:
     return hidden
 
 
-def _split(spec: Spec | None, dim: int, parts: int) -> Spec | None:
-    if not isinstance(spec, InputSpec) or not -len(spec.shape) <= dim < len(spec.shape) or spec.shape[dim] % parts:
+def _split(spec: Spec | None, dim: int, parts: int, taken: int) -> Spec | None:
+    """An argument's share of a concatenation the consumer takes whole: what other operands do not take, split
+    evenly between the arguments."""
+    if not isinstance(spec, InputSpec) or not -len(spec.shape) <= dim < len(spec.shape):
+        return spec
+    left = spec.shape[dim] - taken
+    if left <= 0 or left % parts:
         return spec
     shape = list(spec.shape)
-    shape[dim] //= parts
+    shape[dim] = left // parts
     return InputSpec(spec.dtype, tuple(shape))
 
 
@@ -505,25 +561,30 @@ def _named_tables(model: nn.Module) -> list[Table]:
 
 
 def _combinations(names: tuple[str, ...], options: dict[str, Options]) -> list[dict[str, Proposal]]:
-    """Every argument's proposals combined, fewest and earliest departures from the first proposals first.
-    Arguments whose proposals depend on others' (a mask, an adjacency) are chosen after them."""
+    """Every argument's proposals combined, fewest departures from the first proposals first (by the sum of
+    the proposals' ranks), at most MAX_CANDIDATES. Arguments whose proposals depend on others' (a mask, an
+    adjacency) are chosen after them."""
     dependent = [n for n in names if options[n].derive is not None]
-    independent = [n for n in names if n not in dependent]
-    found: list[tuple[tuple[int, ...], dict[str, Proposal]]] = []
+    order = [n for n in names if n not in dependent] + dependent
+    found: list[dict[str, Proposal]] = []
 
-    def extend(order: list[str], chosen: dict[str, Proposal], ranks: tuple[int, ...]) -> None:
-        if len(found) >= 4 * MAX_CANDIDATES:
+    def spend(position: int, chosen: dict[str, Proposal], departures: int) -> None:
+        if len(found) >= MAX_CANDIDATES:
             return
-        if not order:
-            found.append((ranks, dict(chosen)))
+        if position == len(order):
+            if departures == 0:
+                found.append(dict(chosen))
             return
-        name, rest = order[0], order[1:]
-        specs = {k: v.spec for k, v in chosen.items()}
-        for rank, proposal in enumerate(options[name].proposals(specs)):
-            chosen[name] = proposal
-            extend(rest, chosen, (*ranks, rank))
+        name = order[position]
+        proposals = options[name].proposals({k: v.spec for k, v in chosen.items()})
+        for rank in range(min(departures, len(proposals) - 1) + 1):
+            chosen[name] = proposals[rank]
+            spend(position + 1, chosen, departures - rank)
             del chosen[name]
 
-    extend(independent + dependent, {}, ())
-    found.sort(key=lambda item: (sum(item[0]), item[0]))
-    return [combo for _, combo in found[:MAX_CANDIDATES]]
+    for total in range(MAX_CANDIDATES):
+        before = len(found)
+        spend(0, {}, total)
+        if len(found) == before or len(found) >= MAX_CANDIDATES:
+            break
+    return found

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from auditor.capture import eval_mode, quiet_torch
 from auditor.capture.state import restored
@@ -45,7 +47,16 @@ def time_budget(seconds: float) -> Iterator[None]:
         handle.remove()
 
 
-def rank(candidates: list[Any], fits: Callable[[Any], bool | None]) -> tuple[list[Any], bool]:
+@dataclass(frozen=True)
+class FakeRun:
+    """A forward on fake tensors: whether it fit (None: fake tensors cannot tell, the forward reads values),
+    and how far it got (torch calls made before it stopped)."""
+
+    fits: bool | None
+    progress: int
+
+
+def rank(candidates: list[Any], run: Callable[[Any], FakeRun]) -> tuple[list[Any], bool]:
     """The order to try candidates in for real, and whether a run that stops at a failed merge will do.
 
     The first candidate that fits on fake tensors comes first (only its real run is needed when it works, so
@@ -54,7 +65,7 @@ def rank(candidates: list[Any], fits: Callable[[Any], bool | None]) -> tuple[lis
     known not to fit, a merge fails at every size: the first that runs up to it will do."""
     undecided = []
     for candidate in candidates:
-        verdict = fits(candidate)
+        verdict = run(candidate).fits
         if verdict:
             return [candidate, *[c for c in candidates if c is not candidate]], False
         if verdict is None:
@@ -62,20 +73,52 @@ def rank(candidates: list[Any], fits: Callable[[Any], bool | None]) -> tuple[lis
     return (undecided, False) if undecided else (candidates, True)
 
 
-def runs_on_fake(model: nn.Module, inputs: tuple[Any, ...]) -> bool | None:
-    """Whether the model's forward accepts inputs of these shapes, run on fake tensors (no data computed); None
-    when fake tensors cannot tell (the forward reads values: `if x.sum() > 0`, `.item()`, `nonzero()`)."""
+def climb(start: Any, names: list[str], varied: Callable[[Any, str], list[Any]], run: Callable[[Any], FakeRun], passes: int = 2) -> Any | None:
+    """A candidate that fits, found by fitting one argument at a time: for each argument in turn (`names`, the
+    least certain first), its other proposals are tried with the rest kept, and the one whose fake forward gets
+    furthest is kept (a source mask that fits carries the run to the target mask that does not yet); `passes`
+    times over the arguments. None when no step makes it fit."""
+    current, best = start, run(start)
+    for _ in range(passes):
+        moved = False
+        for name in names:
+            for other in varied(current, name):
+                outcome = run(other)
+                if outcome.fits:
+                    return other
+                if outcome.progress > best.progress:
+                    current, best, moved = other, outcome, True
+        if not moved:
+            return None
+    return None
+
+
+def fake_run(model: nn.Module, inputs: tuple[Any, ...]) -> FakeRun:
+    """The model's forward on fake tensors of these inputs' shapes (no data computed)."""
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
 
+    counter = _Counter()
     try:
         with restored(model), preserved_rng(), eval_mode(model), quiet_torch(), torch.no_grad():
-            with fake_inputs(inputs) as fake:
+            with fake_inputs(inputs) as fake, counter:
                 model(*fake)
     except (DataDependentOutputException, DynamicOutputShapeException):
-        return None
+        return FakeRun(None, counter.calls)
     except Exception:  # noqa: BLE001 - any other failure means "does not fit"
-        return False
-    return True
+        return FakeRun(False, counter.calls)
+    return FakeRun(True, counter.calls)
+
+
+class _Counter(TorchFunctionMode):
+    """Counts the torch calls a forward makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
