@@ -87,6 +87,8 @@ def audit(
     meta: Annotated[bool, typer.Option("--meta", help="Audit the structure without materializing weights (meta device; init rules read the recorded init calls).")] = False,
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Audit models whose weights exceed SIZE (e.g. 8GiB, 500MB) on meta. Default: 1/8 of available memory.", show_default=False)] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Audit this many targets at once (each in a process of its own either way); output stays in target order.")] = 1,
+    no_cache: Annotated[bool, typer.Option("--no-cache", envvar="AUDIT_NO_CACHE", help="Audit every target again, neither reading nor writing the result cache.")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", envvar="AUDIT_CACHE_DIR", help="Folder of the result cache. Default: `cache-dir` in [tool.auditor], else .audit_cache at the project root.", show_default=False)] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds one target may take (import, build, capture, probes, fix) before it is stopped; 0 for no limit. [default: 300]", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only findings; no summary or progress.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Capture notes, timings, and tracebacks for failures.")] = False,
@@ -108,14 +110,15 @@ def audit(
                 _check_replaceable(options.fix.out, options.fix.force)
             baseline_path = None if write_baseline is not None else baseline_file or config.baseline
             recorded = baselines.load(baseline_path) if baseline_path is not None else None
-            runs.append((target_list, base, options, config, baseline_path, recorded, limits))
+            cache = None if no_cache else _result_cache(options, cache_dir or config.cache_dir, config.path)
+            runs.append((target_list, base, options, config, baseline_path, recorded, limits, cache))
         if len(runs) > 1 and fix:
             raise UsageError("--fix: the targets fall under different configurations (pyproject.toml files); fix one project at a time")
     except UsageError as exc:
         _usage_error(err, exc)
     report, exit_code = Report(), 0
-    for target_list, base, options, config, baseline_path, recorded, limits in runs:  # each judged by its own project's configuration
-        part = _run(target_list, base, options, config, err, quiet or output_format != "text", limits)
+    for target_list, base, options, config, baseline_path, recorded, limits, cache in runs:  # each judged by its own project's configuration
+        part = _run(target_list, base, options, config, err, quiet or output_format != "text", limits, cache)
         if recorded is not None:
             baselines.apply(part, recorded, baseline_path, options)
         exit_code = max(exit_code, part.exit_code(options.fail_on))
@@ -157,21 +160,32 @@ def _merge(report: Report, part: Report) -> None:
         report.baseline.stale.extend(part.baseline.stale)
 
 
-def _run(targets: list[Any], base: Path | None, options: Options, config: Config, err: Terminal, silent: bool, limits: tuple[int, float]) -> Report:
-    """Each target's models are audited in a child process (`auditor.runner`); what the user's code wrote is
-    shown on stderr with --verbose, never on stdout."""
+def _run(targets: list[Any], base: Path | None, options: Options, config: Config, err: Terminal, silent: bool, limits: tuple[int, float],
+         cache: Any) -> Report:
+    """Each target's models are audited in a child process (`auditor.runner`), unless `cache` (a ResultCache,
+    or None) has their results; what the user's code wrote is shown on stderr with --verbose, never on stdout."""
     from auditor.engine import resolve_targets
     from auditor.runner import run_targets
 
     parsed, errors = resolve_targets(targets, config.exclude, base)
     jobs, timeout = limits
-    run = functools.partial(run_targets, parsed, options, jobs=jobs, timeout=timeout, show_output=_show_output(err) if options.verbose else None)
+    run = functools.partial(run_targets, parsed, options, jobs=jobs, timeout=timeout, show_output=_show_output(err) if options.verbose else None,
+                            cache=cache)
     if silent or not err.is_terminal or not parsed:
         return Report(errors + run())
     from rich.text import Text
 
     with err.status("auditing", spinner="dots") as status:  # Text: a file name is never markup or emoji
         return Report(errors + run(progress=lambda text: status.update(Text(f"auditing {text}"))))
+
+
+def _result_cache(options: Options, named: Path | None, config_file: Path | None) -> Any:
+    """The result cache of one configuration's targets; none with --fix, which must run for what it writes."""
+    if options.fix is not None:
+        return None
+    from auditor.cache import ResultCache, folder_chooser
+
+    return ResultCache(options, folder_chooser(named, config_file))
 
 
 def _show_output(err: Terminal) -> Any:

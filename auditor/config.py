@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-KNOWN_KEYS = {"select", "ignore", "fail-on", "targets", "per-module-ignores", "settings", "exclude", "device", "baseline", "max-memory", "timeout"}
+KNOWN_KEYS = {"select", "ignore", "fail-on", "targets", "per-module-ignores", "settings", "exclude", "device", "baseline", "max-memory", "timeout", "cache-dir"}
 TARGET_KEYS = {"target", "kwargs", "input"}
 DEFAULT_EXCLUDE = [".git", ".hg", ".venv", "venv", "env", "__pycache__", "build", "dist", "site-packages", "node_modules", ".tox", ".nox", ".eggs"]
 
@@ -47,6 +47,7 @@ class Config:
     baseline: Path | None = None  # `baseline = "FILE"`, resolved against the config file's folder
     max_memory: int | None = None  # `max-memory = "8GiB"`: above it a model is audited on meta
     timeout: float | None = None  # seconds per target (0: no limit); None: the runner's default
+    cache_dir: Path | None = None  # `cache-dir = "DIR"`, resolved against the config file's folder (`~` expanded)
     path: Path | None = None  # the file it came from; target paths are relative to its folder
 
 
@@ -108,6 +109,8 @@ def parse_table(table: dict[str, Any], path: Path) -> Config:
         config.max_memory = parse_size(_string(table["max-memory"], "max-memory", where), f"max-memory {where}:")
     if "baseline" in table:
         config.baseline = path.parent / _string(table["baseline"], "baseline", where)
+    if "cache-dir" in table:
+        config.cache_dir = path.parent / Path(_string(table["cache-dir"], "cache-dir", where)).expanduser()
     if "timeout" in table:
         config.timeout = check_timeout(table["timeout"], f"timeout {where}:")
     if "per-module-ignores" in table:

@@ -80,6 +80,12 @@ class Engine:
             return self._audit_file(target)
         return [], True
 
+    def source_files(self, target: Target) -> list[Path]:
+        """The files `audit_source` read for `target`: a file and the local modules its import would run."""
+        if target.kind is Kind.FILE and target.path is not None:
+            return self.project.closure(target.path)
+        return []
+
     def audit_models(self, target: Target) -> Iterator[TargetResult]:
         """Import, build and audit the target's models, one result at a time (each as soon as it is done)."""
         from auditor.loading.models import BuildFailure, Skipped

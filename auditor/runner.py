@@ -14,6 +14,12 @@ becomes that target's result:
 - with `jobs` > 1 that many children run at once; results and shown output stay in target order;
 - `--fix` folders are staged in the parent's `OutputFolder` at a child's request and committed once at the end;
   an interrupted run kills its children and removes the staging area.
+
+With a `ResultCache` (`auditor.cache`), a target whose entry is current is answered from it before anything else
+runs (no source check, no child, and no fork server when every target is answered so); every other target's
+results are stored once it completes, with the files its audit read: the parent's source check and the child's
+imports and reads. A target whose child did not complete (an exit, a signal, a timeout) or met a bug of the
+tool's is not stored.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import threading
 import time
 import types
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -38,6 +44,7 @@ from auditor.options import Options
 from auditor.targets import Target
 
 if TYPE_CHECKING:
+    from auditor.cache import ResultCache
     from auditor.fixing.writer import OutputFolder
 
 DEFAULT_TIMEOUT = 300.0  # seconds per target; 0 means no limit
@@ -55,14 +62,16 @@ ShowOutput = Callable[[str, str], None]  # (target label, what its code wrote)
 
 def run_targets(
     targets: list[Target], options: Options, *, jobs: int = 1, timeout: float = DEFAULT_TIMEOUT,
-    progress: Progress | None = None, show_output: ShowOutput | None = None,
+    progress: Progress | None = None, show_output: ShowOutput | None = None, cache: ResultCache | None = None,
 ) -> list[TargetResult]:
     """Audit `targets`, each one's models in a child process, and return the results in target order.
     `show_output` receives what a target's code wrote (without it, a failed target's error says that it wrote
-    something)."""
+    something). `cache` answers unchanged targets and keeps the others' results; never with --fix, whose
+    written files are the point of the run."""
     output = _output_folder(options)
     engine = Engine(options, output=output)
-    runner = _Runner(engine, output, jobs=jobs, timeout=timeout, progress=progress or (lambda _: None), show_output=show_output)
+    runner = _Runner(engine, output, jobs=jobs, timeout=timeout, progress=progress or (lambda _: None), show_output=show_output,
+                     cache=cache if options.fix is None else None)
     try:
         results = runner.run(targets)
     except BaseException:
@@ -90,12 +99,15 @@ class _Slot:
     results: list[TargetResult]
     done: bool
     output: str = ""
+    started_ns: int = 0  # when its audit began (time.time_ns)
+    read: list[str] = field(default_factory=list)  # the files its audit read, in the parent and in its child
 
 
 class _Runner:
     def __init__(self, engine: Engine, output: OutputFolder | None, *, jobs: int, timeout: float, progress: Progress,
-                 show_output: ShowOutput | None) -> None:
+                 show_output: ShowOutput | None, cache: ResultCache | None = None) -> None:
         self.engine = engine
+        self.cache = cache
         self.output = output
         self.jobs = max(1, jobs)
         self.timeout = timeout
@@ -105,12 +117,7 @@ class _Runner:
         self._shown = 0  # slots whose output was shown, in order
 
     def run(self, targets: list[Target]) -> list[TargetResult]:
-        slots: list[_Slot] = []
-        for target in targets:  # the part without the user's code, here
-            label = target_label(target)
-            self.progress(label)
-            results, needs_models = self.engine.audit_source(target)
-            slots.append(_Slot(target, label, results, done=not needs_models))
+        slots = [self._begin(target) for target in targets]
         waiting = deque(slot for slot in slots if not slot.done)
         if waiting:
             self.processes.start_server(preload(self.engine.options, len(waiting)))
@@ -129,6 +136,28 @@ class _Runner:
                 child.close()
         self._show_in_order(slots)
         return [result for slot in slots for result in slot.results]
+
+    def _begin(self, target: Target) -> _Slot:
+        """A target's place, answered from the cache, or with the part without the user's code done here."""
+        label = target_label(target)
+        cached = self.cache.lookup(target) if self.cache is not None else None
+        if cached is not None:
+            return _Slot(target, label, cached.results, done=True, output=cached.output)
+        self.progress(label)
+        slot = _Slot(target, label, [], done=False, started_ns=time.time_ns())
+        slot.results, needs_models = self.engine.audit_source(target)
+        slot.read = [str(path) for path in self.engine.source_files(target)]
+        if not needs_models:
+            self.finished(slot, complete=True)
+        return slot
+
+    def finished(self, slot: _Slot, complete: bool) -> None:
+        """`slot` has all its results; keep them in the cache when they are the target's whole, sound answer."""
+        slot.done = True
+        if self.cache is None or not complete or any(_tool_failure(result) for result in slot.results):
+            return
+        files = [*slot.read, *([str(slot.target.path)] if slot.target.path is not None else [])]
+        self.cache.store(slot.target, slot.results, slot.output, files, slot.started_ns)
 
     def _start(self, slot: _Slot) -> _Child | None:
         self.progress(slot.label)
@@ -158,6 +187,11 @@ class _Runner:
             if self.show_output is not None and slot.output:
                 self.show_output(slot.label, slot.output)
             self._shown += 1
+
+
+def _tool_failure(result: TargetResult) -> bool:
+    """A bug of the tool's (or a resource it ran out of), not an answer about the user's code."""
+    return result.status == "error" and (result.error or "").startswith("internal error")
 
 
 def preload(options: Options, children: int) -> list[str]:
@@ -207,6 +241,7 @@ class _Child:
         self.slot = slot
         self.phase = "starting"
         self.completed = False  # the child said "done"
+        self.crashed = False  # the tool failed in it outside any one model's guard
         self.timed_out = False
         self.staged: list[Path] = []  # --fix folders staged for it, not yet claimed by a result
         self.captured = _CapturedOutput()
@@ -265,7 +300,10 @@ class _Child:
             self.runner.output.discard(folder)
             self.staged = [f for f in self.staged if f != folder]
         elif kind == "crash":
+            self.crashed = True
             self.slot.results.append(TargetResult(target=self.slot.label, status="error", error=message[1], traceback=message[2]))
+        elif kind == "read":
+            self.slot.read.extend(message[1])
         elif kind == "done":
             self.completed = True
 
@@ -326,7 +364,7 @@ class _Child:
                 error += "; --verbose shows what it wrote"
             self.slot.results.append(TargetResult(target=self.slot.label, status="error", error=error))
         self.slot.output = self.captured.text()
-        self.slot.done = True
+        self.runner.finished(self.slot, complete=self.completed and not self.crashed)
         self.close()
 
     def _early_end(self) -> str:

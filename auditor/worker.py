@@ -12,7 +12,7 @@ import. Whatever the user's code does (prints, exits, hangs, patches torch) stay
 - stages `--fix` output through the parent (`ParentStaging`), which alone commits `--out`.
 
 Messages on the channel, child to parent: ("phase", text), ("result", TargetResult), ("stage", label),
-("discard", folder), ("crash", message, traceback or None), ("done",). Parent to child, in answer to "stage":
+("discard", folder), ("crash", message, traceback or None), ("read", [the files the audit read]), ("done",). Parent to child, in answer to "stage":
 ("staged", folder) or ("error", message).
 """
 
@@ -36,6 +36,7 @@ import auditor.capture.hooks  # noqa: F401
 import auditor.fixing.codegen  # noqa: F401 - every audit judges which findings --fix could fix (plan, codegen)
 import auditor.fixing.plan  # noqa: F401
 import auditor.prepare  # noqa: F401
+from auditor.cache.reads import ReadRecorder
 from auditor.engine import Engine
 from auditor.errors import TargetError, first_line
 from auditor.fixing.writer import OutputFolder
@@ -57,6 +58,7 @@ def audit_in_child(target: Target, options: Options, channel: Connection, output
     _redirect_output(output)
     os.environ.clear()
     os.environ.update(environ)  # the parent's environment now, not the fork server's when it started
+    reads = ReadRecorder().install()  # what the result depends on, for the parent's cache
     staging = ParentStaging(options.fix.out, channel) if options.fix is not None and options.fix.out is not None else None
     engine = Engine(options, progress=lambda text: channel.send(("phase", text)), output=staging)
     try:
@@ -67,6 +69,7 @@ def audit_in_child(target: Target, options: Options, channel: Connection, output
         channel.send(("crash", f"internal error: {type(exc).__name__}: {first_line(exc)}", details))
     sys.stdout.flush()
     sys.stderr.flush()
+    channel.send(("read", reads.files()))
     channel.send(("done",))
 
 

@@ -1,8 +1,13 @@
-"""Opt-in markers: slow, zoo and integrations tests run only when asked; cuda tests only where a GPU is present."""
+"""Opt-in markers: slow, zoo and integrations tests run only when asked; cuda tests only where a GPU is present.
+Every test audits for real: the result cache is off (tests/test_cache.py turns it on for itself)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+os.environ["AUDIT_NO_CACHE"] = "1"  # inherited by every `audit` a test starts
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -21,10 +21,10 @@ def document(report: Report) -> dict:
 
 
 def render(report: Report) -> str:
-    return json.dumps(document(report), indent=2, default=_jsonable)
+    return json.dumps(document(report), indent=2, default=jsonable)
 
 
-def _jsonable(value: object) -> object:
+def jsonable(value: object) -> object:
     """Probe numbers may be tensors or numpy scalars; JSON wants plain numbers."""
     item = getattr(value, "item", None)
     if callable(item):

@@ -56,19 +56,19 @@ class Project:
 
     def reaches_torch(self, path: Path) -> bool:
         """Whether the file imports torch (or a package built on it), itself or through its local imports."""
-        return any(self.facts(p).imports_torch for p in self._closure(path))
+        return any(self.facts(p).imports_torch for p in self.closure(path))
 
     def import_blocker(self, path: Path) -> str | None:
         """Why importing the file is unsafe: its own top level, or that of a local module its import runs
         (its packages' `__init__.py` included); None when every one of them only declares things."""
         start = path.resolve()
-        for dependency in self._closure(path):
+        for dependency in self.closure(path):
             hazard = self.facts(dependency).hazard
             if hazard is not None:
                 return str(hazard) if dependency == start else f"{hazard} of {_relative(dependency, start)}, which it imports"
         return None
 
-    def _closure(self, path: Path) -> list[Path]:
+    def closure(self, path: Path) -> list[Path]:
         """The file, then every local file its import runs (depth first, each once)."""
         order: list[Path] = []
         pending = [path.resolve()]
