@@ -156,7 +156,7 @@ def readable(spec: Spec | None) -> str:
 def readable_text(text: str) -> str:
     """`readable` of a spec written in --input's grammar; anything else ("None") as it is."""
     try:
-        return readable(_parse(text.replace(" ", ""), text))
+        return readable(_parse(text.replace(" ", ""), text, 0))
     except UsageError:
         return text
 
