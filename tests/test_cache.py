@@ -39,7 +39,7 @@ from parts import block
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(16, 32), block(32), nn.Linear(32, 4))
+        self.body = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), block(32), nn.Linear(32, 4))
 
     def forward(self, x):
         return self.body(x)
