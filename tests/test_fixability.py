@@ -129,3 +129,23 @@ def test_a_partial_graph_offers_no_fix(tmp_path: Path) -> None:
     assert [(f.code, f.fixable) for f in audited.findings] == [("RES001", False)]
     (fixed,) = model_results(run(path, fix=FixOptions(out=tmp_path / "out")))
     assert fixed.status == "error" and "partial graph" in (fixed.error or "") and not (tmp_path / "out").exists()
+
+
+def test_judging_an_embedding_fixable_draws_no_random_numbers_on_meta() -> None:
+    """The check rebuilds each module on meta with its initialization skipped: a random draw on meta imports
+    torch._dynamo (4 s in the first audit of any model with an nn.Embedding). A constructor that differs from
+    the module is still refused."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch.nn as nn\n"
+        "from auditor.fixing.codegen import CannotFix, _check_rebuilt, constructor\n"
+        "assert constructor(nn.Embedding(10, 4, padding_idx=0)) == 'nn.Embedding(num_embeddings=10, embedding_dim=4, padding_idx=0)'\n"
+        "try:\n    _check_rebuilt(nn.Embedding(10, 4), 'nn.Embedding(10, 5)')\nexcept CannotFix:\n    pass\n"
+        "else:\n    raise SystemExit('an unfaithful constructor passed')\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from auditor.fixing.rewrite import CannotFix
 
@@ -158,11 +159,24 @@ _SPECIAL: dict[str, Callable[[nn.Module], dict[str, Any]]] = {
 }
 
 
+class _NoMetaWrites(TorchFunctionMode):
+    """Skips in-place writes into meta tensors (a constructor's `reset_parameters`): they compute nothing, and
+    the first random draw on meta imports torch._dynamo to find its meta function (4 s for an nn.Embedding)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        target = args[0] if args else kwargs.get("tensor")  # nn.init functions pass theirs by keyword
+        if name.endswith("_") and not name.endswith("__") and isinstance(target, torch.Tensor) and target.is_meta:
+            return target
+        return func(*args, **kwargs)
+
+
 def _check_rebuilt(module: nn.Module, text: str) -> None:
-    """Build the constructor (on the meta device: no memory, no init cost) and compare it with the live module:
-    structure, repr and parameter shapes."""
+    """Build the constructor (on the meta device, its initialization skipped: no memory, no init cost) and
+    compare it with the live module: structure, repr and parameter shapes."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _NoMetaWrites():
             rebuilt = eval(text, {"nn": nn, "torch": torch, "inf": math.inf, "nan": math.nan})  # noqa: S307 - our own text
     except Exception as exc:  # noqa: BLE001
         raise CannotFix(f"cannot rebuild {type(module).__name__} with `{text}`: {type(exc).__name__}: {exc}") from exc
