@@ -16,15 +16,16 @@ if TYPE_CHECKING:
 
 # What a dropout's noise survives on its way to a BatchNorm: reshapes, pooling, padding, resampling,
 # concatenation (DenseNet's dense connections) and the weight layers themselves, which mix it but keep it.
-_CARRIERS = ops.TRANSPARENT | {ops.POOL, ops.PAD, ops.UPSAMPLE, ops.CAT, ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR}
+_CARRIERS = ops.TRANSPARENT | ops.ACTIVATIONS | {ops.POOL, ops.PAD, ops.UPSAMPLE, ops.CAT, ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR}
 
 
 @register
 class DropoutBeforeBatchNorm(Rule):
     """
     ## What it does
-    Flags a dropout whose output reaches a BatchNorm, directly or through linear/conv layers, pooling,
-    reshapes and concatenations, with no non-linearity or other normalization in between. A dropout with
+    Flags a dropout whose output reaches a BatchNorm, directly or through linear/conv layers, activations,
+    pooling, reshapes and concatenations, with no other normalization in between (an activation changes the
+    noise's distribution, not the fact that the norm's statistics carry it). A dropout with
     p = 0 is ignored. A dropout that reaches several BatchNorms is one finding naming them: the cause is the
     dropout's position.
 
@@ -128,10 +129,11 @@ def _norms_reached(dropout: Node) -> list[tuple[Node, list[Node]]]:
 
 
 def _reached_text(reached: list[tuple[Node, list[Node]]], shown: int = 4) -> str:
-    """"BatchNorm2d `bn` through Conv2d `conv`", or "3 BatchNorms: ..." naming them (one finding per dropout)."""
+    """"BatchNorm2d `bn` through Conv2d `conv`, ReLU `act`", or "3 BatchNorms: ..." naming them (one finding per
+    dropout)."""
     parts = []
     for norm, between in reached[:shown]:
-        layers = [n for n in between if n.op in (ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR)]
+        layers = [n for n in between if n.op in (ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR) or ops.is_activation(n.op)]
         parts.append(norm.label() + (" through " + ", ".join(n.label() for n in layers) if layers else ""))
     if len(reached) == 1:
         return parts[0]

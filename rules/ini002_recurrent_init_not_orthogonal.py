@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 from auditor.findings import Finding, Severity
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
     from auditor.fixing import FixContext, PlanContext
+    from auditor.graph.inits import Init
 
 # Gate blocks stacked along dim 0 of weight_hh, in PyTorch's order.
 _GATES = {"LSTM": "ifgo", "GRU": "rzn"}
@@ -25,6 +27,12 @@ class RecurrentInitNotOrthogonal(Rule):
     new) and reports the blocks that are not (scaled) orthogonal: all singular values equal. The deviation is
     measured as the relative distance of W^T W from a multiple of the identity (0 for orthogonal, about 1 for
     a random matrix); blocks above the `orthogonal-tolerance` setting (default 0.1) are reported.
+
+    LSTM and GRU layers left at PyTorch's default init (uniform in +-1/sqrt(hidden), std 1/sqrt(3 * hidden))
+    are not reported: that is how nearly every LSTM and GRU is trained, their gates bound what the recurrence
+    does to the state (the forget gate scales it down at every step), and an info on every such layer would
+    hide the explicit inits worth a look. A plain RNN, whose state is multiplied by the same matrix at every
+    step with no gate in between, is reported at the default too, as is any other non-orthogonal init.
 
     ## Why is this bad?
     A recurrent layer applies the same hidden-to-hidden matrix at every time step, so the signal and the
@@ -74,12 +82,15 @@ class RecurrentInitNotOrthogonal(Rule):
                 continue
             seen.add(id(node.obj))
             gates = _gate_names(node.module_type or "", node.attrs.get("mode"))
+            hidden = node.attrs.get("hidden_size")
             bad: list[str] = []
             worst = 0.0
             for name, weight in sorted(node.params.items()):
                 if not name.startswith("weight_hh") or not weight.requires_grad:
                     continue
                 init = ctx.init_of(weight)
+                if init is not None and len(gates) > 1 and isinstance(hidden, int) and _at_default(init, hidden, weight.numel()):
+                    continue  # a gated layer's default init: see the rule's doc
                 deviations = init.block_deviations(len(gates)) if init is not None else None
                 if deviations is None:
                     continue
@@ -111,6 +122,17 @@ class RecurrentInitNotOrthogonal(Rule):
             ctx.orthogonal_gates(node.module, name, len(gates))
         blocks = f"{len(gates)} gate blocks" if len(gates) > 1 else "one block"
         return ctx.fixed(finding, f"{', '.join(names)} not orthogonal => orthogonal per gate ({blocks} each)")
+
+
+def _at_default(init: Init, hidden: int, size: int) -> bool:
+    """Whether a recurrent weight has PyTorch's default scale: uniform in +-1/sqrt(hidden), std 1/sqrt(3 hidden)
+    (within 5%, plus the sampling spread of a std estimated from `size` entries), centered."""
+    moments = init.std_mean()
+    if moments is None or hidden <= 0:
+        return False
+    std, mean = moments
+    default = 1 / math.sqrt(3 * hidden)
+    return abs(std / default - 1) <= 0.05 + 3 / math.sqrt(2 * max(size, 1)) and abs(mean) <= 0.1 * default
 
 
 def _gate_names(class_name: str, mode: object) -> str:

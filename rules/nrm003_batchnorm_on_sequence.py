@@ -11,6 +11,8 @@ from auditor_rules._shared import attention_nodes, block_of, inside, shape_text
 # Producers of per-token features: what a transformer's LayerNorm normally normalizes.
 _TOKENWISE = frozenset({ops.EMBEDDING, ops.ATTENTION, ops.LINEAR, ops.RNN, ops.MATMUL, ops.LAYER_NORM, ops.RMS_NORM})
 _LOOK_THROUGH = ops.TRANSPARENT | ops.ACTIVATIONS | {ops.DROPOUT}
+# Ops that treat each time step of a [batch, time, features] tensor on its own and keep that layout.
+_KEEPS_LAYOUT = ops.ACTIVATIONS | {ops.DROPOUT, ops.LINEAR, ops.IDENTITY, "contiguous", "clone", "to", "type_as"}
 
 
 @register
@@ -22,8 +24,9 @@ class BatchNormOnSequence(Rule):
     works on token sequences (it embeds token ids, or has attention over non-image inputs). The output of a
     recurrent layer (RNN, LSTM, GRU) or an attention layer is such a sequence whatever the input, and any
     layout counts: the transposes, reshapes, activations and dropout on the way to the norm are looked
-    through. A `BatchNorm1d(seq_len)` applied to a [batch, time, hidden] output is reported as what it is, a
-    norm per time step. BatchNorm after a convolution over a sequence (a conv block, as in Conformer) is not
+    through. A `BatchNorm1d(seq_len)` applied to batch-first [batch, time, features] data is reported as what it
+    is, a norm per time step: on a recurrent or attention layer's output (also after a Linear or an activation
+    applied to every step), or on what such a layer reads (the raw input of a sequence model). BatchNorm after a convolution over a sequence (a conv block, as in Conformer) is not
     flagged, nor BatchNorm over the patch tokens of an image model (fixed length, no padding: LeViT's
     deliberate design).
 
@@ -73,6 +76,10 @@ class BatchNormOnSequence(Rule):
         for norm in norms:
             if not norm.tensor_inputs:
                 continue
+            timed = _time_axis_layer(graph, norm)
+            if timed is not None:
+                yield self.finding(_per_position_message(norm, *timed), at=norm)
+                continue
             producer = _token_producer(graph, norm.tensor_inputs[0])
             if producer is None:
                 continue
@@ -99,6 +106,68 @@ def _sequence_layer(graph: AuditGraph, producer: Node, attention: list[Node]) ->
         if any(w is a for w in weights for a in attention):
             return "attention"
     return None
+
+
+def _time_axis_layer(graph: AuditGraph, norm: Node) -> tuple[Node, str] | None:
+    """The recurrent or attention layer (batch-first) that reads or produced the norm's dim 1 as its time axis, and
+    "output" or "input": `BatchNorm1d(seq_len)` over a [batch, time, features] tensor, straight or through
+    layers that keep the layout (Linear on the features, activations, dropout)."""
+    given = norm.tensor_inputs[0].shape
+    if given is None or len(given) != 3 or norm.shape != given:
+        return None
+    for node in _layout_kept(norm.tensor_inputs[0], lambda n: n.tensor_inputs[:1]):
+        if _batch_first_sequence(node) and node.shape is not None and node.shape[1] == given[1]:
+            return node, "output"
+    for node in _layout_kept(norm, lambda n: n.users):
+        if node is not norm and _batch_first_sequence(node) and _reads_time_axis(node, given[1]):
+            return node, "input"
+    return None
+
+
+def _layout_kept(start: Node, step: object) -> list[Node]:
+    """`start` and the nodes reached from it through ops that keep a [batch, time, features] layout (each time
+    step on its own: a Linear, an activation, dropout, a cast; the tuple an RNN returns), up to the first
+    sequence layer on each path."""
+    found: list[Node] = []
+    stack, seen = [start], set()
+    while stack and len(seen) < 64:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        found.append(node)
+        if node is not start and _batch_first_sequence(node):
+            continue
+        if node.op in _KEEPS_LAYOUT or (node.op == ops.GETITEM and _unpacks(node)) or node is start:
+            stack.extend(step(node))  # type: ignore[operator]
+    return found
+
+
+def _unpacks(node: Node) -> bool:
+    """A getitem that takes one output of a layer returning a tuple (`out, h = self.lstm(x)`)."""
+    sources = node.tensor_inputs
+    return len(sources) == 1 and sources[0].op in (ops.RNN, ops.ATTENTION) and node.shape == sources[0].shape
+
+
+def _batch_first_sequence(node: Node) -> bool:
+    return node.is_module and node.op in (ops.RNN, ops.ATTENTION) and node.attrs.get("batch_first") is True
+
+
+def _reads_time_axis(layer: Node, length: int) -> bool:
+    given = layer.tensor_inputs[0].shape if layer.tensor_inputs else None
+    return given is not None and len(given) == 3 and given[1] == length
+
+
+def _per_position_message(norm: Node, layer: Node, side: str) -> str:
+    channels = norm.tensor_inputs[0].shape[1]  # type: ignore[index]
+    features = norm.tensor_inputs[0].shape[-1]  # type: ignore[index]
+    relation = f"the output of {layer.label()}" if side == "output" else f"what {layer.label()} reads"
+    return (
+        f"{norm.label()} normalizes each of the {channels} time steps of {relation} "
+        f"{shape_text(norm.tensor_inputs[0].shape)} (batch first: its channels are dim 1, the sequence) across the batch "
+        f"and the features: a per-position norm tied to one sequence length; use LayerNorm({features}) over the "
+        "feature (last) dim"
+    )
 
 
 def _message(norm: Node, producer: Node, where: str, source: str) -> str:

@@ -3,10 +3,14 @@ from __future__ import annotations
 from typing import Iterator
 
 from auditor.findings import Finding, Severity
-from auditor.graph import PARAM, ops
+from auditor.graph import PARAM, AuditGraph, Node, ops
 from auditor.rule import GraphContext, Rule, register
 
 from auditor_rules._shared import block_name, is_width_dim, residual_roles, shape_text, singleton_origin, source_label
+
+# What a recurrent layer's final state goes through on its way into a time axis: indexing and reshapes.
+_STATE_VIEWS = ops.TRANSPARENT | {"select", "slice"}
+
 
 @register
 class ResidualBroadcast(Rule):
@@ -16,6 +20,9 @@ class ResidualBroadcast(Rule):
     has a size-1 dim made by a layer's width, such as a convolution with one output channel added to a
     64-channel input ([B, 1, H, W] + [B, 64, H, W]) or a Linear to 1 feature added to [B, D]; or the sum is
     larger than both operands ([B, D] + [B, 1, D] gives [B, B, D]).
+
+    The same for a recurrent layer's final state moved into a time axis of size 1 (`h[-1].unsqueeze(1)`) and
+    added to every step of a sequence the layer produced `T` steps of.
 
     Deliberate broadcasts stay silent: operands that are not a block's input and output (a time or class
     embedding, an attention mask), size-1 dims made on purpose by pooling, a reduction, `unsqueeze`/`None`
@@ -78,12 +85,22 @@ class ResidualBroadcast(Rule):
                 continue
             small = a if a.shape != add.shape else b
             for dim in _broadcast_dims(small.shape, add.shape):
-                origin = singleton_origin(small, dim)
-                if not is_width_dim(origin, dim):
-                    continue  # made size 1 on purpose (pooling, a reduction, unsqueeze, view)
                 role = "branch" if small is branch else "identity"
                 wide = identity if small is branch else branch
                 other = "identity" if small is branch else "branch"
+                state = _recurrent_state(graph, small, dim % len(add.shape), add.shape[dim])
+                if state is not None:
+                    yield self.finding(
+                        f"residual add in {owner} broadcasts the {role} {shape_text(small.shape)}, the final state of "
+                        f"{state.label()}, over the {add.shape[dim]} time steps of the {other} from "
+                        f"{source_label(graph, wide)} {shape_text(wide.shape)}: every step receives the same state; "
+                        "add the per-step outputs (`out`, not `h`) or reduce over time on purpose",
+                        at=add,
+                    )
+                    break
+                origin = singleton_origin(small, dim)
+                if not is_width_dim(origin, dim):
+                    continue  # made size 1 on purpose (pooling, a reduction, unsqueeze, view)
                 yield self.finding(
                     f"residual add in {owner} broadcasts the {role} from {source_label(graph, small)} "
                     f"{shape_text(small.shape)} over dim {dim % len(add.shape)} of the {other} from "
@@ -92,6 +109,20 @@ class ResidualBroadcast(Rule):
                     at=add,
                 )
                 break
+
+
+def _recurrent_state(graph: AuditGraph, operand: Node, dim: int, steps: int) -> Node | None:
+    """The recurrent layer whose final state `operand` is, moved into a time axis of size 1 (`h[-1].unsqueeze(1)`,
+    `h.transpose(0, 1)`): reached through indexing and reshapes alone, from a layer that read a sequence of
+    `steps` steps along `dim`."""
+    for source in graph.predecessors(operand, through=_STATE_VIEWS) if operand.op in _STATE_VIEWS else []:
+        read = source.tensor_inputs[0].shape if source.op == ops.RNN and source.tensor_inputs else None
+        if read is None or len(read) != 3:
+            continue
+        time_dim = 1 if source.attrs.get("batch_first") else 0
+        if time_dim == dim and read[dim] == steps:
+            return source
+    return None
 
 
 def _broadcast_dims(small: tuple[int, ...], result: tuple[int, ...]) -> list[int]:

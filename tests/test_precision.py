@@ -33,6 +33,6 @@ def test_needless_projections_are_named_as_the_missing_identity_path():
 
 def test_a_batchnorm_over_time_steps_says_so():
     findings = {f.module: f.message for f in _findings("nrm003_recurrent.py", ["2,12,8"], ["NRM003"])}
-    assert "normalizes each of the 12 positions of LSTM `lstm` [2, 12, 16]" in findings["norm_time"]
+    assert "normalizes each of the 12 time steps of the output of LSTM `lstm` [2, 12, 16]" in findings["norm_time"]
     assert "use LayerNorm(16)" in findings["norm_time"]
     assert "per-token features of a recurrent layer (from GRU `gru`)" in findings["norm_features"]

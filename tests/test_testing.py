@@ -87,7 +87,7 @@ def test_assert_clean_returns_the_report_of_a_clean_model() -> None:
 
 
 def test_the_message_names_findings_below_fail_on_only_by_count() -> None:
-    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.1), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.1), torch.nn.Tanh(), torch.nn.Linear(8, 8))
     with pytest.raises(AssertionError) as raised:
         assert_clean(model, torch.randn(4, 8), fail_on="info")
     assert "NRM002" in str(raised.value) and "DRO001" in str(raised.value)
