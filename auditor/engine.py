@@ -159,7 +159,7 @@ class Engine:
         result = TargetResult(target=loaded.label, capture=CaptureInfo(graph.method, len(graph), list(graph.notes), graph.stopped, prepared.records))
         result.capture.notes.extend(loaded.notes + loaded.weights.notes())
         failures: list[str] = []
-        found = run_graph_rules(graph, self.options, failures, loaded.weights.inits)
+        found = run_graph_rules(graph, self.options, failures, loaded.weights.inits, result.capture.notes)
         findings, guess_notes = settle_guessed(loaded, prepared, found, lambda other: run_graph_rules(other, self.options, [], loaded.weights.inits))
         result.capture.notes.extend(guess_notes)
         guessed_only = {place_of(f) for f in found if f not in findings}  # what --fix must leave alone too
@@ -260,7 +260,7 @@ class Engine:
             raise TargetError(f"{target.text}: not a loadable torch.export program: {first_line(exc)}") from exc
         result = TargetResult(target=target.text, capture=CaptureInfo(graph.method, len(graph), list(graph.notes)))
         failures: list[str] = []
-        result.findings = _kept(run_graph_rules(graph, self.options, failures), self.options)
+        result.findings = _kept(run_graph_rules(graph, self.options, failures, notes=result.capture.notes), self.options)
         if failures:
             result.status, result.error = "error", "; ".join(failures)
         if self.options.fix is not None:
@@ -293,14 +293,37 @@ def target_label(target: Target) -> str:
     return display_path(str(target.path)) if target.kind is Kind.FILE else target.text
 
 
-def run_graph_rules(graph: AuditGraph, options: Options, failures: list[str], inits: Any = None) -> list[Finding]:
-    """Every enabled graph rule over one graph (`inits`: the init record of a model built without weights); a
-    finding is `fixable` only where --fix would apply its fix."""
+def run_graph_rules(graph: AuditGraph, options: Options, failures: list[str], inits: Any = None,
+                    notes: list[str] | None = None) -> list[Finding]:
+    """Every enabled graph rule over one graph (`inits`: the init record of a model built without weights, `notes`:
+    where the rules' notes go); a finding is `fixable` only where --fix would apply its fix."""
     from auditor.fixing.plan import judge
 
-    ctx = GraphContext(graph=graph, settings=options.settings, inits=inits)
+    ctx = GraphContext(graph=graph, settings=options.settings, inits=inits, notes=[] if notes is None else notes)
     findings = run_rules("graph", ctx, options.selection, failures, options.verbose)
-    return _chained(graph, judge(graph, findings, options.fix))
+    return _chained(graph, _at_calls(graph, judge(graph, findings, options.fix)))
+
+
+def _at_calls(graph: AuditGraph, findings: list[Finding]) -> list[Finding]:
+    """A finding about one call of a module the forward calls more than once (one Dropout before a ReLU and before
+    a Mish) names that call's forward line: its file and line stay where the module is created."""
+    from dataclasses import replace
+
+    calls: dict[str, int] = {}
+    for n in graph.nodes:
+        if n.kind == "module" and n.module is not None:
+            calls[n.module] = calls.get(n.module, 0) + 1
+    nodes = {n.name: n for n in graph.nodes}
+    located = []
+    for finding in findings:
+        node = nodes.get(finding.node or "")
+        site = node.meta.get("call_site") if node is not None and calls.get(node.module or "", 0) > 1 else None
+        if site is not None:
+            where = f"{site[0]}:{site[1]}"
+            finding = replace(finding, message=f"{finding.message} (the call at {where}; `{node.module}` is called "
+                                               f"{calls[node.module or '']} times)", call=where)
+        located.append(finding)
+    return located
 
 
 def _chained(graph: AuditGraph, findings: list[Finding]) -> list[Finding]:

@@ -49,12 +49,16 @@ class Finding:
     # Findings of one rule along one chain of layers share a group: people's formats show them as one finding
     # naming the layers. Not part of the JSON record (JSON and SARIF keep every finding).
     group: str | None = None
+    # For a module the forward calls more than once: the forward line of the call concerned ("net.py:21"), also
+    # named in the message; people's formats keep its findings apart from the module's other calls.
+    call: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
         record.pop("hint")
         record.pop("key")
         record.pop("group")
+        record.pop("call")
         record["severity"] = str(self.severity)
         return record
 

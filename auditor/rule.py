@@ -147,9 +147,15 @@ class GraphContext:
     graph: AuditGraph
     settings: dict[str, Any]
     inits: Any = None  # the init calls recorded while the model was built without weights (an InitRecord), if so
+    notes: list[str] = field(default_factory=list)  # the result's capture notes
 
     def setting(self, name: str) -> Any:
         return self.settings[name]
+
+    def note(self, text: str) -> None:
+        """Say something about the audit that is not a finding (a weight the rule cannot judge), once."""
+        if text not in self.notes:
+            self.notes.append(text)
 
     def init_of(self, param: Any) -> Init | None:
         """What is known of a weight's initial values (`auditor.graph.inits.Init`): read from its values, or,
@@ -246,7 +252,8 @@ class ProbeContext:
     def locate(self, module: str | None, site: tuple[str, int] | None = None) -> Located | None:
         """Where a finding about `module` (and the forward line `site` of one of its calls) points: the graph node
         of that call, else the module's own node, else its nearest atomic ancestor's (a Linear inside an opaque
-        nn.TransformerEncoderLayer), else the bare module and line. Pass `module=` to `finding` as well, so the
+        nn.TransformerEncoderLayer), else the bare module and line, else where the module is created (one the
+        forward never calls, such as a ParameterList). Pass `module=` to `finding` as well, so the
         finding names the exact module even when it points at an ancestor's node."""
         nodes = self.graph.nodes if self.graph is not None else []
         if site is not None:
@@ -265,6 +272,9 @@ class ProbeContext:
                 name = name.rpartition(".")[0]
         if site is not None:
             return Location(None, module, site[0], site[1])
+        created = self.graph.sites.get(module) if self.graph is not None and module is not None else None
+        if created is not None:  # a module the forward never calls (a ParameterList it reads weights from)
+            return Location(None, module, created[0], created[1])
         return None
 
 

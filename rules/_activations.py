@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from auditor.graph import PARAM, AuditGraph, Node, ops
+from auditor.graph import AuditGraph, Node, ops
 
 # Ops that map each entry on its own, of which hand-written activations are made.
 _ELEMENTWISE = ops.ACTIVATIONS | frozenset({
@@ -121,9 +121,9 @@ def function_ending_at(graph: AuditGraph, node: Node) -> ElementwiseFunction | N
 
 
 def _computed_inputs(node: Node) -> list[Node]:
-    """The tensors an op reads that are computed in the forward pass: not parameters, nor constants made there
-    (`torch.tensor(0.5)`, read from nothing)."""
-    return [i for i in node.tensor_inputs if i.kind != PARAM and (i.inputs or i.kind != "call")]
+    """The tensors an op reads that are computed from the model's inputs: not parameters, values made from them
+    alone (`self.scale.exp()`), nor constants made there (`torch.tensor(0.5)`)."""
+    return [i for i in node.tensor_inputs if not i.parametric]
 
 
 def _starts_with_activation(members: dict[int, Node], source: Node) -> bool:

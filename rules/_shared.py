@@ -9,6 +9,7 @@ from typing import Any
 from auditor.graph import OUTPUT, PARAM, AuditGraph, Node, ops
 
 from auditor_rules._activations import elementwise_source
+from auditor.graph.weights import applies_weight
 
 # Layers with a weight matrix the init rules read and the depth rule counts.
 DENSE = frozenset({ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR})
@@ -33,9 +34,9 @@ def is_live_dropout(node: Node) -> bool:
 
 
 def merges_two_values(node: Node) -> bool:
-    """An op that combines two computed tensors (not a tensor and a parameter or a constant, nor two values of
-    one input inside a hand-written activation such as `x * torch.sigmoid(x)`)."""
-    return len([i for i in node.tensor_inputs if i.kind != PARAM]) >= 2 and elementwise_source(node) is None
+    """An op that combines two computed tensors (not a tensor and a parameter, a weight read from one (`w.t()`)
+    or a constant, nor two values of one input inside a hand-written activation such as `x * torch.sigmoid(x)`)."""
+    return len([i for i in node.tensor_inputs if not i.parametric]) >= 2 and elementwise_source(node) is None
 
 
 def has_bias(node: Node) -> bool:
@@ -88,7 +89,7 @@ def downstream(node: Node) -> Downstream:
             found.reaches_output = True
         elif n.op in ops.NORMS:
             found.norms.append(n)
-        elif n.op in ops.WEIGHT_LAYERS or n.op == ops.OPAQUE:
+        elif n.op in ops.WEIGHT_LAYERS or n.op == ops.OPAQUE or applies_weight(n):
             found.weights.append(n)
         elif (n.op in SKIP_MERGES or n.op in PRODUCTS) and merges_two_values(n):
             found.merges.append(n)

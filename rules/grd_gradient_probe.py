@@ -255,7 +255,8 @@ class GradientExplosion(_GradientRule):
                 + ("" if forward is not None else f", about x{_x(backward.per_layer)} per weight layer")
             )
         if huge is not None:
-            parts.append(f"the weight gradient of `{huge[1]}` has norm {_x(huge[0])} (limit {_x(float(ctx.setting('max-grad-norm')))})")
+            owner = f"`{huge[1]}`" if huge[1] else "the model's own weights"
+            parts.append(f"the weight gradient of {owner} has norm {_x(huge[0])} (limit {_x(float(ctx.setting('max-grad-norm')))})")
         if not parts:
             return
         start = forward.start if forward is not None else backward.start if backward is not None else huge[1]  # type: ignore[index]

@@ -6,6 +6,7 @@ from typing import Iterator
 
 from auditor.findings import Finding, Severity
 from auditor.graph import PARAM, AuditGraph, Node, ops
+from auditor.graph.weights import applies_weight
 from auditor.rule import GraphContext, Rule, register
 
 from auditor_rules._shared import DENSE, PRODUCTS, SKIP_MERGES, downstream, is_depthwise, merges_two_values
@@ -226,6 +227,8 @@ def _layers(node: Node) -> int:
     """How many weight layers a node counts for in a chain."""
     if node.op in DENSE or node.op == ops.BILINEAR:
         return 0 if is_depthwise(node) else 1
+    if applies_weight(node):  # `x @ self.w`, a weight applied by a function call
+        return 1
     if node.op == ops.RNN:
         layers = node.attrs.get("num_layers", 1)
         return layers if isinstance(layers, int) and layers > 0 else 1

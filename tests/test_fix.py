@@ -291,6 +291,17 @@ def test_functional_dropout_keeps_following_the_training_flag(tmp_path):
         assert not torch.equal(net(x), net(x))  # dropout is live in training
 
 
+def test_reinit_of_a_tied_weight_says_what_else_changes():
+    """An output layer tied to the embedding: re-initializing it re-initializes the embedding (still tied), and
+    the fix says so rather than changing the embedding silently."""
+    module = fixture_module("tied_head")
+    fixed, report = auditor.fix(module.TiedLM(), module.example_inputs()[0], select=["INI001"])
+    [applied] = report.results[0].fixes
+    assert applied.module == "head" and "tied to `embed.weight`, which changes too" in applied.action
+    assert fixed.head.weight is fixed.embed.weight and abs(float(fixed.embed.weight.detach().std()) - 0.075) < 0.01
+    assert report.findings == []
+
+
 def test_init_fixes_are_seeded_and_right():
     module = fixture_module("inits")
     net, x = module.Inits(), module.example_inputs()[0]

@@ -51,3 +51,22 @@ def _explain(report, expected) -> str:
         for f in r.findings:
             lines.append(f"  {f.code} {f.file}:{f.line} [{f.module}] {f.message}")
     return "\n".join(lines)
+
+
+@pytest.mark.parametrize("method", CAPTURES)
+def test_a_module_called_twice_names_the_call_of_each_finding(method: str) -> None:
+    """One Dropout before a ReLU and before a Mish: both findings point where the module is created, and each
+    message names the forward line of its own call; people's formats keep them apart."""
+    from auditor.report import grouped
+
+    path = FIXTURES / "rules" / "dro001_shared_module.py"
+    report = run(path, capture=(method,), inputs=["2,16"], select=["DRO001"])
+    lines = path.read_text().splitlines()
+    relu_call = next(i for i, line in enumerate(lines, 1) if "self.relu(self.drop" in line)
+    mish_call = next(i for i, line in enumerate(lines, 1) if "self.mish(self.drop" in line)
+    findings = sorted(report.findings, key=lambda f: f.message)
+    assert [f.call.rsplit(":", 1) for f in findings] == [[findings[0].file, str(mish_call)], [findings[1].file, str(relu_call)]]
+    assert {f.line for f in findings} == {next(i for i, line in enumerate(lines, 1) if "self.drop = " in line)}
+    assert "Mish" in findings[0].message and f":{mish_call}; `drop` is called 2 times" in findings[0].message
+    assert "ReLU" in findings[1].message and f":{relu_call}; `drop` is called 2 times" in findings[1].message
+    assert len(grouped(findings)) == 2

@@ -29,17 +29,19 @@ def test_max_plain_depth_settings() -> None:
 def test_init_scale_settings() -> None:
     path = RULES / "ini001_scale.py"
     assert _codes(path, inputs=["2,64"], select=["INI001"])
-    quiet = {"init-run-drift": 1e9, "init-gross-ratio": 100.0}
+    quiet = {"init-run-drift": 1e9, "init-gross-ratio": 100.0, "init-excess-ratio": 100.0}
     assert _codes(path, inputs=["2,64"], select=["INI001"], settings=quiet) == []
+    gross = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "fc2 = nn.Linear(256" in text)
+    excess_only = {"init-run-drift": 1e9, "init-gross-ratio": 100.0}  # fc2 is 11x He: above the 3x excess ratio
+    assert _codes(path, inputs=["2,64"], select=["INI001"], settings=excess_only) == [("INI001", gross)]
     longer_runs = {"init-run-length": 9}
     lines = {line for _, line in _codes(path, inputs=["2,64"], select=["INI001"], settings=longer_runs)}
-    gross = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "fc2 = nn.Linear(256" in text)
     assert lines == {gross}  # only the gross outlier: no run is 9 layers long
 
 
 def test_orthogonal_tolerance_setting() -> None:
     path = RULES / "ini002_recurrent.py"
-    assert len(_codes(path, inputs=["long:2,6"], select=["INI002"])) == 2
+    assert len(_codes(path, inputs=["long:2,6"], select=["INI002"])) == 3
     assert _codes(path, inputs=["long:2,6"], select=["INI002"], settings={"orthogonal-tolerance": 10.0}) == []
 
 

@@ -223,7 +223,7 @@ def test_stepping_over_works_on_fake_tensors():
     from auditor.capture.fx import capture_traced, trace
 
     model = Fake().eval()
-    gm = trace(model)
+    gm = trace(model, 1)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         graph = capture_traced(gm, (mode.from_tensor(torch.randn(2, 8, 4, 4)),), {}, model)
     [add] = graph.find("add")

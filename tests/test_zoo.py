@@ -62,12 +62,13 @@ TIMM = [  # (name, input)
     ("efficientformer_l1", IMAGE), ("xcit_nano_12_p16_224", SMALL), ("mixer_s16_224", IMAGE),
     ("resmlp_12_224", IMAGE), ("gmlp_ti16_224", IMAGE), ("sequencer2d_s", IMAGE),
 ]
-HUGGING_FACE = [  # (factory in hf_configs.py, input or None to infer it)
+HUGGING_FACE = [  # (factory in hf_configs.py, inputs (space-separated, one per forward argument) or None to infer them)
     ("bert", None), ("distilbert", None), ("roberta", None), ("albert", None), ("electra", None),
     ("deberta_v2", None), ("mobilebert", None), ("squeezebert", None), ("fnet", None), ("t5_encoder", None),
-    ("bart", None), ("gpt2", None), ("llama", None), ("mistral", None), ("qwen2", None), ("gemma", None),
-    ("phi", None), ("gpt_neox", None), ("opt", None), ("bloom", None), ("falcon", None), ("mamba", None),
-    ("whisper_encoder", None), ("wav2vec2", "2,400"), ("conformer", "2,400"), ("patchtst", "2,32,3"),
+    ("t5", "long:1,8 long:1,8 long:1,8"), ("bart", None), ("gpt2", None), ("llama", None), ("mistral", None),
+    ("qwen2", None), ("gemma", None), ("phi", None), ("gpt_neox", None), ("opt", None), ("bloom", None),
+    ("falcon", None), ("mamba", None), ("whisper_encoder", None), ("whisper", "1,16,64 long:1,64 long:1,8"),
+    ("wav2vec2", "2,400"), ("conformer", "2,400"), ("patchtst", "2,32,3"),
     ("vit", None), ("clip_vision", None), ("dinov2", None), ("beit", None), ("swin", None), ("convnext", None),
     ("resnet", None), ("mobilevit", None), ("segformer", None),
 ]
@@ -132,7 +133,7 @@ def zoo() -> list[Case]:
     ]
     cases += [Case("timm", f"timm {n}", "timm:create_model", {"model_name": n, "pretrained": False}, [s]) for n, s in TIMM]
     cases += [
-        Case("transformers", f"transformers {n}", f"{FIXTURES / 'zoo' / 'hf_configs.py'}:{n}", {}, [s] if s else [])
+        Case("transformers", f"transformers {n}", f"{FIXTURES / 'zoo' / 'hf_configs.py'}:{n}", {}, s.split() if s else [])
         for n, s in HUGGING_FACE
     ]
     return cases
@@ -169,3 +170,31 @@ def test_probes_are_quiet_on_canonical_models(label: str, target: str, kwargs: d
     assert all(r.probes.get("layers") for r in models), f"{label}: nothing probed"
     findings = [f"{f.code} [{f.module}] {f.message}" for r in models for f in r.findings]
     assert not findings, findings
+
+
+@pytest.mark.parametrize("name", ["MIXTRAL_8X7B", "DEEPSEEK_V3"])
+def test_mixture_of_experts_configs_on_meta_judge_their_fused_experts(name: str, tmp_path) -> None:
+    """A Mixtral- or DeepSeek-V3-shaped config.json, too large for memory, is audited on meta: clean as
+    configured (std 0.02 between RMSNorms), and with a planted initializer_range of 1.0 every fused expert
+    tensor (most of the parameters) gets its INI001, judged per expert as the forward applies it."""
+    import json
+
+    pytest.importorskip("transformers")
+    from auditor.loading.importing import import_file
+
+    config = getattr(import_file(FIXTURES / "zoo" / "hf_configs.py"), name)
+    for planted in (False, True):
+        path = tmp_path / ("planted" if planted else "clean") / "config.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({**config, **({"initializer_range": 1.0} if planted else {})}))
+        [result] = run(path).results
+        assert result.status == "ok", result.error
+        notes = result.capture.notes
+        assert any(n.startswith("audited on meta") for n in notes) and not [n for n in notes if "not judged" in n and "expert" in n]
+        serious = [f for f in result.findings if f.severity >= Severity.WARNING]
+        if not planted:
+            assert serious == [], [f.message for f in serious]
+            continue
+        experts = {f.message.split("`")[1] for f in serious if f.code == "INI001" and ".experts." in f.message}
+        layers = [i for i in range(config["num_hidden_layers"]) if i >= config.get("first_k_dense_replace", 0)]
+        assert experts == {f"model.layers.{i}.mlp.experts.{p}" for i in layers for p in ("gate_up_proj", "down_proj")}

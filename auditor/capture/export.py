@@ -177,19 +177,20 @@ def convert_program(program: Any, model: nn.Module | None, sites: dict[str, Site
         group = groups.get(fx_node)
         if fx_node in merges:
             members, message = merges[fx_node]
-            node = _plain_node(fx_node, weights, state)
+            node = _plain_node(fx_node, weights, state, model)
             node.error = message
             node.shape, node.dtype = describe_value(members[-1].meta.get("val"))  # the stand-in's
         elif group is not None:
             node = _module_node(_unique_name(group["qualname"], taken), group, model, state, sites)
             members = group["members"]
         else:
-            node = _plain_node(fx_node, weights, state)
+            node = _plain_node(fx_node, weights, state, model)
             members = [fx_node]
         for member in members:
             nodes[member] = node
         sources = [i for m in members for i in m.all_input_nodes if i not in members]
-        node.inputs = _unique(nodes[i] for i in sources if i in nodes and not _is_weight(i, weights))
+        # an atomic module's own weights are its params; a call reads its weights as PARAM inputs (`x @ self.w`)
+        node.inputs = _unique(nodes[i] for i in sources if i in nodes and not (group is not None and _is_weight(i, weights)))
         ordered.append(node)
     graph = AuditGraph(ordered, method="export", model=model, meta={"program": program}, sites=sites)
     graph.link()
@@ -261,8 +262,9 @@ def _module_node(name: str, group: dict[str, Any], model: nn.Module | None, stat
     qualname: str = group["qualname"]
     module = _submodule(model, qualname)
     class_name = group["class"].rsplit(".", 1)[-1]
-    site = sites.get(qualname) or _user_frame(members[0])
-    node = module_node(name, qualname, module, class_name, site)
+    call_site = _user_frame(members[0])
+    node = module_node(name, qualname, module, class_name, sites.get(qualname) or call_site)
+    node.meta["call_site"] = call_site
     if module is None:
         prefix = qualname + "." if qualname else ""
         node.params = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and isinstance(v, torch.Tensor) and "." not in k[len(prefix):]}
@@ -275,10 +277,11 @@ def _module_node(name: str, group: dict[str, Any], model: nn.Module | None, stat
     return node
 
 
-def _plain_node(n: fx.Node, weights: dict[str, str], state: dict[str, Any]) -> Node:
+def _plain_node(n: fx.Node, weights: dict[str, str], state: dict[str, Any], model: nn.Module | None) -> Node:
     if n.op == "placeholder":
         if n.name in weights:
-            node = Node(name=n.name, kind=PARAM, op="param", target=weights[n.name])
+            name = weights[n.name]
+            node = Node(name=n.name, kind=PARAM, op="param", target=name, obj=_live_tensor(model, name, state))
         else:
             node = Node(name=n.name, kind=INPUT, op="input", target=n.name)
     elif n.op == "output":
@@ -336,6 +339,16 @@ def _submodule(model: nn.Module | None, qualname: str) -> nn.Module | None:
         return model.get_submodule(qualname)
     except AttributeError:
         return None
+
+
+def _live_tensor(model: nn.Module | None, name: str, state: dict[str, Any]) -> Any:
+    """The model's own parameter or buffer `name` (the program's copy for a saved program)."""
+    if model is not None:
+        owner, _, attr = name.rpartition(".")
+        value = getattr(_submodule(model, owner), attr, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    return state.get(name)
 
 
 def _is_weight(n: fx.Node, weights: dict[str, str]) -> bool:

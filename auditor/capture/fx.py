@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dis
 import functools
+import inspect
 import operator
 from types import CodeType, FrameType
 from typing import Any
@@ -44,14 +45,31 @@ class _LocatingTracer(fx.Tracer):
         return node
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+def trace(model: nn.Module, given: int | None = None) -> fx.GraphModule:
     """The traced module; what the symbolic forward wrote into the model (a Proxy) is undone first. The
     GraphModule is made before that: it copies the tensor constants tracing stored on the model
-    (`_tensor_constant0`, a `torch.arange` made in forward), which the undo removes."""
+    (`_tensor_constant0`, a `torch.arange` made in forward), which the undo removes. With `given` (how many
+    positional inputs the forward receives) the parameters with a default that those do not fill are traced at
+    their default: `forward(x, vars=None, bn_training=True)` (MAML-style learners) branches on them, which a
+    Proxy cannot; without it every parameter is a placeholder (what input inference reads)."""
     tracer = _LocatingTracer()
     with restored(model):
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=_defaults(model, given))
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _defaults(model: nn.Module, given: int | None) -> dict[str, Any] | None:
+    if given is None:
+        return None
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    bound = {
+        p.name: p.default for index, p in enumerate(parameters)
+        if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and index >= given
+    }
+    return bound or None
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -87,7 +105,7 @@ class _ShapeRecorder(fx.Interpreter):
 
 def capture_fx(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site]) -> AuditGraph:
     """Trace, run once for shapes, and convert to the audit graph. Raises on trace or forward failure."""
-    return capture_traced(trace(model), inputs, sites, model)
+    return capture_traced(trace(model, len(inputs)), inputs, sites, model)
 
 
 def capture_traced(gm: fx.GraphModule, inputs: tuple[Any, ...], sites: dict[str, Site], model: nn.Module | None = None) -> AuditGraph:
@@ -129,7 +147,7 @@ def _convert(n: fx.Node, gm: fx.GraphModule, sites: dict[str, Site]) -> Node:
     if n.op == "output":
         return Node(name=n.name, kind=OUTPUT, op="output", target="output")
     if n.op == "get_attr":
-        node = Node(name=n.name, kind=PARAM, op="param", target=str(n.target), module=owner(n))
+        node = Node(name=n.name, kind=PARAM, op="param", target=str(n.target), module=owner(n), obj=_attribute(gm, str(n.target)))
     elif n.op == "call_module":
         module = gm.get_submodule(str(n.target))
         qualname = str(n.target)
@@ -141,6 +159,14 @@ def _convert(n: fx.Node, gm: fx.GraphModule, sites: dict[str, Site]) -> Node:
     if frame is not None:
         node.file, node.line = frame
     return node
+
+
+def _attribute(gm: fx.GraphModule, target: str) -> Any:
+    """The tensor a get_attr node reads (a parameter, a buffer, a constant), or None."""
+    value: Any = gm
+    for part in target.split("."):
+        value = getattr(value, part, None)
+    return value if isinstance(value, torch.Tensor) else None
 
 
 def _runs_augmented_assignment(frame: FrameType) -> bool:

@@ -17,7 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 from auditor.capture.common import Site, call_label, call_node, describe_value, is_leaf, iter_tensors, module_node
 from auditor.capture.forward import Attempt, ForwardFailure, Recovery, is_recoverable, mark_partial, run_recovering, step_over
-from auditor.graph import INPUT, OUTPUT, AuditGraph, Node
+from auditor.graph import INPUT, OUTPUT, PARAM, AuditGraph, Node
 from auditor.locations import user_frame
 
 
@@ -35,7 +35,7 @@ def capture_hooks(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Si
 
 def _run(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site], recovery: Recovery) -> Attempt[tuple[_Recorder, Any]]:
     """One watched forward pass; a failure ends it with what was recorded so far."""
-    recorder = _Recorder(sites, recovery)
+    recorder = _Recorder(sites, recovery, dict(model.named_parameters()))
     for index, value in enumerate(inputs):
         recorder.add_input(f"input_{index}" if len(inputs) > 1 else "x", value)
     handles = []
@@ -67,10 +67,13 @@ class _ModuleCall:
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, sites: dict[str, Site], recovery: Recovery) -> None:
+    def __init__(self, sites: dict[str, Site], recovery: Recovery, parameters: dict[str, torch.Tensor]) -> None:
         super().__init__()
         self.sites = sites
         self.recovery = recovery
+        # Parameters a forward reads itself (`x @ self.w`, `F.linear(x, self.experts[i])`): PARAM nodes, made
+        # on first use, as fx's get_attr nodes are (those of atomic modules stay the modules' own).
+        self.parameters = {id(p): (name, p) for name, p in parameters.items()}
         self.lengths: dict[int, int] = {}  # node id -> ops on the longest path from the inputs to it
         self.nodes: list[Node] = []
         self.producer: dict[int, Node] = {}
@@ -97,10 +100,23 @@ class _Recorder(TorchFunctionMode):
     def _sources(self, *values: Any) -> list[Node]:
         found: list[Node] = []
         for tensor in iter_tensors(values):
-            node = self.producer.get(id(tensor))
+            node = self.producer.get(id(tensor)) or self._parameter(tensor)
             if node is not None and all(node is not f for f in found):
                 found.append(node)
         return found
+
+    def _reads_recorded(self, *values: Any) -> bool:
+        """Whether a call reads a value of the graph (a recorded op's output, an input, a parameter)."""
+        return any(id(t) in self.producer or id(t) in self.parameters for t in iter_tensors(values))
+
+    def _parameter(self, tensor: torch.Tensor) -> Node | None:
+        entry = self.parameters.get(id(tensor))
+        if entry is None or entry[1] is not tensor:
+            return None
+        name, parameter = entry
+        node = Node(name=self._name(name), kind=PARAM, op="param", target=name, obj=parameter)
+        self._bind(node, parameter)
+        return node
 
     def _length(self, tensor: torch.Tensor) -> int:
         producer = self.producer.get(id(tensor))
@@ -173,8 +189,7 @@ class _Recorder(TorchFunctionMode):
             result = _fresh(stepped.value, (args, kwargs))
             self._bind(node, result)
             return result
-        sources = self._sources(args, kwargs)
-        if not sources or not any(True for _ in iter_tensors(result)):
+        if not self._reads_recorded(args, kwargs) or not any(True for _ in iter_tensors(result)):
             return result
         node = self._call(name, func, args, kwargs, user_frame(depth=2), self.owner())
         if not node.inplace:

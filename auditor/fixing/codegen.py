@@ -151,7 +151,19 @@ def _transformer_stack(module: nn.Module) -> dict[str, Any]:
     return found
 
 
+def _parameter_list(module: nn.Module) -> dict[str, Any]:
+    """ParameterList/ParameterDict: their parameters are their content (shapes here; values come with the weights)."""
+    def empty(p: torch.Tensor) -> str:
+        grad = "" if p.requires_grad else ", requires_grad=False"
+        return f"nn.Parameter(torch.empty({literal(tuple(p.shape))}, dtype={p.dtype}){grad})"
+
+    if isinstance(module, nn.ParameterDict):
+        return {"parameters": Code("{" + ", ".join(f"{k!r}: {empty(p)}" for k, p in module.items()) + "}")}
+    return {"values": Code("[" + ", ".join(empty(p) for p in module) + "]")}
+
+
 _SPECIAL: dict[str, Callable[[nn.Module], dict[str, Any]]] = {
+    "ParameterList": _parameter_list, "ParameterDict": _parameter_list,
     "RNN": _rnn, "LSTM": _rnn, "GRU": _rnn,
     "MultiheadAttention": _attention,
     "TransformerEncoderLayer": _transformer_layer, "TransformerDecoderLayer": _transformer_layer,

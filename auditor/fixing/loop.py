@@ -114,8 +114,8 @@ class FixSession:
         if self.method != "fx":
             return capture(copy, self.inputs, self.sites, (self.method,))
         with eval_mode(copy), quiet_torch():
-            gm = mirrored(trace(copy), copy)  # in eval mode, as the audit traced it
-        restore_training_flags(gm, copy, self.notes)
+            gm = mirrored(trace(copy, len(self.inputs)), copy)  # in eval mode, as the audit traced it
+        restore_training_flags(gm, copy, self.notes, len(self.inputs))
         rewrite.finish(gm)
         self.workspace.model = gm
         return self._capture_traced()

@@ -17,16 +17,17 @@ import torch.nn as nn
 from auditor.fixing.rewrite import get_training_flag
 
 
-def restore_training_flags(gm: fx.GraphModule, model: nn.Module, notes: list[str]) -> None:
+def restore_training_flags(gm: fx.GraphModule, model: nn.Module, notes: list[str], given: int) -> None:
     """Captures trace in eval mode, which bakes `self.training` into the graph: `F.dropout(x, p,
     self.training)` becomes `training=False`, `dropout_p=p if self.training else 0.0` becomes 0.0. Trace again
     in train mode and, where the two differ only in such a value, compute it from the owning module's
-    `training` at run time instead (the flag itself, or `training * p`)."""
+    `training` at run time instead (the flag itself, or `training * p`). `given`: how many positional inputs the
+    forward receives (its other defaulted parameters are traced at their defaults, as the audit traced them)."""
     from auditor.capture.fx import owner, trace
 
     try:
         with train_mode(model):
-            trained = trace(model)
+            trained = trace(model, given)
     except Exception:  # noqa: BLE001 - not traceable in train mode: keep the eval trace as it is
         notes.append("the model does not trace in train mode; the fixed code follows its eval-mode forward")
         return

@@ -32,7 +32,7 @@ class Node:
     target: str  # what was called, for people: "nn.Conv2d", "F.relu", "Tensor.relu_", "aten.add.Tensor"
     module: str | None = None  # qualified module name: the module itself, or the one whose forward made the call
     module_type: str | None = None  # class name of that module (kind MODULE only), e.g. "Conv2d"
-    obj: Any = None  # the live nn.Module for MODULE nodes, when the capture has it
+    obj: Any = None  # the live nn.Module for MODULE nodes, the tensor for PARAM nodes, when the capture has it
     inputs: list[Node] = field(default_factory=list)
     users: list[Node] = field(default_factory=list)
     attrs: dict[str, Any] = field(default_factory=dict)  # literal arguments / module hyper-parameters
@@ -43,6 +43,9 @@ class Node:
     file: str | None = None
     line: int | None = None
     error: str | None = None  # the op failed when run (e.g. a residual add with mismatched operands)
+    # computed from parameters and constants alone, no model input flows in (`self.w.t()`, an expert's slice of a
+    # fused weight, `torch.ones(...)`): a weight or a constant to the ops that read it, not a value (set by link)
+    parametric: bool = False
     meta: dict[str, Any] = field(default_factory=dict)  # capture-specific handles, e.g. "fx_node"
 
     def __repr__(self) -> str:
@@ -166,7 +169,8 @@ class AuditGraph:
         return list(groups.values())
 
     def link(self) -> None:
-        """Rebuild users from inputs (captures fill inputs only) and resolve in-place aliasing."""
+        """Rebuild users from inputs (captures fill inputs only), resolve in-place aliasing, and mark the
+        parametric nodes."""
         _resolve_inplace(self.nodes)
         for n in self.nodes:
             n.users = []
@@ -174,6 +178,7 @@ class AuditGraph:
             for i in n.inputs:
                 if n not in i.users:
                     i.users.append(n)
+            n.parametric = n.kind == PARAM or (n.kind in (CALL, MODULE) and all(i.parametric for i in n.inputs))
         self._by_name = {n.name: n for n in self.nodes}
 
 

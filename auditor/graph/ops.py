@@ -82,13 +82,16 @@ _NAME_TO_OP: dict[str, str] = {
     "add": ADD, "iadd": ADD, "radd": ADD, "sub": SUB, "isub": SUB, "rsub": SUB, "mul": MUL, "imul": MUL,
     "rmul": MUL, "div": DIV, "truediv": DIV, "itruediv": DIV, "rtruediv": DIV, "true_divide": DIV,
     "matmul": MATMUL, "mm": MATMUL, "bmm": MATMUL, "einsum": MATMUL, "baddbmm": MATMUL,
+    "grouped_mm": MATMUL, "_grouped_mm": MATMUL, "grouped_mm_fallback": MATMUL,
     "cat": CAT, "concat": CAT, "concatenate": CAT, "stack": STACK,
     # shape
     "view": RESHAPE, "reshape": RESHAPE, "flatten": RESHAPE, "unflatten": RESHAPE, "squeeze": RESHAPE,
     "unsqueeze": RESHAPE, "permute": RESHAPE, "transpose": RESHAPE, "t": RESHAPE, "view_as": RESHAPE,
     "reshape_as": RESHAPE, "expand": RESHAPE, "expand_as": RESHAPE, "movedim": RESHAPE, "_unsafe_view": RESHAPE,
+    "T": RESHAPE, "mT": RESHAPE, "H": RESHAPE, "mH": RESHAPE, "numpy_T": RESHAPE, "adjoint": RESHAPE,
+    "swapaxes": RESHAPE, "swapdims": RESHAPE,
     "getitem": GETITEM, "identity": IDENTITY, "alias": IDENTITY, "contiguous": "contiguous", "clone": "clone",
-    "to": "to", "float": "to", "half": "to", "bfloat16": "to", "double": "to", "type_as": "type_as",
+    "to": "to", "float": "to", "half": "to", "bfloat16": "to", "double": "to", "type": "to", "type_as": "type_as",
     "_to_copy": "to", "detach": "detach",
     # pooling and resampling
     "max_pool1d": POOL, "max_pool2d": POOL, "max_pool3d": POOL, "avg_pool1d": POOL, "avg_pool2d": POOL,
@@ -150,6 +153,8 @@ _POSITIONAL: dict[str, tuple[str, ...]] = {
     LINEAR: ("input", "weight", "bias"),
     SOFTMAX: ("input", "dim"),
     ADD: ("input", "other", "alpha"),
+    MUL: ("input", "other"),
+    DIV: ("input", "other"),
     CAT: ("tensors", "dim"),
     STACK: ("tensors", "dim"),
 }

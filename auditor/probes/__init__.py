@@ -27,7 +27,7 @@ import torch.nn as nn
 from auditor.errors import first_line
 from auditor.graph import AuditGraph
 from auditor.probes import clipping, precision
-from auditor.probes.gradients import LayerRecorder
+from auditor.probes.gradients import LayerRecorder, applied_by_calls
 from auditor.probes.isolation import preserved, working_copy
 from auditor.probes.isolation import seed as seed_rng
 from auditor.probes.measurements import Clipping, LayerStats, Measurements, OpEvent, Precision
@@ -101,7 +101,7 @@ def _gradients(work: nn.Module, task: Task, m: Measurements, config: dict[str, A
         m.non_finite = OpEvent("the example input", "", None, math.nan, detail="the example input itself contains NaN or Inf")
         m.non_finite_where = "input"
     work.train()
-    recorder = LayerRecorder(work)
+    recorder = LayerRecorder(work, applied_by_calls(task.graph))
     watcher = Watcher(float(config["overflow-limit"])).attach(work)
     grads: list[dict[str, float | None]] = []
     output_stds: list[float] = []

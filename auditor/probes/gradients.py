@@ -12,21 +12,32 @@ import torch
 import torch.nn as nn
 
 from auditor.capture.common import is_leaf
+from auditor.graph import AuditGraph
+from auditor.graph.weights import weight_uses
 from auditor.probes.measurements import LayerStats
 from auditor.probes.surrogate import primary_output
 from auditor.probes.tensors import norm, total_norm
 from auditor.probes.watch import tool_ops
 
 
-def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Modules that own a weight matrix themselves (Linear, Conv, Embedding, LSTM, MultiheadAttention, or a
-    user module with its own matrix and no submodules), by qualified name."""
+def weight_layers(model: nn.Module, applied: frozenset[str] = frozenset()) -> dict[str, nn.Module]:
+    """Modules that own a weight matrix themselves (Linear, Conv, Embedding, LSTM, MultiheadAttention, a user
+    module with its own matrix and no submodules, or one whose forward applies its own matrix with `x @ w`,
+    `F.linear`..., named in `applied`), by qualified name."""
     found = {}
     for qualname, module in model.named_modules():
         own = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
-        if own and (is_leaf(module) or not any(True for _ in module.children())):
+        if own and (is_leaf(module) or not any(True for _ in module.children()) or qualname in applied):
             found[qualname] = module
     return found
+
+
+def applied_by_calls(graph: AuditGraph | None) -> frozenset[str]:
+    """The modules whose own weights the forward applies with a function call (`x @ self.w`): what owns them."""
+    if graph is None:
+        return frozenset()
+    uses, _ = weight_uses(graph)
+    return frozenset(use.name.rpartition(".")[0] for use in uses if not use.node.is_module)
 
 
 @dataclass
@@ -49,9 +60,9 @@ class _Pass:
 class LayerRecorder:
     """Forward hooks on the weight layers of the working copy; one `_Pass` per forward/backward pass."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, applied: frozenset[str] = frozenset()) -> None:
         self.model = model
-        self.layers = weight_layers(model)
+        self.layers = weight_layers(model, applied)
         self.passes: list[_Pass] = []
         self.current: _Pass | None = None
         self.raw_ids: set[int] = set()
@@ -112,16 +123,18 @@ class LayerRecorder:
         return {qualname: _joint_norm([p.grad for p in module.parameters(recurse=False) if p.grad is not None]) for qualname, module in self.layers.items()}
 
     def summary(self, grads: list[dict[str, float | None]]) -> list[LayerStats]:
-        """Per layer, in the order of the first pass's calls, averaged over passes (layers never called are left
-        out)."""
+        """Per layer, in the order of the first pass's calls, averaged over passes; then the layers never called
+        whose weights still got a gradient (a ParameterList whose matrices the forward applies itself: `x @ w`),
+        with their gradient norms only."""
         if not self.passes:
             return []
         first = self.passes[0].calls
         ordered = sorted(first, key=lambda name: first[name].order)
+        ordered += [name for name in self.layers if name not in first and any(g.get(name) is not None for g in grads)]
         stats = []
         for qualname in ordered:
             module = self.layers[qualname]
-            calls = [p.calls[qualname] for p in self.passes if qualname in p.calls]
+            calls = [p.calls[qualname] for p in self.passes if qualname in p.calls] or [_Call(order=len(ordered))]
             grad_values = [g[qualname] for g in grads if qualname in g]
             stats.append(LayerStats(
                 module=qualname,

@@ -55,7 +55,7 @@ def _key(finding: Finding) -> tuple[object, ...]:
     if finding.group is not None:
         return ("chain", finding.code, finding.group, _template(finding.message))
     if finding.file and finding.line:
-        return ("line", finding.code, finding.file, finding.line)
+        return ("line", finding.code, finding.file, finding.line, finding.call)
     return (id(finding),)
 
 
