@@ -18,7 +18,7 @@ CAPTURES = ("fx", "export", "hooks")
 
 def _uses(model: nn.Module, x: torch.Tensor, method: str) -> dict[str, tuple[str, int, int, float]]:
     loaded = live_model(model, (x,))
-    graph, _ = capture_model(loaded, [], (method,), loaded.example_inputs)
+    graph = capture_model(loaded, [], (method,), loaded.example_inputs).graph
     assert graph.method == method
     uses, _ = weight_uses(graph)
     return {u.name: (u.layout, u.fan_in, u.fan_out, round(u.scale, 6)) for u in uses}
