@@ -118,7 +118,10 @@ def audit(
         _usage_error(err, exc)
     report, exit_code = Report(), 0
     for target_list, base, options, config, baseline_path, recorded, limits, cache in runs:  # each judged by its own project's configuration
-        part = _run(target_list, base, options, config, err, quiet or output_format != "text", limits, cache)
+        try:
+            part = _run(target_list, base, options, config, err, quiet or output_format != "text", limits, cache)
+        except UsageError as exc:  # found once the files are read: --kwargs that no model takes
+            _usage_error(err, exc)
         if recorded is not None:
             baselines.apply(part, recorded, baseline_path, options)
         exit_code = max(exit_code, part.exit_code(options.fail_on))

@@ -11,13 +11,16 @@ in this process (tests, the Python API); the command line runs `audit_models` in
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from auditor.errors import TargetError, first_line
-from auditor.findings import CaptureInfo, Finding, TargetResult
+from auditor.errors import TargetError, UsageError, first_line, missing_package
+from auditor.findings import CaptureInfo, ClassRecord, Finding, TargetResult, settle_provisional
 from auditor.locations import display_path
 from auditor.options import Options
 from auditor.rule import GraphContext, ProbeContext, run_rules
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from auditor.fixing.writer import OutputFolder
     from auditor.graph import AuditGraph
     from auditor.loading.models import LoadedModel, ModelLoader
+    from auditor.static.plan import FilePlan
 
 Progress = Callable[[str], None]  # told what the engine starts: "importing", "building Net", "capturing Net"
 
@@ -46,6 +50,8 @@ class Engine:
         self._staged: list[tuple[TargetResult, Path]] = []
         self.last_fixed: Any = None  # the last fixed model (auditor.fix returns it)
         self.project = Project()  # what the files' sources say about importing them, read once per run
+        self._planners: dict[Path, Any] = {}  # repository root -> its Planner (auditor.static.plan)
+        self.planning_errors: list[str] = []  # tracebacks of failed repository readings (see _planning)
 
     @property
     def loader(self) -> ModelLoader:
@@ -59,15 +65,75 @@ class Engine:
 
     def run(self, targets: Iterable[Target]) -> list[TargetResult]:
         """Every target in this process, one after another."""
+        targets = list(targets)
         results: list[TargetResult] = []
         try:
+            self.prepare(targets)
             for target in targets:
                 results.extend(self.audit_target(target))
         except BaseException:
             self.discard_fixes()
             raise
         self.commit_fixes()
-        return results
+        return settle_provisional(results)
+
+    def prepare(self, targets: list[Target]) -> None:
+        """Read the repositories of the file targets once, all their files together, before any is planned
+        (`auditor.static.plan`). Reading never fails a run: a file it cannot plan is found as its import shows."""
+        from auditor.static.repository import find_root
+
+        by_root: dict[Path, list[Path]] = {}
+        for target in targets:
+            if target.kind in (Kind.FILE, Kind.FILE_MEMBER) and target.path is not None:
+                by_root.setdefault(find_root(target.path), []).append(target.path)
+        for root, paths in by_root.items():
+            planner = self._planner(root)
+            if planner is not None:
+                with self._planning():
+                    planner.prepare(paths)
+        self._check_kwargs([t for t in targets if t.kind is Kind.FILE and t.path is not None and (t.kwargs or self.options.kwargs)])
+
+    def _check_kwargs(self, files: list[Target]) -> None:
+        """--kwargs on whole files applies to the models whose signature takes the keys; a key no model of the
+        audited files takes is a usage error, not silently ignored."""
+        accepted: set[str] = set()
+        for target in files:
+            plan = self.plan_of(target.path) if target.path is not None else None
+            if plan is None or any(entry.open_ended for entry in plan.models()):
+                return  # a model that takes any keyword (or a file the reading could not plan)
+            accepted.update(p.name for entry in plan.models() for p in entry.parameters)
+        keys = {k for t in files for k in (t.kwargs or self.options.kwargs)}
+        unknown = sorted(keys - accepted)
+        if files and unknown:
+            takes = f" (their parameters: {', '.join(sorted(accepted))})" if accepted else ""
+            raise UsageError(f"--kwargs: no model in {_files_text(files)} takes {', '.join(map(repr, unknown))}{takes}")
+
+    def plan_of(self, path: Path) -> FilePlan | None:
+        """What the repository says about building and feeding the models of one file."""
+        from auditor.static.repository import find_root
+
+        planner = self._planner(find_root(path))
+        with self._planning():
+            return planner.file_plan(path) if planner is not None else None
+        return None
+
+    @contextlib.contextmanager
+    def _planning(self) -> Iterator[None]:
+        """Reading the repository only adds to what the import shows: a failure of it (a bug of the tool's on
+        unusual code) leaves that file without a plan, never fails the run; it is kept in `planning_errors`."""
+        try:
+            yield
+        except Exception:  # noqa: BLE001
+            self.planning_errors.append(traceback.format_exc())
+
+    def _planner(self, root: Path) -> Any:
+        if root not in self._planners:
+            from auditor.static.plan import shared_planner
+
+            with self._planning():
+                self._planners[root] = shared_planner(root, self.project)
+            self._planners.setdefault(root, None)
+        return self._planners[root]
 
     def audit_target(self, target: Target) -> list[TargetResult]:
         results, needs_models = self.audit_source(target)
@@ -76,8 +142,12 @@ class Engine:
     def audit_source(self, target: Target) -> tuple[list[TargetResult], bool]:
         """What needs none of the user's code to run: a file's source checks. Also says whether `audit_models`
         has work for this target (a file without models has none)."""
+        if target.kind is Kind.FILE and target.path is not None and target.path.suffix.lower() == ".ipynb":
+            return self._audit_notebook(target)
         if target.kind is Kind.FILE:
             return self._audit_file(target)
+        if target.kind is Kind.FILE_MEMBER and target.path is not None:
+            target.plan = self.plan_of(target.path)
         return [], True
 
     def source_files(self, target: Target) -> list[Path]:
@@ -101,11 +171,15 @@ class Engine:
             return
         for item in loaded:
             if isinstance(item, Skipped):
-                yield TargetResult(target=item.label, status="skipped", reason=item.reason)
+                yield TargetResult(target=item.label, status="skipped", reason=item.reason, model_class=item.model_class)
             elif isinstance(item, BuildFailure):
-                yield _error(item.label, str(item.error), item.error, self.options)
+                failure = _error(item.label, str(item.error), item.error, self.options)
+                failure.model_class = item.model_class
+                yield failure
             else:
-                yield self._guarded(item.label, lambda model=item: self.audit_loaded(model))
+                result = self._guarded(item.label, lambda model=item: self.audit_loaded(model))
+                result.model_class = item.model_class
+                yield result
 
     # --- source files -----------------------------------------------------------------------------------------
     def _audit_file(self, target: Target) -> tuple[list[TargetResult], bool]:
@@ -123,20 +197,61 @@ class Engine:
             return [_error(label, f"{label}: cannot be read: {exc.strerror or first_line(exc)}", exc, self.options)], False
         except UnicodeDecodeError as exc:
             return [_error(label, f"{label}: cannot be read: {first_line(exc)}", exc, self.options)], False
+        source = self._source_checks(label, text, tree, started)
+        return self._models_of(target, label, source, tree, tree)
+
+    def _source_checks(self, label: str, text: str, tree: ast.Module, started: float, cells: Any = None) -> TargetResult:
+        """A file's source rules as its own result; in a notebook (`cells`: its code), located in cells."""
         source = TargetResult(target=label)
         failures: list[str] = []
-        findings = check_source(label, text, tree, self.options, failures)
-        source.findings = _kept(findings, self.options)
+        findings = _kept(check_source(label, text, tree, self.options, failures), self.options)
+        if cells is not None:
+            findings = [replace(f, file=f"{label}:cell {cells.cell_of(f.line)[0]}", line=cells.cell_of(f.line)[1])
+                        if f.file == label and f.line else f for f in findings]
+        source.findings = findings
         if failures:  # a source rule crashed: a bug, shown rather than passed
             source.status, source.error = "error", "; ".join(failures)
         source.seconds = time.perf_counter() - started
-        self.project.facts(target.path, tree)
+        return source
+
+    def _models_of(self, target: Target, label: str, source: TargetResult, tree: ast.Module, declared: ast.Module) -> tuple[list[TargetResult], bool]:
+        """Whether the file's models are imported (`declared`: the code its import runs), with its plan; a
+        script's models are listed, each with the command that audits it on purpose."""
+        assert target.path is not None
+        self.project.facts(target.path, declared)
         if not self.project.reaches_torch(target.path):
             return [source], False  # a plain utility module: never executed
+        plan = self.plan_of(target.path)
         blocker = self.project.import_blocker(target.path)
-        if blocker is not None:  # a script: read, not run; its models are listed with the command that audits them
-            return [source, *[TargetResult(target=name, status="skipped", reason=reason) for name, reason in not_imported(label, blocker, tree)]], False
+        if blocker is not None:  # a script: read, not run
+            classes = {name: entry.line for name, entry in plan.classes.items() if entry.model} if plan is not None else {}
+            skipped = [TargetResult(target=name, status="skipped", reason=reason,
+                                    model_class=ClassRecord(name.rsplit(":", 1)[-1], *plan.where(line)) if line and plan is not None else None)
+                       for name, reason, line in not_imported(label, blocker, tree, classes)]
+            if plan is not None:
+                named = {r.target for r in skipped}
+                skipped += [TargetResult(target=f"{label}:{name}", status="skipped", model_class=ClassRecord(name, *plan.where(line)),
+                                         reason=f"not imported: {blocker}; and defined {scope}, which no audit runs")
+                            for name, (line, scope) in plan.nested.items() if f"{label}:{name}" not in named]
+            return [source, *skipped], False
+        target.plan = plan
         return [source], True
+
+    def _audit_notebook(self, target: Target) -> tuple[list[TargetResult], bool]:
+        """A notebook: source checks over all its code cells; its declaring cells' models, as a file's."""
+        from auditor.static.notebooks import NotebookUnreadable, read_notebook
+
+        assert target.path is not None
+        label = display_path(str(target.path))
+        started = time.perf_counter()
+        try:
+            code = read_notebook(target.path)
+            tree, declared = code.tree, ast.parse(code.declaring_source(), filename=str(target.path))
+        except NotebookUnreadable as exc:
+            if "needs nbformat" in str(exc):
+                return [TargetResult(target=label, status="skipped", reason=f"not read: {exc}")], False
+            return [_error(label, f"{label}: {exc}", exc, self.options)], False
+        return self._models_of(target, label, self._source_checks(label, code.source, tree, started, code), tree, declared)
 
     # --- models -----------------------------------------------------------------------------------------------
     def audit_loaded(self, loaded: LoadedModel) -> TargetResult:
@@ -156,7 +271,9 @@ class Engine:
         place_on_device(loaded, self.options.device)
         prepared = capture_model(loaded, self.options.inputs or loaded.inputs, self.options.capture, loaded.example_inputs)
         graph, inputs = prepared.graph, prepared.inputs
-        result = TargetResult(target=loaded.label, capture=CaptureInfo(graph.method, len(graph), list(graph.notes), graph.stopped, prepared.records))
+        result = TargetResult(target=loaded.label, capture=CaptureInfo(graph.method, len(graph), list(graph.notes), graph.stopped, prepared.records,
+                                                                       list(loaded.classes)),
+                              built=loaded.built, model_class=loaded.model_class)
         result.capture.notes.extend(loaded.notes + loaded.weights.notes())
         failures: list[str] = []
         found = run_graph_rules(graph, self.options, failures, loaded.weights.inits, result.capture.notes)
@@ -167,6 +284,7 @@ class Engine:
         if self.options.probe and refusal is None:
             self.progress(f"probing {name}")
             findings += run_probes(loaded.model, inputs, graph, self.options, result, failures)
+        findings = _in_cells(findings, loaded.file_plan)
         result.findings = _kept(findings, self.options)
         if failures:  # a rule crashed: this model was not fully audited, so it did not pass (nor is it fixed)
             result.status, result.error = "error", "; ".join(failures)
@@ -270,20 +388,33 @@ class Engine:
         return result
 
     def _guarded(self, label: str, work: Callable[[], Any]) -> Any:
-        """Run one target's work; any failure becomes that target's error result (a None result stays None)."""
-        from auditor.capture import CaptureError
-        from auditor.capture.forward import ForwardFailure
-
+        """Run one target's work; any failure becomes that target's error result (a None result stays None), and
+        one that needs a package the file was imported without is not audited, saying which."""
         try:
             return work()
-        except TargetError as exc:
-            return _error(label, str(exc), exc, self.options)
-        except ForwardFailure as exc:
-            return _error(label, f"forward failed: {exc}", exc, self.options)
-        except CaptureError as exc:
-            return _error(label, f"could not capture the model: {exc}", exc, self.options)
-        except Exception as exc:  # noqa: BLE001 - a bug of the tool's: this target fails, the others run
-            return _error(label, f"internal error: {type(exc).__name__}: {first_line(exc)} (--verbose shows the traceback)", exc, self.options)
+        except Exception as exc:  # noqa: BLE001 - every failure of one target is that target's result
+            missing = missing_package(exc)
+            if missing is not None:
+                return TargetResult(target=label, status="skipped", reason=f"not audited: auditing it {missing}")
+            return _error(label, _failure_message(exc), exc, self.options)
+
+
+def _failure_message(exc: Exception) -> str:
+    from auditor.capture import CaptureError
+    from auditor.capture.forward import ForwardFailure
+
+    if isinstance(exc, TargetError):
+        return str(exc)
+    if isinstance(exc, ForwardFailure):
+        return f"forward failed: {exc}"
+    if isinstance(exc, CaptureError):
+        return f"could not capture the model: {exc}"
+    return f"internal error: {type(exc).__name__}: {first_line(exc)} (--verbose shows the traceback)"  # a bug of the tool's
+
+
+def _files_text(files: list[Target]) -> str:
+    names = [display_path(str(t.path)) for t in files]
+    return names[0] if len(names) == 1 else f"the {len(names)} audited files"
 
 
 def target_label(target: Target) -> str:
@@ -366,6 +497,19 @@ def _relocate(result: TargetResult, old: str, new: str) -> None:
         replace(f, file=new.rstrip("/") + "/" + f.file[len(prefix):]) if f.file and f.file.startswith(prefix) else f
         for f in result.findings
     ]
+
+
+def _in_cells(findings: list[Finding], plan: FilePlan | None) -> list[Finding]:
+    """Findings in a notebook's code, located in its cells (`nb.ipynb:cell 3`, line 12)."""
+    if plan is None or not plan.notebook_starts:
+        return findings
+    located = []
+    for finding in findings:
+        if finding.file == plan.label and finding.line:
+            file, line = plan.where(finding.line)
+            finding = replace(finding, file=file, line=line)
+        located.append(finding)
+    return located
 
 
 def _kept(findings: list[Finding], options: Options) -> list[Finding]:

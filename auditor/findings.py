@@ -95,6 +95,23 @@ class InputRecord:
         return {"name": self.name, "spec": self.spec, "guessed": self.guessed, "source": self.source}
 
 
+@dataclass(frozen=True)
+class ClassRecord:
+    """A class the user's repository defines, where it is defined (JSON `capture.classes[]`)."""
+
+    name: str
+    file: str  # as results name files; a notebook's class: `nb.ipynb:cell 3`
+    line: int
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What identifies the class across results: its file (a notebook without the cell) and name."""
+        return self.file.split(":cell ", 1)[0], self.name
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "file": self.file, "line": self.line}
+
+
 @dataclass
 class CaptureInfo:
     method: str  # "fx", "export" or "hooks"
@@ -102,6 +119,7 @@ class CaptureInfo:
     notes: list[str] = field(default_factory=list)
     stopped: str | None = None  # a partial graph: the note saying where the forward pass stopped (one of `notes`)
     inputs: list[InputRecord] = field(default_factory=list)  # what the forward was fed, argument by argument
+    classes: list[ClassRecord] = field(default_factory=list)  # the user classes the model holds, its own class first
 
     @property
     def guessed(self) -> bool:
@@ -109,7 +127,8 @@ class CaptureInfo:
         return any(record.guessed for record in self.inputs)
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "nodes": self.nodes, "notes": list(self.notes), "inputs": [i.to_json() for i in self.inputs]}
+        return {"method": self.method, "nodes": self.nodes, "notes": list(self.notes), "inputs": [i.to_json() for i in self.inputs],
+                "classes": [c.to_json() for c in self.classes]}
 
 
 @dataclass
@@ -128,6 +147,8 @@ class TargetResult:
     seconds: float = 0.0
     traceback: str | None = None  # with --verbose, for a failed target
     fix_diff: str | None = None  # --fix --diff: unified diff of the generated code before/after (text output only)
+    built: str | None = None  # how the model was built: "built as in train.py:41", "built with guessed arguments: ..."
+    model_class: ClassRecord | None = None  # the user class the result stands for (audited, skipped or failed)
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {"target": self.target, "status": self.status}
@@ -135,6 +156,10 @@ class TargetResult:
             record["error"] = self.error
         if self.reason is not None:
             record["reason"] = self.reason
+        if self.built is not None:
+            record["built"] = self.built
+        if self.model_class is not None:
+            record["class"] = self.model_class.to_json()
         record["capture"] = self.capture.to_json() if self.capture else None
         record["findings"] = [f.to_json() for f in self.findings]
         record["fixes"] = [f.to_json() for f in self.fixes]
@@ -165,7 +190,21 @@ class Report:
     @property
     def skipped(self) -> list[TargetResult]:
         """Models found but not audited; they never count as passed, and never change the exit code."""
-        return [r for r in self.results if r.status == "skipped"]
+        return [r for r in self.results if r.status == "skipped" and names_member(r.target)]
+
+    @property
+    def files_not_read(self) -> list[TargetResult]:
+        """Whole files not imported (a script that defines no model, a notebook without nbformat): not models."""
+        return [r for r in self.results if r.status == "skipped" and not names_member(r.target)]
+
+    def classes(self) -> dict[str, int]:
+        """Every user class the results name, once: audited as a model, covered inside one, or not audited."""
+        ok = [r for r in self.results if r.status == "ok" and r.capture is not None]
+        audited = {r.model_class.key for r in ok if r.model_class is not None}
+        covered = {c.key for r in ok for c in r.capture.classes} - audited  # type: ignore[union-attr]
+        named = {r.model_class.key for r in self.results if r.status in ("skipped", "error") and r.model_class is not None}
+        not_audited = named - audited - covered
+        return {"defined": len(audited | covered | not_audited), "audited": len(audited), "covered": len(covered), "not_audited": len(not_audited)}
 
     @property
     def models_audited(self) -> int:
@@ -177,11 +216,24 @@ class Report:
             return 2
         return 1 if any(f.severity >= fail_on for f in self.findings) else 0
 
-    def summary(self) -> dict[str, int]:
+    def summary(self) -> dict[str, Any]:
         return {
-            "targets": len(self.results) - len(self.skipped),
+            "targets": sum(1 for r in self.results if r.status != "skipped"),
             "error": self.count(Severity.ERROR),
             "warning": self.count(Severity.WARNING),
             "info": self.count(Severity.INFO),
             "skipped": len(self.skipped),
+            "classes": self.classes(),
         }
+
+
+def names_member(target: str) -> bool:
+    """`models/net.py:Net` names one model; `train.py` a whole file."""
+    return ":" in target.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def settle_provisional(results: list[TargetResult]) -> list[TargetResult]:
+    """Drop the skipped records of classes that a model audited elsewhere in the run covers (a building block
+    of `layers.py` that `net.py:Net` holds): the child auditing `layers.py` cannot know, the run can."""
+    covered = {c.key for r in results if r.status == "ok" and r.capture is not None for c in r.capture.classes}
+    return [r for r in results if not (r.status == "skipped" and r.model_class is not None and r.model_class.key in covered)]

@@ -172,7 +172,7 @@ def _first_that_runs(
         return _refitted(loaded, partial, device, methods) or partial
     tried_all = "; ".join(str(c) for c in candidates[:6]) + ("; ..." if len(candidates) > 6 else "")
     raise TargetError(f"forward failed on every guessed input ({tried_all}), first with {first_failure}; "
-                      f"pass --input SPEC{_on_meta(loaded)}")
+                      f"pass --input SPEC{_on_meta(loaded)}") from first_failure  # the cause: a package it needs, perhaps
 
 
 def _prepared(graph: AuditGraph, inputs: tuple[Any, ...], chosen: Candidate, candidates: list[Candidate]) -> Prepared:

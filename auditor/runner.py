@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from auditor.engine import Engine, target_label
-from auditor.findings import TargetResult
+from auditor.findings import TargetResult, settle_provisional
 from auditor.options import Options
 from auditor.targets import Target
 
@@ -78,7 +78,7 @@ def run_targets(
         engine.discard_fixes()
         raise
     engine.commit_fixes()
-    return results
+    return settle_provisional(results)
 
 
 def _output_folder(options: Options) -> OutputFolder | None:
@@ -117,6 +117,7 @@ class _Runner:
         self._shown = 0  # slots whose output was shown, in order
 
     def run(self, targets: list[Target]) -> list[TargetResult]:
+        self.engine.prepare(targets)  # the repositories read once for all their files' plans
         slots = [self._begin(target) for target in targets]
         waiting = deque(slot for slot in slots if not slot.done)
         if waiting:

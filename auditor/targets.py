@@ -8,9 +8,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from auditor.errors import TargetError
+
+if TYPE_CHECKING:
+    from auditor.static.plan import FilePlan
 
 FIXED_MANIFEST = "auditor-fixed.json"  # marks a folder written by --fix
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
@@ -38,6 +41,7 @@ class Target:
     name: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
+    plan: FilePlan | None = None  # for a file: what to build and feed, read from the repository (auditor.static.plan)
 
 
 def parse_target(text: str, *, exclude: list[str] | None = None, base: Path | None = None) -> list[Target]:
@@ -55,7 +59,7 @@ def parse_target(text: str, *, exclude: list[str] | None = None, base: Path | No
         if not member.isidentifier():
             raise TargetError(f"{raw}: {member!r} is not a Python name")
     path = Path(location) if base is None or Path(location).is_absolute() else base / location
-    if member is not None and not location.endswith(".py") and _DOTTED.match(location) and not path.exists():
+    if member is not None and not location.endswith((".py", ".ipynb")) and _DOTTED.match(location) and not path.exists():
         return [Target(Kind.MODULE_MEMBER, raw, module=location, name=member)]
     if not path.exists():
         raise TargetError(f"{location}: no such file or directory")
@@ -66,7 +70,7 @@ def parse_target(text: str, *, exclude: list[str] | None = None, base: Path | No
             return [Target(Kind.FIXED, raw, path=path)]
         return [Target(Kind.FILE, str(p), path=p) for p in python_files(path, exclude or [])]
     suffix = path.suffix.lower()
-    if suffix == ".py":
+    if suffix in (".py", ".ipynb"):
         if member is not None:
             return [Target(Kind.FILE_MEMBER, raw, path=path, name=member)]
         return [Target(Kind.FILE, raw, path=path)]
@@ -76,12 +80,13 @@ def parse_target(text: str, *, exclude: list[str] | None = None, base: Path | No
         return [Target(Kind.PICKLE, raw, path=path, name=member)]
     if suffix == ".json" and member is None:
         return [Target(Kind.CONFIG, raw, path=path)]
-    raise TargetError(f"{raw}: not a Python file, a .pt2 program, a config.json or a directory")
+    raise TargetError(f"{raw}: not a Python file, a notebook, a .pt2 program, a config.json or a directory")
 
 
 def python_files(folder: Path, exclude: list[str]) -> list[Path]:
-    """Every *.py below `folder`, skipping hidden folders and excluded names, in a stable order. A folder that
-    cannot be read (mode 000) is listed as well: reading it fails as this target's error, never a silent miss."""
+    """Every *.py and *.ipynb below `folder`, skipping hidden folders (`.ipynb_checkpoints` too) and excluded
+    names, in a stable order. A folder that cannot be read (mode 000) is listed as well: reading it fails as this
+    target's error, never a silent miss."""
     found: list[Path] = []
 
     def excluded(name: str) -> bool:
@@ -89,5 +94,5 @@ def python_files(folder: Path, exclude: list[str]) -> list[Path]:
 
     for root, folders, files in os.walk(folder, onerror=lambda error: found.append(Path(error.filename))):
         folders[:] = [name for name in folders if not name.startswith(".") and not excluded(name)]
-        found.extend(Path(root, name) for name in files if name.endswith(".py") and not excluded(name))
+        found.extend(Path(root, name) for name in files if name.endswith((".py", ".ipynb")) and not excluded(name))
     return sorted(found)

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,26 @@ def options(**overrides: Any) -> Options:
 
 
 def run(*targets: str | Path, **overrides: Any) -> Report:
-    """Audit targets in-process, as `audit TARGET...` would (target strings or paths)."""
+    """Audit targets in-process, as `audit TARGET...` would (target strings or paths). The user modules the
+    run imported are forgotten afterwards, as the command's child processes forget them: a fixture's `layers.py`
+    must not answer the next test's `import layers`."""
     engine = Engine(options(**overrides))
     parsed = [t for text in targets for t in parse_target(str(text))]
-    return Report(engine.run(parsed))
+    before = set(sys.modules)
+    try:
+        report = Report(engine.run(parsed))
+    finally:
+        _forget_user_modules(before)
+    assert not engine.planning_errors, engine.planning_errors[0]  # reading the repository must never fail
+    return report
+
+
+def _forget_user_modules(before: set[str]) -> None:
+    roots = (os.path.realpath(FIXTURES), os.path.realpath(tempfile.gettempdir()))
+    for name in set(sys.modules) - before:
+        path = getattr(sys.modules[name], "__file__", None) or ""
+        if name.startswith("_auditor_notebook_") or os.path.realpath(path).startswith(roots):
+            del sys.modules[name]
 
 
 def model_results(report: Report) -> list[TargetResult]:

@@ -22,11 +22,11 @@ def load(text: str, **kwargs):
 
 def test_discovery_finds_instances_factories_and_top_level_classes_only():
     found = load(str(MODELS / "discovery.py"))
-    # Block is used inside Net: audited as part of it. Wide needs an argument: skipped, with the command.
-    assert [m.label.split(":")[1] for m in found if isinstance(m, LoadedModel)] == ["Net", "build_model", "tiny"]
-    [wide] = [m for m in found if isinstance(m, Skipped)]
-    assert wide.label.endswith("discovery.py:Wide")
-    assert wide.reason.endswith("""needs constructor arguments: width; audit it with `audit tests/fixtures/models/discovery.py:Wide --kwargs '{"width": ...}'`""")
+    # Block is used inside Net: audited as part of it. Wide needs an argument: built with a conventional guess.
+    assert [m.label.split(":")[1] for m in found if isinstance(m, LoadedModel)] == ["Net", "Wide", "build_model", "tiny"]
+    [wide] = [m for m in found if m.label.endswith(":Wide")]
+    assert wide.built == "built with guessed arguments: width=64" and wide.model.fc.in_features == 64
+    assert not [m for m in found if isinstance(m, Skipped)]
 
 
 def test_creation_sites_are_exact_for_loops_and_module_list_append():
@@ -59,8 +59,9 @@ def test_syntax_error_names_file_and_line():
 
 
 def test_import_error_names_file_and_line():
-    with pytest.raises(TargetError, match=r"import_error.py:2: ModuleNotFoundError while importing: No module named 'not_a_real_package_xyz'"):
-        load(str(MODELS / "import_error.py"))
+    [failure, *_] = load(str(MODELS / "import_error.py"))
+    assert isinstance(failure, BuildFailure)
+    assert re.search(r"import_error.py:2: ImportError while importing: cannot import name 'not_a_real_name_xyz' from 'torch'", str(failure.error))
 
 
 def test_constructor_failure_names_the_line():

@@ -37,7 +37,7 @@ def test_json_has_every_contract_field():
     first = document["results"][0]
     assert first["target"] == "models/net.py:Net" and first["status"] == "ok"
     assert first["capture"] == {"method": "fx", "nodes": 57, "notes": [], "inputs": [
-        {"name": "idx", "spec": "int64:2,32", "guessed": True, "source": "from Embedding(1000, 64) and pos_emb[32]"}]}
+        {"name": "idx", "spec": "int64:2,32", "guessed": True, "source": "from Embedding(1000, 64) and pos_emb[32]"}], "classes": []}
     assert first["findings"][0] == {
         "code": "DRO001", "rule": "dropout-before-activation", "severity": "warning",
         "message": "Dropout `head.drop` feeds ReLU `head.act`; apply dropout after the activation",
@@ -47,7 +47,8 @@ def test_json_has_every_contract_field():
     assert first["probes"] == {}
     failed = document["results"][2]
     assert failed["status"] == "error" and failed["error"].startswith("models/broken.py:3")
-    assert document["summary"] == {"targets": 3, "error": 1, "warning": 1, "info": 1, "skipped": 0}
+    assert document["summary"] == {"targets": 3, "error": 1, "warning": 1, "info": 1, "skipped": 0,
+                                   "classes": {"defined": 0, "audited": 0, "covered": 0, "not_audited": 0}}
 
 
 def test_sarif_is_structurally_what_github_code_scanning_reads():

@@ -21,7 +21,7 @@ def test_forms(tmp_path):
     with pytest.raises(TargetError, match="not a Python name"):
         parse_target(f"{model_file}:not-a-name")
     (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(TargetError, match="not a Python file, a .pt2 program, a config.json or a directory"):
+    with pytest.raises(TargetError, match="not a Python file, a notebook, a .pt2 program, a config.json or a directory"):
         parse_target(str(tmp_path / "notes.txt"))
 
 

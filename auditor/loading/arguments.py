@@ -17,9 +17,9 @@ import typing
 from typing import Any, Callable
 
 from auditor.errors import TargetError, first_line
+from auditor.static.values import CONFIG_PARAMETERS as _CONFIG_PARAMETERS
+from auditor.static.values import CONFIG_SUFFIXES as _CONFIG_SUFFIXES
 
-_CONFIG_PARAMETERS = ("config", "cfg", "args", "model_args", "params", "hparams", "model_config", "conf")
-_CONFIG_SUFFIXES = ("Config", "Args", "Params", "Cfg", "Arguments", "Options", "Hparams")
 _PLAIN = (dict, list, tuple, set, frozenset, str, int, float, complex, bool, bytes, type(None))  # a mapping stays a mapping
 _NOT_CONFIG_MODULES = ("builtins", "typing", "collections.abc", "abc")  # `object`, `Any`, `Mapping`: not config classes
 
@@ -140,6 +140,15 @@ def _is_config_class(candidate: Any) -> bool:
     typing construct or an abstract base."""
     return (inspect.isclass(candidate) and candidate.__module__ not in _NOT_CONFIG_MODULES
             and not issubclass(candidate, _PLAIN) and not inspect.isabstract(candidate))
+
+
+def config_for(owner: Callable[..., Any], name: str) -> Any:
+    """The config object parameter `name` of `owner` declares, built with its own defaults; None when no
+    config class is known for it."""
+    parameter = next((p for p in parameters(owner) if p.name == name), None)
+    default = parameter.default if parameter is not None and parameter.default is not parameter.empty else None
+    builder = _config_builder(_hints(owner).get(name), default, owner, name)
+    return builder({}) if builder is not None else None
 
 
 def build_config(cls: type, mapping: dict[str, Any], default: Any = None) -> Any:

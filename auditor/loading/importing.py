@@ -6,6 +6,8 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
+import linecache
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -69,13 +71,56 @@ def _load_standalone(path: Path) -> ModuleType:
 
 
 def _package_root(path: Path) -> tuple[Path, str]:
-    """The folder to put on sys.path and the dotted module name of `path` from there."""
+    """The folder to put on sys.path and the dotted module name of `path` from there. A file that imports
+    relatively from a folder without `__init__.py` (`models/convnext_isotropic.py`: `from .convnext import
+    Block`) is imported as a module of namespace packages, as `python -m models.convnext_isotropic` would."""
     parts = [path.stem]
     folder = path.parent
     while (folder / "__init__.py").is_file():
         parts.insert(0, folder.name)
         folder = folder.parent
+    if len(parts) == 1:
+        for _ in range(_relative_depth(path)):
+            if folder.parent == folder:
+                break
+            parts.insert(0, folder.name)
+            folder = folder.parent
     return folder, ".".join(parts)
+
+
+def _relative_depth(path: Path) -> int:
+    """How many folders up the file's relative imports reach (`from ..a import b`: 2), from its text."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return 0
+    levels = [len(m.group(1)) for m in _RELATIVE_IMPORT.finditer(text)]
+    return max(levels, default=0)
+
+
+_RELATIVE_IMPORT = re.compile(r"^[ \t]*from[ \t]+(\.+)", re.MULTILINE)
+
+
+def import_notebook(path: Path, code: str) -> ModuleType:
+    """A notebook's declaring code (`auditor.static.notebooks`) as a module whose file is the notebook, so
+    frames, creation sites and `inspect` point into it (lines of its joined code cells); its folder is on
+    sys.path, as the notebook's kernel has it."""
+    path = path.resolve()
+    name = f"_auditor_notebook_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    existing = sys.modules.get(name)
+    if existing is not None:
+        return existing
+    module = ModuleType(name)
+    module.__file__ = str(path)
+    linecache.cache[str(path)] = (len(code), None, code.splitlines(True), str(path))
+    sys.modules[name] = module
+    with _on_sys_path(path.parent), _import_errors(path):
+        try:
+            exec(compile(code, str(path), "exec"), module.__dict__)  # noqa: S102 - only the notebook's declarations
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+    return module
 
 
 @contextlib.contextmanager

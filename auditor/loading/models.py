@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Union
+from typing import Any, Callable, Collection, Union
 
 import torch.nn as nn
 
-from auditor.errors import TargetError, first_line
-from auditor.loading.arguments import accepted, call_with, describe_arguments, kwargs_template, missing_arguments, unknown_arguments
-from auditor.loading.importing import error_site, import_dotted, import_file, script_argv
+from auditor.errors import TargetError, first_line, missing_package
+from auditor.findings import ClassRecord
+from auditor.loading import discovery
+from auditor.loading.arguments import call_with, convert, describe_arguments, kwargs_template, missing_arguments, unknown_arguments
+from auditor.loading.importing import error_site, import_dotted, import_file, import_notebook, script_argv
 from auditor.loading.meta import MetaBuilder, WeightPolicy, Weights
+from auditor.loading.placeholders import import_tolerating, missing_packages
+from auditor.loading.plans import call_planned
 from auditor.loading.sites import CreationSites, Site
 from auditor.loading.wrappers import unwrap
 from auditor.locations import display_path
 from auditor.specs import CallHint
-from auditor.static.outline import FACTORY_NAMES, Outline
-from auditor.static.project import read_source
+from auditor.static.plan import ClassPlan, FilePlan
+from auditor.static.reader import CallSite
 from auditor.targets import FIXED_MANIFEST, Kind, Target
 
 
@@ -42,7 +47,12 @@ class LoadedModel:
     example_inputs: tuple[Any, ...] | None = None  # inputs handed to the API
     origin: dict[str, Any] | None = None  # how to build it again (--fix of untraceable models): file/module or config, name, kwargs
     weights: Weights = field(default_factory=Weights)  # real or meta, its size and budget (loading/meta.py)
-    notes: list[str] = field(default_factory=list)  # said about the model itself (a wrapper looked through)
+    notes: list[str] = field(default_factory=list)  # said about the model itself (a wrapper looked through, packages stood in for)
+    built: str | None = None  # how its arguments were chosen: "built as in train.py:41", "built with guessed arguments: ..."
+    classes: list[ClassRecord] = field(default_factory=list)  # the user classes it holds, its own first
+    model_class: ClassRecord | None = None  # its own class, when the user's
+    forward_calls: tuple[CallSite, ...] = ()  # the repository's calls of such a model (`model(x, t)`), for its inputs
+    file_plan: FilePlan | None = None  # the plan of its file (a notebook's lines map to cells through it)
     call: CallHint | None = None  # the repository's own call of the model, read statically (input guesses start there)
 
 
@@ -52,6 +62,7 @@ class Skipped:
 
     label: str
     reason: str
+    model_class: ClassRecord | None = None  # the user class it stands for
 
 
 @dataclass
@@ -60,16 +71,10 @@ class BuildFailure:
 
     label: str
     error: TargetError
+    model_class: ClassRecord | None = None
 
 
 Loaded = Union[LoadedModel, Skipped, BuildFailure]
-
-
-@dataclass
-class _Candidate:
-    name: str
-    obj: Any
-    build: Callable[[], nn.Module]
 
 
 class ModelLoader:
@@ -102,15 +107,17 @@ class ModelLoader:
         if target.kind is Kind.FILE_MEMBER:
             assert target.path is not None and target.name is not None
             self.progress("importing")
-            with self.sites.recording():
-                namespace = import_file(target.path)
-            return [self._load_member(namespace, target, f"{display_path(str(target.path))}:{target.name}")]
+            plan = target.plan if target.plan is not None or target.path.suffix != ".ipynb" else plan_alone(target.path)
+            with self.sites.recording(), missing_packages() as finder:
+                importer = RepositoryImporter(target.path, plan, finder)
+                namespace = importer.target()
+                return [self._load_member(namespace, target, f"{display_path(str(target.path))}:{target.name}", importer)]
         if target.kind is Kind.MODULE_MEMBER:
             assert target.module is not None
             self.progress("importing")
             with self.sites.recording():
                 namespace = import_dotted(target.module)
-            return [self._load_member(namespace, target, target.text)]
+            return [self._load_member(namespace, target, target.text, None)]
         if target.kind is Kind.FIXED:
             return self._load_fixed(target)
         if target.kind is Kind.PICKLE:
@@ -121,35 +128,74 @@ class ModelLoader:
 
     # --- whole files ------------------------------------------------------------------------------------------
     def _load_file(self, target: Target) -> list[Loaded]:
+        """Every model of a file, built as its plan says, and every nn.Module class of the file accounted for
+        (`auditor.loading.discovery`)."""
         assert target.path is not None
         where = display_path(str(target.path))
-        outline = _outline(target.path)
+        plan = target.plan if target.plan is not None else plan_alone(target.path)
         self.progress("importing")
-        with self.sites.recording():
-            namespace = import_file(target.path)
-            found = _discover(namespace, outline, target.kwargs, where)
-            built: list[tuple[_Candidate, nn.Module]] = []
-            results: dict[str, Loaded] = {}
-            for item in found:
-                if isinstance(item, Skipped):
-                    results[item.label] = item
+        with self.sites.recording(), missing_packages() as finder:
+            importer = RepositoryImporter(target.path, plan, finder)
+            try:
+                namespace = importer.target()
+            except TargetError as exc:
+                return [BuildFailure(where, exc), *_unimported(plan, where, exc)]
+            found, blocks = discovery.candidates(namespace, plan, target.kwargs, where, importer)
+            results = self._build_all(found, where, plan, namespace)
+            for cls in blocks:  # building blocks no model of the file covered
+                if any(cls in _types_of(r) for r in results if isinstance(r, LoadedModel)):
                     continue
-                try:
-                    built.append((item, self._build(item, where)))
-                except TargetError as exc:
-                    results[f"{where}:{item.name}"] = BuildFailure(f"{where}:{item.name}", exc)
-        covered = _types_inside(built)
-        for candidate, model in built:
-            label = f"{where}:{candidate.name}"
-            if inspect.isclass(candidate.obj) and candidate.obj in covered:
-                continue  # audited as part of another model of the file
-            kwargs = {} if isinstance(candidate.obj, nn.Module) else accepted(candidate.obj, target.kwargs)
-            results[label] = _helper(model, label) or LoadedModel(
-                label, model, self.sites.for_model(model), namespace, list(target.inputs), origin=_origin(namespace, candidate.name, kwargs))
-        order = [f"{where}:{item.name}" if isinstance(item, _Candidate) else item.label for item in found]
-        return [results[label] for label in order if label in results and not _covered_skip(results[label], namespace, covered, where)]
+                local, entry = discovery.block_plan(cls, plan, where)
+                if local:
+                    results += self._build_all([discovery.planned(cls.__name__, cls, entry, target.kwargs, where, importer)], where, plan, namespace)
+                else:
+                    users = ", ".join(entry.users) if entry is not None else "another model"
+                    results.append(Skipped(f"{where}:{cls.__name__}", f"part of {users}, which was not audited; "
+                                           + discovery.needs_arguments(cls, cls.__name__, missing_arguments(cls, {}), where).split("; ", 1)[-1],
+                                           discovery.class_record(cls, plan)))
+        kept = [r for r in results if not _covered(r, namespace, results)]
+        if importer.missing:
+            note = f"imported without {', '.join(importer.missing)} (not installed; building this model did not need it)"
+            for item in kept:
+                if isinstance(item, LoadedModel):
+                    item.notes.append(note)
+        return kept + _unaccounted(namespace, plan, where, kept)
 
-    def _build(self, candidate: _Candidate, where: str) -> nn.Module:
+    def _build_all(self, found: list[discovery.Candidate | discovery.Skip], where: str, plan: FilePlan | None, namespace: ModuleType) -> list[Loaded]:
+        results: list[Loaded] = []
+        for item in found:
+            label = f"{where}:{item.name}"
+            if isinstance(item, discovery.Skip):
+                results.append(Skipped(label, item.reason, discovery.class_record(item.cls, plan) if item.cls else None))
+                continue
+            record = discovery.class_record(item.obj, plan) if inspect.isclass(item.obj) else None
+            try:
+                model = self._build(item, where)
+            except TargetError as exc:
+                refusal = discovery.refused(exc)
+                if missing_package(exc) is not None:
+                    results.append(Skipped(label, f"not audited: building it {missing_package(exc)}", record))
+                elif refusal is not None:  # the guard stopped what its constructor did: not audited, not failed
+                    results.append(Skipped(label, f"not audited: its constructor was refused ({refusal}); "
+                                                  f"`audit {where}:{item.name}` builds it on purpose", record))
+                elif item.soft:  # guessed arguments, or defaults of None, that do not build: it needs real ones
+                    results.append(Skipped(label, discovery.failed_guess(item, exc, where), record))
+                else:
+                    results.append(BuildFailure(label, exc, record))
+                continue
+            skipped = _helper(model, label, item.plan)
+            if skipped is not None:
+                skipped.model_class = discovery.class_record(type(model), plan)
+                results.append(skipped)
+                continue
+            origin = _origin(namespace, item.name, item.origin_kwargs) if item.origin_kwargs is not None else None
+            results.append(LoadedModel(
+                label, model, self.sites.for_model(model), namespace, origin=origin, built=item.built,
+                classes=discovery.user_classes(model, plan), model_class=discovery.class_record(type(model), plan),
+                forward_calls=item.plan.forward_calls if item.plan is not None else (), file_plan=plan))
+        return results
+
+    def _build(self, candidate: discovery.Candidate, where: str) -> nn.Module:
         self.progress(f"building {candidate.name}")
         try:
             model = self.builder.build(candidate.build)
@@ -163,32 +209,41 @@ class ModelLoader:
         return model
 
     # --- explicit members -------------------------------------------------------------------------------------
-    def _load_member(self, namespace: ModuleType, target: Target, label: str) -> LoadedModel:
+    def _load_member(self, namespace: ModuleType, target: Target, label: str, importer: RepositoryImporter | None) -> LoadedModel:
         name = target.name or ""
         if not hasattr(namespace, name):
             available = [n for n, o in vars(namespace).items() if _is_model_like(o, namespace) and not n.startswith("_")]
             hint = f" (models here: {', '.join(available)})" if available else ""
             raise TargetError(f"{label}: no name {name!r} in {namespace.__name__}{hint}")
         obj = getattr(namespace, name)
+        entry = target.plan.plan_for(name) if target.plan is not None else None
+        built = None
         if isinstance(obj, nn.Module):
             if target.kwargs:
                 raise TargetError(f"{label}: {name} is an instance; --kwargs only applies to classes and factories")
-            candidate = _Candidate(name, obj, lambda: obj)
+            candidate = discovery.Candidate(name, obj, lambda: obj)
         elif callable(obj):
-            missing = missing_arguments(obj, target.kwargs)
-            if missing:
-                raise TargetError(f"{label}: {name}() needs arguments {describe_arguments(obj, missing)}; pass them with "
-                                  f"--kwargs '{kwargs_template(obj, missing)}'")
             unknown = unknown_arguments(obj, target.kwargs)
             if unknown:
                 raise TargetError(f"{label}: {name}() takes no argument {', '.join(unknown)}")
-            candidate = _Candidate(name, obj, lambda: call_with(obj, target.kwargs))
+            missing = missing_arguments(obj, target.kwargs)
+            if missing and entry is not None and entry.build is not None and importer is not None:  # the repository's call, or guesses
+                candidate = discovery.Candidate(name, obj, lambda: call_planned(obj, entry.build, convert(obj, target.kwargs), importer))
+                built = entry.build.source
+            elif missing:
+                raise TargetError(f"{label}: {name}() needs arguments {describe_arguments(obj, missing)}; pass them with "
+                                  f"--kwargs '{kwargs_template(obj, missing)}'")
+            else:
+                candidate = discovery.Candidate(name, obj, lambda: call_with(obj, target.kwargs))
         else:
             raise TargetError(f"{label}: {name} is a {type(obj).__name__}, not a model, class or factory")
         with self.sites.recording():
             model = self._build(candidate, label.rsplit(":", 1)[0])
         return LoadedModel(label, model, self.sites.for_model(model), namespace, list(target.inputs),
-                           origin=_origin(namespace, name, dict(target.kwargs), by_file=target.kind is Kind.FILE_MEMBER))
+                           origin=_origin(namespace, name, dict(target.kwargs), by_file=target.kind is Kind.FILE_MEMBER) if built is None else None,
+                           built=built, classes=discovery.user_classes(model, target.plan),
+                           model_class=discovery.class_record(type(model), target.plan),
+                           forward_calls=entry.forward_calls if entry is not None else (), file_plan=target.plan)
 
     # --- saved models -----------------------------------------------------------------------------------------
     def _load_fixed(self, target: Target, inside: bool = False) -> list[LoadedModel]:
@@ -250,7 +305,7 @@ class ModelLoader:
         where = display_path(str(target.path))
         name, build = config_factory(target.path, target.kwargs)
         with self.sites.recording():
-            model = self._build(_Candidate(name, None, build), where)
+            model = self._build(discovery.Candidate(name, None, build), where)
         origin = {"config": str(target.path.resolve()), "name": name, "kwargs": dict(target.kwargs)}
         return LoadedModel(where, model, self.sites.for_model(model), None, list(target.inputs), origin=origin)
 
@@ -267,108 +322,129 @@ def _origin(namespace: ModuleType, name: str, kwargs: dict[str, Any], by_file: b
     return {"file": str(Path(path).resolve()) if path else None, "module": namespace.__name__, "name": name, "kwargs": kwargs}
 
 
-def _outline(path: Path) -> Outline | None:
-    """The file's declarations, read from its source (factories and building blocks are not visible on the
-    imported objects alone)."""
-    import ast
+def plan_alone(path: Path) -> FilePlan | None:
+    """The plan of a file loaded without the engine having planned it (a loader used on its own)."""
+    from auditor.static.plan import shared_planner
+    from auditor.static.project import Project
+    from auditor.static.repository import find_root
 
     try:
-        return Outline(ast.parse(read_source(path), filename=str(path)))
-    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
-        return None  # the import reports it
+        return shared_planner(find_root(path), Project()).file_plan(path)
+    except Exception:  # noqa: BLE001 - without a plan, a file's models are found as the import shows them
+        return None
 
 
-def _discover(namespace: ModuleType, outline: Outline | None, kwargs: dict[str, Any], where: str) -> list[_Candidate | Skipped]:
-    """Candidates in file order: module-level instances, factories (functions returning a model, whatever
-    their name) and nn.Module classes defined here; those that need arguments become `Skipped`. Building
-    blocks (used inside another model class or factory of the file) are no candidates of their own."""
-    blocks = outline.building_blocks() if outline is not None else set()
-    found: list[_Candidate | Skipped] = []
-    for name, obj in vars(namespace).items():
-        if name.startswith("_"):
-            continue
-        if isinstance(obj, nn.Module):
-            found.append(_Candidate(name, obj, lambda obj=obj: obj))
-        elif getattr(obj, "__module__", None) != namespace.__name__:
-            continue
-        elif inspect.isclass(obj) and issubclass(obj, nn.Module) and not inspect.isabstract(obj):
-            if name not in blocks:
-                found.append(_buildable(name, obj, kwargs, where))
-        elif inspect.isfunction(obj) and name not in blocks and _is_factory(name, obj, outline, namespace):
-            missing = missing_arguments(obj, kwargs)
-            if not missing or name in FACTORY_NAMES:
-                found.append(_buildable(name, obj, kwargs, where))
-    return found
+class RepositoryImporter:
+    """Imports the repository's files a plan refers to: the target itself (a notebook: its declaring code),
+    and the files whose classes its arguments use; with the repository's root last on sys.path (as scripts
+    run from it see it) and, under `missing_packages()`, packages that are not installed stood in for."""
+
+    def __init__(self, path: Path, plan: FilePlan | None, finder: Any = None) -> None:
+        self.path = path.resolve()
+        self.plan = plan
+        self.finder = finder
+        self.root = Path(plan.root) if plan is not None and plan.root else None
+        self._modules: dict[Path, ModuleType] = {}
+
+    def target(self) -> ModuleType:
+        return self(self.path)
+
+    def __call__(self, path: Path) -> ModuleType:
+        path = path.resolve()
+        if path not in self._modules:
+            if self.finder is None:
+                self._modules[path] = self._import(path)
+            else:
+                self._modules[path] = import_tolerating(self.finder, lambda: self._import(path), self._is_local)
+        return self._modules[path]
+
+    @property
+    def missing(self) -> list[str]:
+        return list(self.finder.packages) if self.finder is not None else []
+
+    def _import(self, path: Path) -> ModuleType:
+        added = self.root is not None and str(self.root) not in sys.path
+        if added:
+            sys.path.append(str(self.root))
+        try:
+            if path.suffix == ".ipynb":
+                code = self.plan.code if self.plan is not None and Path(self.plan.path) == path else None
+                if code is None:
+                    raise TargetError(f"{display_path(str(path))}: a notebook that was not planned")
+                return import_notebook(path, code)
+            return import_file(path)
+        finally:
+            if added and str(self.root) in sys.path:
+                sys.path.remove(str(self.root))
+
+    def _is_local(self, package: str) -> bool:
+        """One of the repository's own modules (a path problem, not a missing package)."""
+        folders = [self.path.parent, *([self.root] if self.root is not None else [])]
+        return any((f / f"{package}.py").is_file() or (f / package).is_dir() for f in folders)
 
 
-def _buildable(name: str, obj: Callable[..., Any], kwargs: dict[str, Any], where: str) -> _Candidate | Skipped:
-    missing = missing_arguments(obj, kwargs)
-    if not missing:
-        return _Candidate(name, obj, lambda: call_with(obj, accepted(obj, kwargs)))
-    what = "a loss function, not a model" if _is_loss(obj) else f"needs constructor arguments: {describe_arguments(obj, missing)}"
-    return Skipped(f"{where}:{name}", f"{what}; audit it with `audit {where}:{name} --kwargs '{kwargs_template(obj, missing)}'`")
+def _namespace_of(obj: Any) -> ModuleType | None:
+    return sys.modules.get(getattr(obj, "__module__", "") or "")
 
 
-def _is_factory(name: str, fn: Callable[..., Any], outline: Outline | None, namespace: ModuleType) -> bool:
-    """Named like a factory, or returning a model: a call of an nn.Module class (of this file or imported),
-    or annotated to return one."""
-    if name in FACTORY_NAMES or (outline is not None and outline.returns_model(name)):
-        return True
-    definition = outline.functions.get(name) if outline is not None else None
-    named = [*definition.returns, *([definition.annotation] if definition.annotation else [])] if definition else []
-    return any(_is_module_class(_resolve(dotted, namespace)) for dotted in named)
-
-
-def _resolve(dotted: str, namespace: ModuleType) -> Any:
-    """A dotted name as the module sees it (`nn.Sequential`, `ResNet`, `models.resnet.ResNet`)."""
-    parts = dotted.split(".")
-    value: Any = vars(namespace).get(parts[0])
-    if value is None:  # the outline resolved an import alias (`torch.nn.Sequential`): start from sys.modules
-        import sys
-
-        value = sys.modules.get(parts[0])
-    for part in parts[1:]:
-        value = getattr(value, part, None)
-    return value
-
-
-def _is_module_class(obj: Any) -> bool:
-    return inspect.isclass(obj) and issubclass(obj, nn.Module)
-
-
-def _is_loss(obj: Any) -> bool:
-    cls = obj if inspect.isclass(obj) else type(obj)
-    return issubclass(cls, nn.modules.loss._Loss) or any(c.__name__.endswith("Loss") for c in cls.__mro__)
-
-
-def _helper(model: nn.Module, label: str) -> Skipped | None:
-    """Losses and parameter-free modules (activations, shuffles) are not models of their own."""
-    if _is_loss(model):
+def _helper(model: nn.Module, label: str, plan: ClassPlan | None = None) -> Skipped | None:
+    """Losses and parameter-free modules (activations, shuffles) are not models of their own; a class whose
+    constructor is misnamed (`def init`) builds as an empty model."""
+    if discovery.is_loss(model):
         return Skipped(label, f"a loss function ({type(model).__name__}), not a model; `audit {label}` audits it anyway")
     if next(model.parameters(), None) is None:
+        if plan is not None and plan.misnamed_init:
+            return Skipped(label, f"an empty model: its constructor is named `{plan.misnamed_init}`, not `__init__`, so Python never "
+                                  f"calls it and no layer is created; rename it `__init__`")
         return Skipped(label, f"has no parameters ({type(model).__name__}: an activation or helper), not audited on its own; "
                               f"`audit {label} --input SPEC` audits it")
     return None
 
 
-def _types_inside(built: list[tuple[_Candidate, nn.Module]]) -> set[type]:
-    """Classes whose instances appear inside a built model, or are built by an instance or factory: such a class
-    is audited as part of them, not on its own."""
-    inside: set[type] = set()
-    for candidate, model in built:
-        if not inspect.isclass(candidate.obj):
-            inside.add(type(model))
-        inside.update(type(m) for name, m in model.named_modules() if name)
-    return inside
+def _types_of(loaded: LoadedModel) -> set[type]:
+    return {type(m) for m in loaded.model.modules()}
 
 
-def _covered_skip(item: Loaded, namespace: ModuleType, covered: set[type], where: str) -> bool:
-    """A class skipped for its arguments that a factory or another model builds anyway (kuangliu's `ResNet`,
-    built by `ResNet18()`) is audited there: no skipped record for it."""
-    if not isinstance(item, Skipped):
+def _covered(item: Loaded, namespace: ModuleType, results: list[Loaded]) -> bool:
+    """A class another model of the file holds (built there, or skipped for its arguments, like kuangliu's
+    `ResNet` built by `ResNet18()`) is audited as part of it, not on its own."""
+    obj = vars(namespace).get(item.label.rsplit(":", 1)[-1])
+    if not inspect.isclass(obj) or isinstance(item, BuildFailure) or (isinstance(item, LoadedModel) and type(item.model) is not obj):
         return False
-    obj = vars(namespace).get(item.label[len(where) + 1:])
-    return inspect.isclass(obj) and obj in covered
+    return any(obj in _types_of(other) for other in results if isinstance(other, LoadedModel) and other is not item)
+
+
+def _unaccounted(namespace: ModuleType, plan: FilePlan | None, where: str, results: list[Loaded]) -> list[Skipped]:
+    """A Skipped record for every nn.Module class of the file that no result stands for and no model holds."""
+    named = {r.label.rsplit(":", 1)[-1] for r in results}
+    held = {t for r in results if isinstance(r, LoadedModel) for t in _types_of(r)}
+    missing = []
+    for name, obj in vars(namespace).items():
+        if (inspect.isclass(obj) and issubclass(obj, nn.Module) and getattr(obj, "__module__", None) == namespace.__name__
+                and name == obj.__name__ and name not in named and obj not in held):
+            reason = ("abstract: it cannot be built on its own" if inspect.isabstract(obj)
+                      else f"no model of the file builds it; audit it with `audit {where}:{name}`")
+            missing.append(Skipped(f"{where}:{name}", f"not audited: {reason}", discovery.class_record(obj, plan)))
+    return missing + nested_classes(plan, where, named)
+
+
+def nested_classes(plan: FilePlan | None, where: str, named: Collection[str] = ()) -> list[Skipped]:
+    """The model classes the file defines where its import does not reach (inside a function, a class or the
+    main guard): named, since no audit of the file can build them."""
+    if plan is None:
+        return []
+    return [Skipped(f"{where}:{name}", f"not audited: defined {scope}, which the audit does not run; define it at the top "
+                                       f"level of the file to audit it", ClassRecord(name, *plan.where(line)))
+            for name, (line, scope) in plan.nested.items() if name not in named]
+
+
+def _unimported(plan: FilePlan | None, where: str, error: TargetError) -> list[Skipped]:
+    """The file's model classes (as its source declares them) when its import failed: named, never dropped."""
+    if plan is None:
+        return []
+    return [Skipped(f"{where}:{name}", f"not audited: importing {where} failed ({str(error).split(': ', 1)[-1]})",
+                    ClassRecord(name, *plan.where(entry.line)))
+            for name, entry in plan.classes.items() if entry.model] + nested_classes(plan, where)
 
 
 def _is_model_like(obj: Any, namespace: ModuleType) -> bool:

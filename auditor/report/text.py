@@ -23,7 +23,7 @@ def print_report(report: Report, console: Console, *, quiet: bool = False, verbo
         if result.status == "skipped" or (result.status == "error" and not result.findings):
             continue  # skipped ones are listed below; what failed is said on stderr (by the CLI), with any findings here
         partial = result.capture is not None and result.capture.stopped is not None
-        guessed = result.capture is not None and result.capture.guessed
+        guessed = (result.capture is not None and result.capture.guessed) or bool(result.built and "guessed" in result.built)  # inputs or arguments
         if result.findings or partial or ((verbose or guessed or result.probes) and not quiet) or result.fixes or result.fixed_path:
             _print_result(result, console, verbose=verbose, quiet=quiet, diff=diff)
     if not quiet:
@@ -31,6 +31,9 @@ def print_report(report: Report, console: Console, *, quiet: bool = False, verbo
         fixes = fix_summary_line(report)
         if fixes is not None:
             console.print(fixes)
+        classes = classes_line(report)
+        if classes is not None:
+            console.print(classes)
         console.print(summary_line(report))
         stale = stale_note(report)
         if stale is not None:
@@ -62,6 +65,12 @@ def _print_result(result: TargetResult, console: Console, *, verbose: bool, quie
                 console.print(Text(f"  note: {note}", style="dim"))
     elif result.capture is not None and result.capture.stopped:  # what was not audited, said without -v
         console.print(Text(f"  note: {result.capture.stopped}", style="yellow"))
+    if result.built and (verbose or result.built != "built from its defaults"):
+        console.print(Text(f"  {result.built}", style="yellow" if "guessed" in result.built else "dim"))
+    covered = [c.name for c in (result.capture.classes if result.capture is not None else []) if c != result.model_class]
+    if covered:
+        shown = ", ".join(covered[:8]) + (f" and {len(covered) - 8} more" if len(covered) > 8 else "")
+        console.print(Text(f"  covers: {shown}", style="dim"))
     if not quiet:
         _print_applied(result, console, verbose=verbose)
     ordered = sorted(result.findings, key=lambda f: (-f.severity, f.file or "", f.line or 0, f.code))
@@ -110,17 +119,28 @@ def _print_written(result: TargetResult, console: Console, *, diff: bool) -> Non
 
 
 def _print_skipped(report: Report, console: Console) -> None:
-    """Models found but not audited, each with why and the command that audits it: never a silent pass."""
-    skipped = report.skipped
-    if not skipped:
-        return
-    console.print(Text(f"Not audited ({len(skipped)}):", style="bold yellow"))
-    for result in skipped:
-        line = Text("  ")
-        line.append(result.target, style="bold")
-        line.append(f" skipped: {result.reason}")
-        console.print(line)
-    console.print()
+    """Models found but not audited, each with why and the command that audits it: never a silent pass; then
+    the files whose models could not even be listed."""
+    for title, results in (("Not audited", report.skipped), ("Not imported", report.files_not_read)):
+        if not results:
+            continue
+        console.print(Text(f"{title} ({len(results)}):", style="bold yellow"))
+        for result in results:
+            line = Text("  ")
+            line.append(result.target, style="bold")
+            line.append(f" skipped: {result.reason}")
+            console.print(line)
+        console.print()
+
+
+def classes_line(report: Report) -> Text | None:
+    """"12 classes: 8 audited, 3 covered, 1 not audited": every nn.Module class the run found, once."""
+    counts = report.classes()
+    if not counts["defined"]:
+        return None
+    text = Text(f"{_plural(counts['defined'], 'class')}: {counts['audited']} audited, {counts['covered']} covered")
+    text.append(f", {counts['not_audited']} not audited", style="yellow" if counts["not_audited"] else "")
+    return text
 
 
 def finding_text(finding: Finding, group: Group | None = None) -> Text:
@@ -216,4 +236,4 @@ def _skipped_note(skipped: int) -> str:
 
 
 def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith("x") else "s")
+    return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith(("x", "s")) else "s")

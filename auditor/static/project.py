@@ -54,6 +54,10 @@ class Project:
             self._facts[path] = _read_facts(path, tree)
         return self._facts[path]
 
+    def known(self, path: Path) -> FileFacts | None:
+        """The facts of a file already read this run (no reading here)."""
+        return self._facts.get(path.resolve())
+
     def reaches_torch(self, path: Path) -> bool:
         """Whether the file imports torch (or a package built on it), itself or through its local imports."""
         return any(self.facts(p).imports_torch for p in self.closure(path))
@@ -88,12 +92,12 @@ def _read_facts(path: Path, tree: ast.Module | None) -> FileFacts:
         except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
             return FileFacts(path, None)
     facts = FileFacts(path, tree)
-    roots = _search_roots(path)
+    roots = search_roots(path)
     for statement in module_statements(tree.body):
         if isinstance(statement, ast.Import):
             for alias in statement.names:
                 facts.imports_torch |= alias.name.split(".")[0] in TORCH_PACKAGES
-                facts.local_imports.extend(_local_module(alias.name.split("."), roots))
+                facts.local_imports.extend(local_module(alias.name.split("."), roots))
         elif isinstance(statement, ast.ImportFrom):
             module = (statement.module or "").split(".") if statement.module else []
             if statement.level == 0:
@@ -104,9 +108,9 @@ def _read_facts(path: Path, tree: ast.Module | None) -> FileFacts:
                 for _ in range(statement.level - 1):
                     base = base.parent
                 bases = [base]
-            found = _local_module(module, bases) if module else []
+            found = local_module(module, bases) if module else []
             for alias in statement.names:  # `from pkg import submodule`
-                found.extend(_local_module([*module, alias.name], bases, parents=False))
+                found.extend(local_module([*module, alias.name], bases, parents=False))
             facts.local_imports.extend(found)
     facts.local_imports = [p for p in dict.fromkeys(facts.local_imports) if p != path] + _package_inits(path)
     return facts
@@ -122,15 +126,15 @@ def module_file(importer: Path, module: str, level: int = 0) -> Path | None:
             base = base.parent
         bases = [base]
     else:
-        bases = _search_roots(importer.resolve())
+        bases = search_roots(importer.resolve())
     if not parts:
         init = bases[0] / "__init__.py"
         return init if init.is_file() else None
-    found = _local_module(parts, bases)
+    found = local_module(parts, bases)
     return found[-1] if found else None
 
 
-def _search_roots(path: Path) -> list[Path]:
+def search_roots(path: Path) -> list[Path]:
     """Where `import x` finds the user's own modules: the file's folder and the top of its package."""
     roots = [path.parent]
     folder = path.parent
@@ -141,7 +145,7 @@ def _search_roots(path: Path) -> list[Path]:
     return roots
 
 
-def _local_module(parts: list[str], bases: list[Path], parents: bool = True) -> list[Path]:
+def local_module(parts: list[str], bases: list[Path], parents: bool = True) -> list[Path]:
     """The files `import a.b.c` runs below the first base that has them: a/__init__.py, a/b/__init__.py and
     a/b/c.py (or a/b/c/__init__.py). Empty for a module that is not the user's (an installed package)."""
     for base in bases:

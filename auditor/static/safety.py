@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 # Modules whose every function touches files, processes, the network or the machine.
 _HAZARD_MODULES = frozenset({
@@ -82,6 +82,13 @@ class Hazard:
 def import_hazard(tree: ast.Module) -> Hazard | None:
     """The first top-level statement that is not a declaration, or None when the file is safe to import."""
     return _Checker(tree).statements(tree.body)
+
+
+def constructor_hazards(tree: ast.Module) -> Callable[[str], Hazard | None]:
+    """For a class of the file, what building it would do that a declaration does not (downloading weights,
+    reading or writing files, starting processes): its `__init__` and the methods it calls on `self`."""
+    checker = _Checker(tree)
+    return lambda name: checker.body_hazard(name) if name in checker.classes else None
 
 
 def module_statements(body: Iterable[ast.stmt]) -> Iterator[ast.stmt]:

@@ -1,0 +1,289 @@
+"""Auditing the models a repository has with no arguments: constructor arguments read from the repository's own
+calls (scripts, argparse defaults, config files, dataclass configs, factories, constants), guesses marked as such,
+wrappers built around the repository's models, models in notebooks and in folders without `__init__.py`, and
+every nn.Module class accounted for once: audited, covered inside an audited model, or not audited with why.
+
+The repositories are tiny fixtures in tests/fixtures/repos, one per style (a requirements.txt marks each root)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from auditor.static.plan import Planner
+from auditor.static.project import Project
+from auditor.static.repository import Repository
+from auditor.static.values import Call, tensor_spec
+from support import FIXTURES, cli, run
+
+REPOS = FIXTURES / "repos"
+
+
+def plan(repo: str, file: str):
+    root = REPOS / repo
+    return Planner(Repository(root, Project())).file_plan(root / file)
+
+
+def results(report) -> dict[str, object]:
+    return {r.target.split("repos/", 1)[-1]: r for r in report.results}
+
+
+def classes(result) -> list[str]:
+    return [c.name for c in result.capture.classes]
+
+
+# --- constructor arguments from the repository itself ----------------------------------------------------------
+def test_a_training_scripts_call_and_its_argparse_defaults_build_the_model():
+    """`model = Net(num_classes=10, hidden=args.hidden)` with `--hidden` defaulting to 32, in a script never run."""
+    entry = plan("classifier", "models.py").classes["Net"]
+    assert dict(entry.build.kwargs) == {"num_classes": 10, "hidden": 32}
+    assert entry.build.source.endswith("classifier/train.py:14") and not entry.build.guessed
+    report = run(REPOS / "classifier")
+    net = results(report)["classifier/models.py:Net"]
+    assert net.status == "ok" and net.built == "built as in tests/fixtures/repos/classifier/train.py:14"
+
+
+def test_the_training_loops_batch_is_the_forward_call_inputs_read():
+    [call] = plan("classifier", "models.py").classes["Net"].forward_calls
+    assert call.line == 18 and [a.text for a in call.args] == ["images"]
+    assert call.args[0].bound == "for (images, labels) in loader:"
+
+
+def test_a_package_imported_by_name_and_its_parts_are_covered():
+    """`from unet import UNet` (re-exported by unet/__init__.py), built under the main guard; its parts, in
+    another file, are covered by it, not skipped."""
+    assert dict(plan("unet", "unet/model.py").classes["UNet"].build.kwargs) == {"n_channels": 3, "n_classes": 2}
+    report = run(REPOS / "unet")
+    found = results(report)
+    assert found["unet/unet/model.py:UNet"].status == "ok"
+    assert classes(found["unet/unet/model.py:UNet"]) == ["UNet", "DoubleConv", "Up"]
+    assert not [r for r in report.results if r.status == "skipped"]  # parts.py's blocks: dropped once covered
+    assert report.classes() == {"defined": 3, "audited": 1, "covered": 2, "not_audited": 0}
+
+
+def test_a_dataclass_config_from_script_constants_and_a_dict():
+    """nanoGPT's train.py: module constants into `dict(...)`, a key set from a value a pickle may replace."""
+    build = plan("gpt", "model.py").classes["GPT"].build
+    [(name, config)] = build.kwargs
+    assert name == "config" and isinstance(config, Call) and config.func.name == "GPTConfig"
+    assert config.keywords() == {"n_layer": 2, "n_embd": 32, "block_size": 16, "vocab_size": 96}
+    gpt = results(run(REPOS / "gpt"))["gpt/model.py:GPT"]
+    assert gpt.status == "ok" and classes(gpt) == ["GPT", "Block"]
+
+
+def test_a_factory_that_needs_an_argument_is_built_as_the_repository_calls_it():
+    report = run(REPOS / "factory")
+    found = results(report)
+    assert found["factory/resnet.py:build"].status == "ok" and found["factory/resnet.py:build"].built.endswith("factory/main.py:5")
+    assert classes(found["factory/resnet.py:build"]) == ["ResNet", "BasicBlock"]
+    assert report.classes() == {"defined": 2, "audited": 1, "covered": 1, "not_audited": 0}
+
+
+def test_a_yaml_config_the_script_reads_by_a_literal_path():
+    assert dict(plan("yaml_config", "net.py").classes["MLP"].build.kwargs) == {"in_dim": 12, "hidden": 24, "n_classes": 3}
+
+
+def test_constants_imported_from_another_module_and_the_forward_input_they_make():
+    entry = plan("rl", "policy.py").classes["Policy"]
+    assert dict(entry.build.kwargs) == {"obs_dim": 8, "act_dim": 4, "hidden": 32}
+    [call] = entry.forward_calls
+    assert tensor_spec(call.args[0].value) == "1,8" and call.args[0].bound == "obs = torch.zeros(1, config.OBS_DIM)"
+
+
+def test_values_the_data_decides_are_guessed_and_said_so():
+    """`GCN(nfeat=features.shape[1], nhid=args.hidden, nclass=labels.max().item() + 1, ...)`."""
+    build = plan("gcn", "models.py").classes["GCN"].build
+    assert dict(build.kwargs) == {"nfeat": 64, "nhid": 16, "nclass": 10, "dropout": 0.5}
+    assert build.guessed == ("nfeat=64", "nclass=10")
+    assert build.source.endswith("gcn/train.py:13; guessed nfeat=64, nclass=10")
+
+
+# --- wrappers, guesses, what cannot be built -------------------------------------------------------------------
+def test_wrappers_are_built_around_a_model_of_the_repository():
+    report = run(REPOS / "wrapper")
+    found = results(report)
+    assert found["wrapper/models.py:Classifier"].built.endswith("wrapper/train.py:3")  # its call passes Backbone(width=8)
+    ema = found["wrapper/models.py:EMA"]
+    assert ema.status == "ok" and ema.built == "built with guessed arguments: model=Backbone(width=8)"
+    assert classes(ema) == ["EMA", "Backbone"]
+    text = cli(str(REPOS / "wrapper")).stdout
+    assert "built with guessed arguments: model=Backbone(width=8)" in text  # a guess is visible without -v
+
+
+def test_a_module_argument_nothing_can_fill_is_never_hinted_as_json(tmp_path):
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "wrap.py").write_text("import torch.nn as nn\n\n\nclass Frozen(nn.Module):\n    def __init__(self, model):\n"
+                                      "        super().__init__()\n        self.model = model.eval()\n\n    def forward(self, x):\n"
+                                      "        return self.model(x)\n")
+    [_, skipped] = run(tmp_path).results
+    assert skipped.status == "skipped" and '"model"' not in skipped.reason
+    assert "takes a module, which --kwargs cannot give" in skipped.reason and "def build(): return Frozen(...)" in skipped.reason
+
+
+def test_defaults_of_none_that_crash_need_arguments_and_are_no_failure(tmp_path):
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "net.py").write_text("import torch.nn as nn\n\n\nclass Net(nn.Module):\n    def __init__(self, layers=None):\n"
+                                     "        super().__init__()\n        self.body = nn.Sequential(*[nn.Linear(n, n) for n in layers])\n")
+    report = run(tmp_path)
+    [_, skipped] = report.results
+    assert skipped.status == "skipped" and skipped.reason.startswith("needs constructor arguments: layers")
+    assert report.exit_code(fail_on=3) == 0
+
+
+def test_a_constructor_that_would_download_is_not_built_during_discovery(tmp_path):
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "net.py").write_text("import torch.nn as nn\nimport torch.hub\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+                                     "        super().__init__()\n        self.fc = nn.Linear(2, 2)\n"
+                                     "        self.load_state_dict(torch.hub.load_state_dict_from_url('https://example.com/w.pt'))\n")
+    [_, skipped] = run(tmp_path).results
+    assert skipped.status == "skipped"
+    assert skipped.reason.startswith("not built: its constructor would run `torch.hub.load_state_dict_from_url(...)` at line 9")
+
+
+# --- where models live -----------------------------------------------------------------------------------------
+def test_notebook_models_are_audited_without_running_data_or_training_cells():
+    """The data cell opens a file that does not exist and the training cell loops: neither runs."""
+    report = run(REPOS / "notebook" / "seq2seq.ipynb")
+    found = results(report)
+    model = found["notebook/seq2seq.ipynb:Seq2Seq"]
+    assert model.status == "ok" and classes(model) == ["Seq2Seq", "Encoder", "Decoder"]
+    assert model.built.startswith("built as in tests/fixtures/repos/notebook/seq2seq.ipynb:cell 8:4; guessed input_dim=64 (Encoder)")
+    [dro] = [f for f in model.findings if f.code == "DRO001"]
+    assert (dro.file, dro.line) == ("tests/fixtures/repos/notebook/seq2seq.ipynb:cell 6", 6)  # self.drop = nn.Dropout(0.5)
+    assert [c.file for c in model.capture.classes] == ["tests/fixtures/repos/notebook/seq2seq.ipynb:cell 7",
+                                                       "tests/fixtures/repos/notebook/seq2seq.ipynb:cell 5",
+                                                       "tests/fixtures/repos/notebook/seq2seq.ipynb:cell 6"]
+    done = cli(str(REPOS / "notebook"))
+    assert "notebook/seq2seq.ipynb:cell 6:6 warning DRO001" in done.stdout
+
+
+def test_a_folder_with_a_notebook_says_when_nbformat_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nbformat", None)  # `import nbformat` raises ImportError
+    [result] = run(REPOS / "notebook" / "seq2seq.ipynb").results
+    assert result.status == "skipped" and "reading notebooks needs nbformat" in result.reason
+
+
+def test_relative_imports_in_a_folder_without_init():
+    found = results(run(REPOS / "relative"))
+    model = found["relative/convnets/convnext_isotropic.py:ConvNeXtIsotropic"]
+    assert model.status == "ok" and classes(model) == ["ConvNeXtIsotropic", "Block"]
+
+
+def test_private_names_and_a_misnamed_constructor():
+    report = run(REPOS / "private")
+    found = results(report)
+    assert found["private/nets.py:_model"].status == "ok" and classes(found["private/nets.py:_model"]) == ["_Backbone"]
+    forgotten = found["private/nets.py:Forgotten"]
+    assert forgotten.status == "skipped" and "its constructor is named `init`, not `__init__`" in forgotten.reason
+
+
+def test_a_model_whose_base_only_the_runtime_mro_reveals(tmp_path, monkeypatch):
+    """A base class from an installed wrapper package whose name says nothing (`wrapperlib.Base`)."""
+    library = tmp_path / "lib" / "wrapperlib"
+    library.mkdir(parents=True)
+    (library / "__init__.py").write_text("import torch.nn as nn\n\n\nclass Base(nn.Module):\n    pass\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "requirements.txt").write_text("wrapperlib\n")
+    (repo / "net.py").write_text("import torch\nimport torch.nn as nn\nfrom wrapperlib import Base\n\n\nclass Net(Base):\n    def __init__(self, num_classes):\n"
+                                 "        super().__init__()\n        self.fc = nn.Linear(4, num_classes)\n\n    def forward(self, x):\n        return self.fc(x)\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    [_, net] = run(repo).results
+    assert net.status == "ok" and net.built == "built with guessed arguments: num_classes=10"
+
+
+# --- every class accounted for ---------------------------------------------------------------------------------
+def test_every_class_appears_once_even_when_its_file_fails_to_import(tmp_path):
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "net.py").write_text("import torch.nn as nn\nfrom torch import not_in_torch_xyz\n\n\nclass Block(nn.Module):\n    pass\n\n\n"
+                                     "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.b = Block()\n")
+    report = run(tmp_path)
+    statuses = {r.target.rsplit("/", 1)[-1]: r.status for r in report.results}
+    assert statuses == {"net.py": "error", "net.py:Block": "skipped", "net.py:Net": "skipped"}
+    assert report.classes() == {"defined": 2, "audited": 0, "covered": 0, "not_audited": 2}
+
+
+def test_packages_that_are_not_installed_are_stood_in_for_until_a_model_needs_them(tmp_path):
+    """`import wandb` at the top of a model file: the models that do not use it are audited; one whose forward
+    does is not audited, saying what to install; an import guard's fallback is kept."""
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "net.py").write_text(
+        "import torch.nn as nn\nimport wandb_not_installed_xyz as wandb\nfrom sklearn_not_installed_xyz.metrics import f1_score\n"
+        "try:\n    from apex_not_installed_xyz import FusedLayerNorm as LayerNorm\nexcept ImportError:\n    LayerNorm = nn.LayerNorm\n\n"
+        "\n\n@wandb.log_calls\ndef step(x):\n    return x\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.norm = LayerNorm(4)\n\n    def forward(self, x):\n        return self.norm(x)\n\n\n"
+        "class Scored(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(4, 2)\n\n"
+        "    def forward(self, x):\n        return f1_score(self.fc(x), x)\n")
+    found = {r.target.rsplit("/", 1)[-1]: r for r in run(tmp_path).results}
+    assert found["net.py:Net"].status == "ok"
+    assert "imported without wandb_not_installed_xyz, sklearn_not_installed_xyz (not installed; building this model did not need it)" in found["net.py:Net"].capture.notes
+    assert found["net.py:Scored"].status == "skipped"
+    assert found["net.py:Scored"].reason == ("not audited: auditing it needs sklearn_not_installed_xyz, which is not installed "
+                                            "(`pip install sklearn-not-installed-xyz`)")
+
+
+def test_a_scripts_classes_are_all_listed_blocks_included(tmp_path):
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "train.py").write_text("import torch.nn as nn\n\n\nclass Block(nn.Module):\n    pass\n\n\nclass Net(nn.Module):\n"
+                                       "    def __init__(self):\n        super().__init__()\n        self.b = Block()\n\n\nNet().train_loop()\n")
+    skipped = [r for r in run(tmp_path).results if r.status == "skipped"]
+    assert [r.target.rsplit("/", 1)[-1] for r in skipped] == ["train.py:Block", "train.py:Net"]
+    assert all(r.model_class is not None and r.reason.startswith("not imported: `Net().train_loop(...)` at line 14 would run on import") for r in skipped)
+
+
+def test_classes_the_import_does_not_reach_are_named(tmp_path):
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "m.py").write_text("import torch.nn as nn\n\n\ndef make():\n    class Inner(nn.Module):\n        pass\n    return Inner\n\n\n"
+                                   "if __name__ == '__main__':\n    class Debug(nn.Module):\n        pass\n")
+    report = run(tmp_path)
+    reasons = {r.target.rsplit("/", 1)[-1]: r.reason for r in report.skipped}
+    assert reasons == {"m.py:Inner": "not audited: defined inside `make()`, which the audit does not run; define it at the top level of the file to audit it",
+                       "m.py:Debug": "not audited: defined under `if __name__ == \"__main__\":`, which the audit does not run; define it at the top level of the file to audit it"}
+    assert report.classes()["not_audited"] == 2
+
+
+def test_the_summary_counts_classes_and_json_lists_the_covered_ones():
+    done = cli(str(REPOS / "unet"), "--format", "json")
+    document = json.loads(done.stdout)
+    [unet] = [r for r in document["results"] if r["target"].endswith(":UNet")]
+    assert unet["capture"]["classes"] == [
+        {"name": "UNet", "file": "tests/fixtures/repos/unet/unet/model.py", "line": 6},
+        {"name": "DoubleConv", "file": "tests/fixtures/repos/unet/unet/parts.py", "line": 5},
+        {"name": "Up", "file": "tests/fixtures/repos/unet/unet/parts.py", "line": 17},
+    ]
+    assert unet["built"] == "built as in tests/fixtures/repos/unet/train.py:6"
+    assert document["summary"]["classes"] == {"defined": 3, "audited": 1, "covered": 2, "not_audited": 0}
+    assert "3 classes: 1 audited, 2 covered, 0 not audited" in cli(str(REPOS / "unet")).stdout
+
+
+# --- --kwargs on whole files -----------------------------------------------------------------------------------
+def test_kwargs_on_a_folder_apply_where_accepted_and_an_unknown_key_is_a_usage_error():
+    done = cli(str(REPOS / "rl"), "--kwargs", '{"hidden": 8}', "--format", "json")
+    [policy] = [r for r in json.loads(done.stdout)["results"] if r["target"].endswith(":Policy")]
+    assert policy["status"] == "ok" and policy["built"].endswith("rl/main.py:8; --kwargs hidden")
+    wrong = cli(str(REPOS / "rl"), "--kwargs", '{"hiden": 8}')
+    assert wrong.returncode == 2 and wrong.stdout == ""
+    assert wrong.stderr.strip() == ("audit: error: --kwargs: no model in the 3 audited files takes 'hiden' "
+                                    "(their parameters: act_dim, hidden, obs_dim)")
+
+
+@pytest.mark.parametrize("repo", sorted(p.name for p in REPOS.iterdir() if p.is_dir()))
+def test_no_fixture_repository_leaves_a_class_unaccounted(repo):
+    """Every nn.Module class a fixture repository defines is audited, covered, or named as not audited."""
+    report = run(REPOS / repo)
+    counts = report.classes()
+    assert counts["defined"] == counts["audited"] + counts["covered"] + counts["not_audited"] > 0
+    named = {(r.model_class.key[1]) for r in report.results if r.model_class is not None}
+    named |= {c.name for r in report.results if r.capture is not None for c in r.capture.classes}
+    defined = {n for p in (REPOS / repo).rglob("*.py") for n in _classes(p)}
+    assert defined <= named, defined - named
+
+
+def _classes(path: Path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    return {n.name for n in tree.body if isinstance(n, ast.ClassDef) and not n.name.endswith("Config")}
