@@ -195,6 +195,26 @@ def test_a_model_whose_base_only_the_runtime_mro_reveals(tmp_path, monkeypatch):
     assert net.status == "ok" and net.built == "built with guessed arguments: num_classes=10"
 
 
+def test_a_kaggle_style_model_is_built_without_its_pretrained_weights(tmp_path, monkeypatch):
+    """`CustomModel(CFG, pretrained=True)` around a model zoo's `create_model(name, pretrained=pretrained)`."""
+    library = tmp_path / "lib"
+    library.mkdir()
+    (library / "fakezoo.py").write_text("import torch.nn as nn\n\n\ndef create_model(name, pretrained=False):\n    if pretrained:\n"
+                                        "        raise RuntimeError('would download ' + name)\n    return nn.Sequential(nn.Linear(8, 8), nn.ReLU())\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "requirements.txt").write_text("fakezoo\n")
+    (repo / "model.py").write_text("import torch.nn as nn\nimport fakezoo\n\n\nclass CFG:\n    model_name = 'mlp'\n    target_size = 3\n\n\n"
+                                   "class CustomModel(nn.Module):\n    def __init__(self, cfg, pretrained=False):\n        super().__init__()\n"
+                                   "        self.model = fakezoo.create_model(cfg.model_name, pretrained=pretrained)\n"
+                                   "        self.fc = nn.Linear(8, cfg.target_size)\n\n    def forward(self, x):\n        return self.fc(self.model(x))\n")
+    (repo / "train.py").write_text("from model import CFG, CustomModel\n\nmodel = CustomModel(CFG, pretrained=True)\nmodel.fit()\n")
+    monkeypatch.syspath_prepend(str(library))
+    found = {r.target.rsplit("/", 1)[-1]: r for r in run(repo).results}
+    model = found["model.py:CustomModel"]
+    assert model.status == "ok" and model.built == f"built as in {repo}/train.py:3; pretrained=False (nothing is downloaded)"
+
+
 # --- every class accounted for ---------------------------------------------------------------------------------
 def test_every_class_appears_once_even_when_its_file_fails_to_import(tmp_path):
     (tmp_path / "requirements.txt").write_text("torch\n")
@@ -204,6 +224,28 @@ def test_every_class_appears_once_even_when_its_file_fails_to_import(tmp_path):
     statuses = {r.target.rsplit("/", 1)[-1]: r.status for r in report.results}
     assert statuses == {"net.py": "error", "net.py:Block": "skipped", "net.py:Net": "skipped"}
     assert report.classes() == {"defined": 2, "audited": 0, "covered": 0, "not_audited": 2}
+
+
+def test_a_missing_packages_registry_decorator_keeps_the_class(tmp_path):
+    """`@BACKBONES.register_module()` from a package that is not installed: registering changes nothing here."""
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "net.py").write_text("import torch.nn as nn\nfrom mmcv_not_installed_xyz import BACKBONES\n\n\n@BACKBONES.register_module()\n"
+                                     "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(4, 2)\n\n"
+                                     "    def forward(self, x):\n        return self.fc(x)\n")
+    found = {r.target.rsplit("/", 1)[-1]: r for r in run(tmp_path).results}
+    assert found["net.py:Net"].status == "ok"
+
+
+def test_a_class_its_own_file_renames_is_named_not_dropped(tmp_path):
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "net.py").write_text("import torch.nn as nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                                     "        self.fc = nn.Linear(4, 2)\n\n\nNet = 3\n")
+    report = run(tmp_path)
+    [skipped] = [r for r in report.results if r.target.endswith("net.py:Net")]
+    assert skipped.status == "skipped" and skipped.model_class.line == 4
+    assert skipped.reason == (f"not audited: after {tmp_path / 'net.py'} is imported, `Net` no longer names the class "
+                              "(it holds int: a decorator or a later assignment replaced it)")
+    assert report.classes()["not_audited"] == 1
 
 
 def test_packages_that_are_not_installed_are_stood_in_for_until_a_model_needs_them(tmp_path):
@@ -287,3 +329,28 @@ def _classes(path: Path) -> set[str]:
 
     tree = ast.parse(path.read_text())
     return {n.name for n in tree.body if isinstance(n, ast.ClassDef) and not n.name.endswith("Config")}
+
+
+# --- reading values from source ----------------------------------------------------------------------------------
+MODEL = "import torch.nn as nn\n\n\nclass Net(nn.Module):\n    def __init__(self, width, depth=1):\n        super().__init__()\n"
+
+
+@pytest.mark.parametrize("script, expected", [
+    ("from opts import get_args\nfrom net import Net\n\nargs = get_args()\nNet(args.width, depth=args.depth)\n", {"width": 12, "depth": 3}),
+    ("import argparse\nfrom net import Net\np = argparse.ArgumentParser()\np.add_argument('--width', type=int, default='7')\n"
+     "args, _ = p.parse_known_args()\nargs.depth = args.width * 2\nNet(**vars(args))\n", {"width": 7, "depth": 14}),
+    ("import json\nfrom net import Net\nwith open('cfg.json') as f:\n    cfg = json.load(f)\nNet(cfg['net']['width'])\n", {"width": 5}),
+    ("from net import Net\nWIDTH = 4\nsizes = [WIDTH * k for k in (1, 2)]\nfor w in [WIDTH]:\n    Net(w, depth=len('ab'))\n", {"width": 4, "depth": 2}),
+    ("from net import Net\n\ndef build(width, depth=2):\n    return Net(width, depth)\n\nmodel = build(9)\n", {"width": 9, "depth": 2}),
+    ("from net import Net\nimport random\nwidth = 3\nif random.random() > 0.5:\n    width = int(input())\nNet(width)\n", {"width": 3}),
+])
+def test_what_reading_resolves(tmp_path, script, expected):
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "net.py").write_text(MODEL)
+    (tmp_path / "opts.py").write_text("import argparse\n\ndef get_args():\n    parser = argparse.ArgumentParser()\n"
+                                      "    parser.add_argument('--width', type=int, default=12)\n    parser.add_argument('--depth', default=3)\n"
+                                      "    return parser.parse_args()\n")
+    (tmp_path / "cfg.json").write_text('{"net": {"width": 5}}')
+    (tmp_path / "main.py").write_text(script)
+    build = Planner(Repository(tmp_path, Project())).file_plan(tmp_path / "net.py").classes["Net"].build
+    assert dict(build.kwargs) == expected and build.site is not None and not build.guessed

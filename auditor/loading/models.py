@@ -425,6 +425,12 @@ def _unaccounted(namespace: ModuleType, plan: FilePlan | None, where: str, resul
             reason = ("abstract: it cannot be built on its own" if inspect.isabstract(obj)
                       else f"no model of the file builds it; audit it with `audit {where}:{name}`")
             missing.append(Skipped(f"{where}:{name}", f"not audited: {reason}", discovery.class_record(obj, plan)))
+    for name, entry in (plan.classes.items() if plan is not None else ()):  # a model class its own file's import hid
+        value = vars(namespace).get(name)
+        if entry.model and name not in named and not inspect.isclass(value):
+            missing.append(Skipped(f"{where}:{name}", f"not audited: after {where} is imported, `{name}` no longer names the class "
+                                                      f"(it holds {type(value).__name__}: a decorator or a later assignment replaced it)",
+                                   ClassRecord(name, *plan.where(entry.line))))  # type: ignore[union-attr]
     return missing + nested_classes(plan, where, named)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import sys
 from importlib.abc import Loader, MetaPathFinder
 from importlib.machinery import ModuleSpec
@@ -38,6 +39,8 @@ class _PlaceholderType(type):
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         if _IMPORTING:
+            if len(args) == 1 and not kwargs and (inspect.isclass(args[0]) or inspect.isfunction(args[0])):
+                return args[0]  # a decorator (`@BACKBONES.register_module()`): registering changes nothing here
             return placeholder(f"{cls._auditor_path}()", cls._auditor_package)
         raise MissingPackage(cls._auditor_package)
 

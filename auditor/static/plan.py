@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from auditor.static.reader import CallSite, External, ModuleReading, _Frame, plan_value
 from auditor.static.repository import Repository, repository_files, signature
-from auditor.static.safety import constructor_hazards, is_main_guard, module_statements
+from auditor.static.safety import DOWNLOAD_FLAGS, constructor_hazards, is_main_guard, module_statements
 from auditor.static.values import CONFIG_PARAMETERS, CONFIG_SUFFIXES, Call, DefaultConfig, Namespace, Ref, Unknown, describe, is_known
 
 _MODEL_BASES = ("Module", "LightningModule", "PreTrainedModel", "ModelMixin")
@@ -100,10 +100,15 @@ class Build:
     site: str | None = None  # "train.py:41": the call it copies
     guessed: tuple[str, ...] = ()  # "num_classes=10" for each guessed value
     configured: tuple[str, ...] = ()  # "config=GPTConfig()": config objects built with their own defaults
+    offline: tuple[str, ...] = ()  # download flags turned off ("pretrained=False")
 
     @property
     def source(self) -> str:
         """What the result says about how the model was built."""
+        offline = f"; {', '.join(self.offline)} (nothing is downloaded)" if self.offline else ""
+        return self._how() + offline
+
+    def _how(self) -> str:
         if self.site is not None:
             text = f"built as in {self.site}"
             return text + (f"; guessed {', '.join(self.guessed)}" if self.guessed else "")
@@ -114,7 +119,7 @@ class Build:
 
     @property
     def from_defaults(self) -> bool:
-        return self.site is None and not self.guessed
+        return self.site is None and not self.guessed and not self.offline
 
 
 @dataclass
@@ -258,7 +263,8 @@ class Planner:
         return found
 
     def _building_blocks(self) -> dict[tuple[str, str], list[str]]:
-        """(path, name) of a model class -> labels of the other model classes and factories whose code uses it."""
+        """(path, name) of a model class or factory -> labels of the other model classes and factories whose code
+        uses it (`separable(8, 16, 1)` in a MobileNet's constructor)."""
         users: dict[tuple[str, str], list[str]] = {}
         for module in self.reader.modules.values():
             owners = [(n, c) for n, c in module.classes.items() if (str(module.path), n) in self._models]
@@ -275,7 +281,7 @@ class Planner:
                     value = self.reader.evaluate(reference, frame)
                     if isinstance(value, Ref) and value.path is not None:
                         key = (value.path, value.name)
-                        if key != (str(module.path), name) and key in self._models and key not in seen:
+                        if key != (str(module.path), name) and (key in self._models or key in self._factories) and key not in seen:
                             seen.add(key)
                             users.setdefault(key, []).append(label)
         return users
@@ -450,7 +456,8 @@ class Planner:
         if not self._importable(kwargs):
             return None
         where = self.repository.where(site.file, site.line) if site.args or site.kwargs else None  # `Net()`: its defaults
-        return Build(kwargs=tuple(kwargs.items()), site=where, guessed=tuple(guessed), configured=tuple(configured))
+        offline = self._offline(parameters, kwargs)
+        return Build(kwargs=tuple(kwargs.items()), site=where, guessed=tuple(guessed), configured=tuple(configured), offline=offline)
 
     def _from_defaults(self, ref: Ref, parameters: tuple[Parameter, ...]) -> tuple[Build | None, list[str]]:
         filled = self._fill(ref, parameters, {})
@@ -459,7 +466,8 @@ class Planner:
         kwargs, guessed, configured = filled
         if not self._importable(kwargs):
             return None, [p.name for p in parameters if p.required]
-        return Build(kwargs=tuple(kwargs.items()), guessed=tuple(guessed), configured=tuple(configured)), []
+        offline = self._offline(parameters, kwargs)
+        return Build(kwargs=tuple(kwargs.items()), guessed=tuple(guessed), configured=tuple(configured), offline=offline), []
 
     def _unguessable(self, ref: Ref, parameters: tuple[Parameter, ...]) -> list[str]:
         return [p.name for p in parameters if p.required and self._guess(ref, p, parameters) is None] or [p.name for p in parameters if p.required]
@@ -488,6 +496,17 @@ class Planner:
             a_model = isinstance(guess, Call) and (guess.func.path or "", guess.func.name) in self._models
             (configured if isinstance(guess, (Call, DefaultConfig, Namespace)) and not a_model else guessed).append(f"{name}={describe(guess)}")
         return kwargs, guessed, configured
+
+    @staticmethod
+    def _offline(parameters: tuple[Parameter, ...], kwargs: dict[str, Any]) -> tuple[str, ...]:
+        """Download flags turned off (`pretrained=True` in the call or by default): the audit reads the
+        architecture, and never fetches weights."""
+        off = []
+        for parameter in parameters:
+            if parameter.name in DOWNLOAD_FLAGS and (kwargs.get(parameter.name) or (parameter.name not in kwargs and parameter.default not in (None, False, REQUIRED))):
+                kwargs[parameter.name] = False
+                off.append(f"{parameter.name}=False")
+        return tuple(off)
 
     def _complete(self, value: Any, guessed: list[str], depth: int = 0) -> Any:
         """A call of a repository class inside a value (`Seq2Seq(Encoder(len(vocab), 256), ...)`), its open

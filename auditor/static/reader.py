@@ -29,6 +29,7 @@ from auditor.static.values import ALLOWED_LIBRARY_PREFIXES, Call, Namespace, Ref
 MAX_DEPTH = 3  # local functions followed into, with known arguments
 MAX_STATEMENTS = 200_000  # per repository: reading stays a fraction of a second on ordinary repositories
 MAX_CONFIG_BYTES = 1 << 20
+MAX_UNROLLED = 64  # a `for` over a known table this long runs item by item
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 _SELF_RETURNING = frozenset({"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "eval", "train", "requires_grad_",
                              "share_memory", "apply", "type", "to_empty"})
@@ -36,6 +37,7 @@ _DICT_LIKE = frozenset({"EasyDict", "edict", "AttrDict", "DotMap", "Munch", "mun
 _PURE = {
     "len": len, "int": int, "float": float, "str": str, "bool": bool, "abs": abs, "round": round, "max": max, "min": min,
     "sum": sum, "tuple": tuple, "list": list, "sorted": sorted, "range": lambda *a: list(range(*a)),
+    "enumerate": lambda *a: list(enumerate(*a)), "zip": lambda *a: list(zip(*a)), "reversed": lambda a: list(reversed(a)),
 }
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
@@ -247,9 +249,10 @@ class RepositoryReader:
         elif isinstance(node, (ast.For, ast.AsyncFor)):
             iterable = self.evaluate(node.iter, frame)
             first = iterable[0] if isinstance(iterable, (list, tuple)) and iterable else Unknown(_text(node.iter))
-            if isinstance(iterable, (list, tuple)) and len(iterable) == 1:
-                self._assign(node.target, first, frame, node, header=True)
-                self._execute(node.body, frame)
+            if isinstance(iterable, (list, tuple)) and 0 < len(iterable) <= MAX_UNROLLED:  # a table walked item by item
+                for item in iterable:
+                    self._assign(node.target, item, frame, node, header=True)
+                    self._execute(node.body, frame)
             else:  # a loop runs its body more than once, or not at all: what it computes is not known after it
                 self._maybe(lambda inner: (self._assign(node.target, first, inner, node, header=True), self._execute(node.body, inner)),
                             frame, keep_known=False)
@@ -428,10 +431,41 @@ class RepositoryReader:
             return "".join(parts)
         if isinstance(node, ast.Call):
             return self._call(node, frame)
-        if isinstance(node, (ast.ListComp, ast.GeneratorExp, ast.SetComp, ast.DictComp, ast.Lambda)):
+        if isinstance(node, (ast.ListComp, ast.GeneratorExp, ast.SetComp, ast.DictComp)):
+            items: list[Any] = []
+            if self._comprehension(node, 0, frame, items):
+                return dict(items) if isinstance(node, ast.DictComp) else items
             self._comprehension_calls(node, frame)
             return Unknown(_text(node))
+        if isinstance(node, ast.Lambda):
+            return Unknown(_text(node))
         return Unknown(_text(node))
+
+    def _comprehension(self, node: Any, index: int, frame: _Frame, items: list[Any]) -> bool:
+        """A comprehension over known, small iterables, computed (`{k: getattr(args, k) for k in keys}`);
+        False when some iterable or condition is not known."""
+        if index == len(node.generators):
+            if isinstance(node, ast.DictComp):
+                key = self.evaluate(node.key, frame)
+                if not (is_known(key) and _hashable(key)):
+                    return False
+                items.append((key, self.evaluate(node.value, frame)))
+            else:
+                items.append(self.evaluate(node.elt, frame))
+            return len(items) <= MAX_UNROLLED * 4
+        generator = node.generators[index]
+        iterable = self.evaluate(generator.iter, frame)
+        if not isinstance(iterable, (list, tuple)) or len(iterable) > MAX_UNROLLED * 4:
+            return False
+        for item in iterable:
+            inner = frame.copy()
+            self._assign(generator.target, item, inner, ast.Pass(), header=True)
+            conditions = [self.evaluate(c, inner) for c in generator.ifs]
+            if not all(_plain(c) for c in conditions):
+                return False
+            if all(conditions) and not self._comprehension(node, index + 1, inner, items):
+                return False
+        return True
 
     def _comprehension_calls(self, node: ast.expr, frame: _Frame) -> None:
         """Calls inside a comprehension still build things (`[Block(dim) for _ in range(depth)]`): read them

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Collection, Iterable, Iterator
 
 # Modules whose every function touches files, processes, the network or the machine.
 _HAZARD_MODULES = frozenset({
@@ -49,6 +49,8 @@ _HAZARD_NAMES = frozenset({
 })
 # Keyword arguments that make a constructor download something.
 _DOWNLOADING = ("pretrained", "download", "weights")
+# Constructor parameters that turn a download on: a plan builds with them off (`auditor.static.plan`).
+DOWNLOAD_FLAGS = ("pretrained", "download", "pretrained_backbone", "use_pretrained", "load_pretrained", "imagenet_pretrained")
 
 # Calls a model file makes for their effect on the process, harmless to the tool (bare statements).
 _HARMLESS_CALLS = frozenset({
@@ -88,6 +90,7 @@ def constructor_hazards(tree: ast.Module) -> Callable[[str], Hazard | None]:
     """For a class of the file, what building it would do that a declaration does not (downloading weights,
     reading or writing files, starting processes): its `__init__` and the methods it calls on `self`."""
     checker = _Checker(tree)
+    checker.constructors = True
     return lambda name: checker.body_hazard(name) if name in checker.classes else None
 
 
@@ -163,6 +166,8 @@ class _Checker:
                 self.assigned.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
         self.local = set(self.functions) | set(self.classes) | self.assigned | set(self.aliases)
         self._bodies: dict[str, Hazard | None] = {}
+        self.constructors = False  # checking constructors a plan builds (download flags turned off), not an import
+        self.controlled: set[str] = set()  # download flags that are parameters of the function being checked
 
     # --- statements the import runs -------------------------------------------------------------------------
     def statements(self, body: Iterable[ast.stmt]) -> Hazard | None:
@@ -229,7 +234,7 @@ class _Checker:
         return None
 
     def call(self, call: ast.Call) -> Hazard | None:
-        if _is_hazard(call, self.aliases, self.local):
+        if _is_hazard(call, self.aliases, self.local, self.controlled):
             return Hazard(call.lineno, f"`{_source(call.func)}(...)`")
         name = call.func.id if isinstance(call.func, ast.Name) else None
         if name in self.functions or name in self.classes:  # the file's own code runs: check what it does
@@ -269,6 +274,9 @@ class _Checker:
         return reached
 
     def _block_hazard(self, definition: ast.AST) -> Hazard | None:
+        if self.constructors and isinstance(definition, (ast.FunctionDef, ast.AsyncFunctionDef)):  # `pretrained=pretrained`: the plan decides
+            arguments = definition.args
+            self.controlled = {a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]} & set(DOWNLOAD_FLAGS)
         for node in ast.walk(definition):
             if isinstance(node, ast.While):
                 return Hazard(node.lineno, "a `while` loop")
@@ -279,10 +287,10 @@ class _Checker:
         return None
 
 
-def _is_hazard(call: ast.Call, aliases: dict[str, str], local: set[str]) -> bool:
+def _is_hazard(call: ast.Call, aliases: dict[str, str], local: set[str], controlled: Collection[str] = ()) -> bool:
     name = dotted_name(call.func, aliases)
     last = call.func.attr if isinstance(call.func, ast.Attribute) else (call.func.id if isinstance(call.func, ast.Name) else "")
-    if last in _HAZARD_NAMES or any(_downloads(k) for k in call.keywords):
+    if last in _HAZARD_NAMES or any(_downloads(k, controlled) for k in call.keywords):
         return True
     if name is None:
         return False
@@ -301,11 +309,14 @@ def _decorator_arguments(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Clas
     return found
 
 
-def _downloads(keyword: ast.keyword) -> bool:
-    """`pretrained=True`, `download=True`, `weights="DEFAULT"`: the constructor fetches files."""
+def _downloads(keyword: ast.keyword, controlled: Collection[str] = ()) -> bool:
+    """`pretrained=True`, `download=True`, `weights="DEFAULT"`: the constructor fetches files (unless the value
+    is a download flag of the constructor being checked, which a plan turns off)."""
     if keyword.arg not in _DOWNLOADING:
         return False
     value = keyword.value
+    if isinstance(value, ast.Name) and value.id in controlled:
+        return False
     return not (isinstance(value, ast.Constant) and value.value in (None, False, 0, ""))
 
 
