@@ -91,6 +91,9 @@ class Engine:
             if planner is not None:
                 with self._planning():
                     planner.prepare(paths)
+        for target in targets:  # the plan is part of what a cached result is keyed on (auditor.cache.key)
+            if target.kind in (Kind.FILE, Kind.FILE_MEMBER) and target.path is not None:
+                target.plan = self.plan_of(target.path)
         self._check_kwargs([t for t in targets if t.kind is Kind.FILE and t.path is not None and (t.kwargs or self.options.kwargs)])
 
     def _check_kwargs(self, files: list[Target]) -> None:

@@ -276,3 +276,58 @@ def test_baselines_filter_what_the_cache_answers(project: Path) -> None:
     warm = cli(target, "--baseline", baseline, "--format", "json", "--fail-on", "info")
     assert (warm.returncode, warm.stdout) == (uncached.returncode, uncached.stdout) == (0, uncached.stdout)
     assert json.loads(warm.stdout)["baseline"]["hidden"] == 2
+
+
+BUILT_ELSEWHERE = '''
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self, width, dropout_first):
+        super().__init__()
+        self.first = nn.Linear(16, width)
+        self.pair = [nn.Dropout(0.1), nn.ReLU()] if dropout_first else [nn.ReLU(), nn.Dropout(0.1)]
+        self.body = nn.Sequential(self.first, *self.pair, nn.Linear(width, 4))
+
+    def forward(self, x):
+        return self.body(x)
+'''
+TRAIN = '''
+import json
+
+from net import Net
+
+with open("cfg.json") as f:
+    cfg = json.load(f)
+model = Net(WIDTH, dropout_first=cfg["dropout_first"])
+'''
+
+
+def test_constructor_arguments_read_from_other_files_are_part_of_the_key(tmp_path: Path) -> None:
+    """Net's arguments come from train.py's call and the cfg.json it reads (never run): an edit to either that
+    changes how Net is built re-audits net.py; an edit elsewhere, or one that changes nothing, does not."""
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'demo'\n")
+    (tmp_path / "net.py").write_text(BUILT_ELSEWHERE.lstrip())
+    (tmp_path / "train.py").write_text(TRAIN.lstrip().replace("WIDTH", "32"))
+    (tmp_path / "cfg.json").write_text('{"dropout_first": false}')
+    (tmp_path / "util.py").write_text("def helper(x):\n    return x + 1\n")
+    target = tmp_path / "net.py"
+
+    def net() -> dict:
+        return {r["target"]: r for r in after}[f"{target}:Net"]
+
+    first, after = audited(target)
+    assert first == [str(target)] and net()["findings"] == [] and net()["built"] == f"built as in {tmp_path}/train.py:7"
+    assert audited(target) == ([], after)
+
+    (tmp_path / "cfg.json").write_text('{"dropout_first": true}')  # a config the script reads
+    again, after = audited(target)
+    assert again == [str(target)] and [f["code"] for f in net()["findings"]] == ["DRO001"]
+
+    (tmp_path / "train.py").write_text(TRAIN.lstrip().replace("WIDTH", "48"))  # the call site itself
+    again, after = audited(target)
+    assert again == [str(target)] and net()["built"] == f"built as in {tmp_path}/train.py:7"
+
+    (tmp_path / "util.py").write_text("def helper(x):\n    return x + 2\n")  # a file that has no say in it
+    (tmp_path / "train.py").write_text(TRAIN.lstrip().replace("WIDTH", "48") + "print('done')\n")  # a line that has none
+    assert audited(target)[0] == []

@@ -143,6 +143,35 @@ def test_a_constructor_that_would_download_is_not_built_during_discovery(tmp_pat
     assert skipped.reason.startswith("not built: its constructor would run `torch.hub.load_state_dict_from_url(...)` at line 9")
 
 
+
+def test_a_constructor_that_reads_its_config_file_is_built(tmp_path):
+    """Reading a text config (`json.load(open(...))`) is what building the model it describes takes; writing one is not."""
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "widths.json").write_text('{"hidden": 8}')
+    (tmp_path / "net.py").write_text("import json\nfrom pathlib import Path\n\nimport torch.nn as nn\n\n\nclass Net(nn.Module):\n"
+                                     "    def __init__(self):\n        super().__init__()\n"
+                                     "        hidden = json.load(open(Path(__file__).parent / 'widths.json'))['hidden']\n"
+                                     "        self.fc = nn.Linear(4, hidden)\n\n    def forward(self, x):\n        return self.fc(x)\n\n\n"
+                                     "class Logged(Net):\n    def __init__(self):\n        super().__init__()\n"
+                                     "        open(Path(__file__).parent / 'log.txt', 'w').write('built')\n")
+    found = {r.target.rsplit("/", 1)[-1]: r for r in run(tmp_path).results}
+    assert found["net.py:Net"].status == "ok"
+    logged = found["net.py:Logged"]
+    assert logged.status == "skipped" and logged.reason.startswith("not built: its constructor would run `open(") and "(...)` at line 20" in logged.reason
+    assert not (tmp_path / "log.txt").exists()
+
+
+def test_the_repositorys_call_of_a_model_is_where_its_input_guess_starts(tmp_path):
+    """`model(torch.randn(2, 3, 20, 20))` in train.py: the audit feeds what the repository feeds, and says so."""
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "net.py").write_text("import torch.nn as nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                                     "        self.conv = nn.Conv2d(3, 8, 3)\n        self.act = nn.ReLU()\n\n"
+                                     "    def forward(self, x):\n        return self.act(self.conv(x))\n")
+    (tmp_path / "train.py").write_text("import torch\nfrom net import Net\n\nmodel = Net()\nloss = model(torch.randn(2, 3, 20, 20)).mean()\n")
+    net = {r.target.rsplit("/", 1)[-1]: r for r in run(tmp_path).results}["net.py:Net"]
+    [record] = net.capture.inputs
+    assert (record.name, record.spec, record.source) == ("x", "2,3,20,20", f"as {tmp_path}/train.py:5 makes it")
+
 # --- where models live -----------------------------------------------------------------------------------------
 def test_notebook_models_are_audited_without_running_data_or_training_cells():
     """The data cell opens a file that does not exist and the training cell loops: neither runs."""

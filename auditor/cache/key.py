@@ -2,7 +2,8 @@
 
 - The entry's address: what the run is (the auditor's code and its rule packs, torch's and Python's versions,
   the environment that decides where imports come from, the working directory that result labels are relative
-  to, every option that can change a result) and what the target is (its kind, path, name, arguments, inputs).
+  to, every option that can change a result) and what the target is (its kind, path, name, arguments, inputs,
+  and the plan read from the rest of its repository: how its models are built and fed).
 - The files the audit read, each with its size, modification time and, for the user's own files, a hash of its
   content: stored in the entry and checked when it is read. An edited file changes its content; a file only
   touched (a checkout) still matches its hash; an installed package's files are judged by size and time.
@@ -63,7 +64,18 @@ def target_key(target: Target) -> dict[str, Any]:
         "name": target.name,
         "kwargs": plain(target.kwargs),
         "inputs": list(target.inputs),
+        "plan": _digest(target.plan),
     }
+
+
+def _digest(plan: Any) -> str | None:
+    """A file's plan (`static.plan.FilePlan`), read from the repository's other files: the call that builds a
+    model (train.py), the argparse defaults and configs it reads, the calls that feed it. An edit there that
+    changes how a model is built or fed changes the plan, so the result is not answered from the cache; an edit
+    that does not, does not."""
+    if plan is None:
+        return None
+    return hashlib.sha256(json.dumps(plain(plan), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def address(run: dict[str, Any], target: Target) -> str:

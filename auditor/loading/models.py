@@ -30,7 +30,6 @@ from auditor.loading.wrappers import unwrap
 from auditor.locations import display_path
 from auditor.specs import CallHint
 from auditor.static.plan import ClassPlan, FilePlan
-from auditor.static.reader import CallSite
 from auditor.targets import FIXED_MANIFEST, Kind, Target
 
 
@@ -51,7 +50,6 @@ class LoadedModel:
     built: str | None = None  # how its arguments were chosen: "built as in train.py:41", "built with guessed arguments: ..."
     classes: list[ClassRecord] = field(default_factory=list)  # the user classes it holds, its own first
     model_class: ClassRecord | None = None  # its own class, when the user's
-    forward_calls: tuple[CallSite, ...] = ()  # the repository's calls of such a model (`model(x, t)`), for its inputs
     file_plan: FilePlan | None = None  # the plan of its file (a notebook's lines map to cells through it)
     call: CallHint | None = None  # the repository's own call of the model, read statically (input guesses start there)
 
@@ -192,7 +190,7 @@ class ModelLoader:
             results.append(LoadedModel(
                 label, model, self.sites.for_model(model), namespace, origin=origin, built=item.built,
                 classes=discovery.user_classes(model, plan), model_class=discovery.class_record(type(model), plan),
-                forward_calls=item.plan.forward_calls if item.plan is not None else (), file_plan=plan))
+                call=item.plan.call if item.plan is not None else None, file_plan=plan))
         return results
 
     def _build(self, candidate: discovery.Candidate, where: str) -> nn.Module:
@@ -243,7 +241,7 @@ class ModelLoader:
                            origin=_origin(namespace, name, dict(target.kwargs), by_file=target.kind is Kind.FILE_MEMBER) if built is None else None,
                            built=built, classes=discovery.user_classes(model, target.plan),
                            model_class=discovery.class_record(type(model), target.plan),
-                           forward_calls=entry.forward_calls if entry is not None else (), file_plan=target.plan)
+                           call=entry.call if entry is not None else None, file_plan=target.plan)
 
     # --- saved models -----------------------------------------------------------------------------------------
     def _load_fixed(self, target: Target, inside: bool = False) -> list[LoadedModel]:

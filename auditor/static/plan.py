@@ -12,7 +12,8 @@ A class's constructor arguments come, in this order, from:
 
 A class another model class or factory of the repository uses is a *building block*: it is audited inside
 that model (`users`), not on its own. The forward calls the repository makes on an instance of the class
-(`model(x, t)`) travel with the plan (`forward_calls`) for input inference.
+(`model(x, t)`) travel with the plan (`forward_calls`); the one the input guesses start from is its `call`
+(`specs.CallHint`, read by `loading/guesses.py`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from auditor.static.reader import CallSite, External, ModuleReading, _Frame, plan_value
+from auditor.specs import ArgumentHint, CallHint
+from auditor.static.reader import Argument, CallSite, External, ModuleReading, _Frame, plan_value
 from auditor.static.repository import Repository, repository_files, signature
 from auditor.static.safety import DOWNLOAD_FLAGS, constructor_hazards, is_main_guard, module_statements
-from auditor.static.values import CONFIG_PARAMETERS, CONFIG_SUFFIXES, Call, DefaultConfig, Namespace, Ref, Unknown, describe, is_known
+from auditor.static.values import CONFIG_PARAMETERS, CONFIG_SUFFIXES, Call, DefaultConfig, Namespace, Ref, Unknown, describe, is_known, tensor_spec
 
 _MODEL_BASES = ("Module", "LightningModule", "PreTrainedModel", "ModelMixin")
 MODULE_PARAMETERS = frozenset({
@@ -36,6 +38,8 @@ MODULE_PARAMETERS = frozenset({
     "target_network", "base_encoder", "classifier", "head", "layer", "block", "submodule",
 })
 _MISNAMED_INITS = ("init", "_init", "_init_", "__init", "__init_", "__int__", "__initi__", "__inti__", "initialize")
+
+
 class _Required:
     """The default of a parameter that has none; pickles as the one instance (plans cross to the child)."""
 
@@ -135,6 +139,7 @@ class ClassPlan:
     reason: str | None = None  # without a build: why not ("needs constructor arguments: num_classes")
     users: tuple[str, ...] = ()  # labels of the repository's models that build it: audited inside them
     forward_calls: tuple[CallSite, ...] = ()  # `model(x, t)`: the repository's calls of an instance
+    call: CallHint | None = None  # the one of them the input guesses start from
     misnamed_init: str | None = None  # `def init(...)` where `__init__` was meant
     open_ended: bool = False  # takes any keyword (`**kwargs`, or a library base class's constructor)
     hazard: str | None = None  # what its constructor would do beyond building layers ("`vgg19_bn(...)` at line 40")
@@ -187,13 +192,42 @@ def shared_planner(root: Path, project: Any) -> Planner:
     files = repository_files(root)
     stamp = signature(files)
     cached = _SHARED.get(root)
-    if cached is not None and cached[0] == stamp:
+    if cached is not None and cached[0] == stamp and _configs_unchanged(cached[1].reader.configs):
         return cached[1]
     planner = Planner(Repository(root, project, files))
     if len(_SHARED) >= _SHARED_ROOTS:
         _SHARED.pop(next(iter(_SHARED)))
     _SHARED[root] = (stamp, planner)
     return planner
+
+
+def call_hint(calls: tuple[CallSite, ...], where: Callable[[str, int], str]) -> CallHint | None:
+    """The repository's call of a model that its input guesses start from: of the calls that show all their
+    arguments (no `*batch` of unknown length), the one that makes the most tensors of literal sizes
+    (`model(torch.randn(4, 3, 64, 64), t)`), the first among equals."""
+    shown = [c for c in calls if not any(a.text == "*..." for a in c.args)]
+    if not shown:
+        return None
+    best = max(shown, key=lambda c: sum(tensor_spec(a.value) is not None for a in (*c.args, *(a for _, a in c.kwargs))))
+
+    def hint(argument: Argument) -> ArgumentHint:
+        return ArgumentHint(argument.text, tensor_spec(argument.value))
+
+    return CallHint(where(best.file, best.line), tuple(hint(a) for a in best.args), tuple((k, hint(a)) for k, a in best.kwargs))
+
+
+def _configs_unchanged(configs: dict[Path, tuple[int, int] | None]) -> bool:
+    """Whether the config files the reading looked for are as they were (absent ones still absent)."""
+    for path, stamp in configs.items():
+        try:
+            status = path.stat()
+        except OSError:
+            if stamp is not None:
+                return False
+            continue
+        if stamp != (status.st_size, status.st_mtime_ns):
+            return False
+    return True
 
 
 class Planner:
@@ -344,6 +378,7 @@ class Planner:
                          misnamed_init=self._misnamed_init(module, node), open_ended=open_ended,
                          none_defaults=tuple(p.name for p in parameters if p.default is None))
         plan.build, plan.reason = self._choose(Ref(node.name, path=str(module.path)), parameters, open_ended, self.reader.sites.get(key, []))
+        plan.call = call_hint(plan.forward_calls, self.repository.where)
         hazard = self._hazards(module)(node.name)
         plan.hazard = f"{hazard.what} at line {hazard.line}" if hazard is not None else None
         return plan
@@ -360,7 +395,8 @@ class Planner:
         returned = [r.func for r in module.returns.get(node.name, []) if isinstance(r, Call) and r.func.path is not None]
         calls = tuple(c for ref in dict.fromkeys(returned) for c in self.reader.forward_calls.get((ref.path or "", ref.name), ()))
         plan = ClassPlan(node.name, node.lineno, "factory", True, parameters, users=tuple(self._users.get(key, ())), open_ended=open_ended,
-                         none_defaults=tuple(p.name for p in parameters if p.default is None), forward_calls=calls)
+                         none_defaults=tuple(p.name for p in parameters if p.default is None), forward_calls=calls,
+                         call=call_hint(calls, self.repository.where))
         plan.build, plan.reason = self._choose(Ref(node.name, path=str(module.path)), parameters, open_ended, self.reader.sites.get(key, []))
         return plan
 

@@ -169,6 +169,7 @@ class RepositoryReader:
         self._resolving: set[tuple[Path, str]] = set()
         self.scopes_read: set[int] = set()  # scopes (functions, classes) already read
         self.namespaces: list[dict[str, Any]] = []  # the defaults of every parser whose arguments are parsed
+        self.configs: dict[Path, tuple[int, int] | None] = {}  # config files looked for: (size, mtime), None if absent
 
     @property
     def modules(self) -> dict[Path, ModuleReading]:
@@ -756,12 +757,19 @@ class RepositoryReader:
             return Unknown("open(...)")
         for base in (self.root, frame.module.path.parent):
             candidate = (base / path).resolve()
-            if candidate.suffix.lower() in CONFIG_SUFFIXES and candidate.is_file() and _inside(candidate, self.root):
-                try:
-                    if candidate.stat().st_size <= MAX_CONFIG_BYTES:
-                        return _File(candidate, candidate.read_text(encoding="utf-8", errors="replace"))
-                except OSError:
-                    pass
+            if candidate.suffix.lower() not in CONFIG_SUFFIXES or not _inside(candidate, self.root):
+                continue
+            try:
+                status = candidate.stat()
+            except OSError:
+                self.configs[candidate] = None  # created later, it changes what is read
+                continue
+            self.configs[candidate] = (status.st_size, status.st_mtime_ns)
+            try:
+                if candidate.is_file() and status.st_size <= MAX_CONFIG_BYTES:
+                    return _File(candidate, candidate.read_text(encoding="utf-8", errors="replace"))
+            except OSError:
+                pass
         return Unknown(f"open({path!r})")
 
     def _parse_config(self, source: Any, kind: str, node: ast.Call) -> Any:

@@ -11,6 +11,7 @@ import ast
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 from auditor.static.project import Project, local_module, read_source, search_roots
 from auditor.static.reader import RepositoryReader
@@ -21,15 +22,22 @@ _SKIPPED_FOLDERS = ("site-packages", "node_modules", "__pycache__", "build", "di
 
 
 def find_root(path: Path) -> Path:
-    """The repository folder of a file or folder."""
+    """The repository folder of a file or folder (a folder it cannot look into has no marker)."""
     start = path.resolve()
-    folder = start if start.is_dir() else start.parent
+    folder = start if _exists(start, Path.is_dir) else start.parent
     for candidate in (folder, *folder.parents):
-        if any((candidate / marker).exists() for marker in MARKERS):
+        if any(_exists(candidate / marker) for marker in MARKERS):
             return candidate
         if candidate == Path.home() or candidate.parent == candidate:
             break
     return folder
+
+
+def _exists(path: Path, test: Callable[[Path], bool] = Path.exists) -> bool:
+    try:
+        return test(path)
+    except OSError:  # a folder without permission to look into
+        return False
 
 
 class Repository:

@@ -47,6 +47,9 @@ _HAZARD_NAMES = frozenset({
     "readlines", "readline", "load", "safe_load", "full_load", "imread", "imwrite", "main", "File", "SummaryWriter", "Popen", "Pool", "ThreadPool", "ProcessPoolExecutor",
     "ThreadPoolExecutor", "Process", "FileHandler", "RotatingFileHandler", "TimedRotatingFileHandler",
 })
+# What a constructor may call to read a text file (its config): building then stays building.
+_READERS = frozenset({"json.load", "json.loads", "yaml.safe_load", "yaml.full_load", "tomllib.load", "toml.load"})
+_READ_METHODS = frozenset({"read", "read_text", "readlines", "readline"})
 # Keyword arguments that make a constructor download something.
 _DOWNLOADING = ("pretrained", "download", "weights")
 # Constructor parameters that turn a download on: a plan builds with them off (`auditor.static.plan`).
@@ -88,7 +91,8 @@ def import_hazard(tree: ast.Module) -> Hazard | None:
 
 def constructor_hazards(tree: ast.Module) -> Callable[[str], Hazard | None]:
     """For a class of the file, what building it would do that a declaration does not (downloading weights,
-    reading or writing files, starting processes): its `__init__` and the methods it calls on `self`."""
+    writing files, starting processes; reading a text config is building): its `__init__` and the methods it
+    calls on `self`."""
     checker = _Checker(tree)
     checker.constructors = True
     return lambda name: checker.body_hazard(name) if name in checker.classes else None
@@ -234,6 +238,8 @@ class _Checker:
         return None
 
     def call(self, call: ast.Call) -> Hazard | None:
+        if self.constructors and _only_reads(call, self.aliases, self.local):
+            return None  # a constructor reading its config file builds the model it describes
         if _is_hazard(call, self.aliases, self.local, self.controlled):
             return Hazard(call.lineno, f"`{_source(call.func)}(...)`")
         name = call.func.id if isinstance(call.func, ast.Name) else None
@@ -297,6 +303,18 @@ def _is_hazard(call: ast.Call, aliases: dict[str, str], local: set[str], control
     if "." not in name and name in _HAZARD_BUILTINS and name not in local:
         return True
     return name.split(".")[0] in _HAZARD_MODULES or name in _HAZARD_CALLS or name.startswith(_HAZARD_PREFIXES)
+
+
+def _only_reads(call: ast.Call, aliases: dict[str, str], local: set[str]) -> bool:
+    """`open(path)` for reading, `.read_text()`, `json.load(f)`, `yaml.safe_load(f)`: reading a text file,
+    which a constructor may do to build what the file describes (downloads, writes, checkpoints are not this)."""
+    name = dotted_name(call.func, aliases)
+    if name == "open" and "open" not in local:
+        mode = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "mode"), None)
+        return mode is None or (isinstance(mode, ast.Constant) and isinstance(mode.value, str) and not set(mode.value) & set("wax+"))
+    if name in _READERS:
+        return True
+    return isinstance(call.func, ast.Attribute) and call.func.attr in _READ_METHODS and not call.keywords
 
 
 def _decorator_arguments(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> list[ast.expr]:
