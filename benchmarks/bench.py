@@ -98,8 +98,8 @@ def main() -> None:
         plain = [python_json(plain_code) for _ in range(args.repeat)]
         runs = {
             "plain": [sys.executable, "-c", plain_code],
-            "audit": [sys.executable, "-m", "auditor", target, "-i", spec, "-q"],
-            "probe": [sys.executable, "-m", "auditor", target, "-i", spec, "-q", "--probe"],
+            "audit": [sys.executable, "-m", "auditor", target, "-i", spec, "-q", "--no-cache"],
+            "probe": [sys.executable, "-m", "auditor", target, "-i", spec, "-q", "--probe", "--no-cache"],
         }
         timed = {name: [measure(command) for _ in range(args.repeat)] for name, command in runs.items()}
         wall = {name: statistics.median(m.wall for m in measured) for name, measured in timed.items()}

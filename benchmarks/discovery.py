@@ -59,7 +59,7 @@ def plain_files(repeat: int) -> None:
             path = Path(folder) / f"util_{index}.py"
             path.write_text(UTILITY.format(index=index))
             files.append(str(path))
-        audit = [sys.executable, "-m", "auditor", "-q"]
+        audit = [sys.executable, "-m", "auditor", "-q", "--no-cache"]
         rows = [
             ("parse the 200 files (bare Python)", timed([sys.executable, "-c", PARSE, folder], repeat)),
             ("`audit --version` (start-up)", timed([sys.executable, "-m", "auditor", "--version"], repeat)),
@@ -73,8 +73,8 @@ def plain_files(repeat: int) -> None:
 
 def inference(repeat: int) -> None:
     target = f"{HERE / 'models.py'}:cifar_wide"
-    inferred = timed([sys.executable, "-m", "auditor", target, "-q"], repeat)
-    given = timed([sys.executable, "-m", "auditor", target, "-q", "--input", "2,3,32,32"], repeat)
+    inferred = timed([sys.executable, "-m", "auditor", target, "-q", "--no-cache"], repeat)
+    given = timed([sys.executable, "-m", "auditor", target, "-q", "--no-cache", "--input", "2,3,32,32"], repeat)
     print("\n| CIFAR network, 32x32 only | `--input 2,3,32,32` | inferred | ratio |\n| --- | --- | --- | --- |")
     print(f"| models.py:cifar_wide | {given:.2f} s | {inferred:.2f} s | {inferred / given:.1f}x |")
 

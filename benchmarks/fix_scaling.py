@@ -38,7 +38,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for depth in DEPTHS:
             target = f"{HERE / 'models.py'}:dropout_resnet_{depth}"
-            audit_cmd = [sys.executable, "-m", "auditor", target, "-i", INPUT, "-q"]
+            audit_cmd = [sys.executable, "-m", "auditor", target, "-i", INPUT, "-q", "--no-cache"]
             runs: list[tuple[float, float, float, float]] = []
             fixes = 0
             for attempt in range(args.repeat):

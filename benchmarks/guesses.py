@@ -38,7 +38,7 @@ def main() -> None:
         for source in SOURCES:
             for path in sorted(source.glob("*.py")):
                 shutil.copy(path, models / f"{source.name}_{path.name}")
-        first = measure([sys.executable, "-m", "auditor", str(models), "--format", "json", "-q"], cwd=folder).audited()
+        first = measure([sys.executable, "-m", "auditor", str(models), "--format", "json", "-q", "--no-cache"], cwd=folder).audited()
         guessed = {r["target"]: [i["spec"] for i in r["capture"]["inputs"]]
                    for r in json.loads(first.stdout)["results"] if r["status"] == "ok" and r["capture"] and r["capture"]["inputs"]}
         kept = {target: specs for target, specs in guessed.items() if "None" not in specs}
