@@ -132,3 +132,49 @@ class CifarWide(nn.Module):
 
 def cifar_wide() -> CifarWide:
     return CifarWide()
+
+
+class BasicBlock(nn.Module):
+    """He et al.'s CIFAR block (two 3x3 convs, a 1x1 projection where the shape changes), in 1-D or 2-D."""
+
+    def __init__(self, conv: type[nn.Module], norm: type[nn.Module], cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = conv(cin, cout, 3, stride=stride, padding=1, bias=False), norm(cout)
+        self.conv2, self.bn2 = conv(cout, cout, 3, padding=1, bias=False), norm(cout)
+        self.relu = nn.ReLU()
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride=stride, bias=False), norm(cout))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """ResNet-20 (3 stages of 3 blocks, 16-32-64 channels): CIFAR-10's with 2-D convs, a signal classifier's
+    (ECG, audio) with 1-D ones."""
+
+    def __init__(self, dims: int = 2, in_channels: int = 3, classes: int = 10) -> None:
+        super().__init__()
+        conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d)
+        self.stem = nn.Sequential(conv(in_channels, 16, 3, padding=1, bias=False), norm(16), nn.ReLU())
+        blocks, channels = [], 16
+        for width, stride in ((16, 1), (32, 2), (64, 2)):
+            for index in range(3):
+                blocks.append(BasicBlock(conv, norm, channels, width, stride if index == 0 else 1))
+                channels = width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(64, classes)
+
+    def forward(self, x):
+        features = self.blocks(self.stem(x))
+        return self.head(features.flatten(2).mean(2))
+
+
+def cifar_resnet20() -> SmallResNet:
+    return SmallResNet(dims=2)
+
+
+def conv1d_resnet20() -> SmallResNet:
+    return SmallResNet(dims=1, in_channels=1, classes=5)

@@ -1,19 +1,26 @@
-"""What `audit --probe` costs against a plain process that builds the same model and runs it once.
+"""What `audit --probe` costs against a plain process that builds the same model and trains it one step.
 
     python benchmarks/probe_cost.py                 # every model, 3 pairs each, markdown table on stdout
     python benchmarks/probe_cost.py --repeat 5 --only vgg16_bn bert
+    python benchmarks/probe_cost.py --only cifar_resnet20 conv1d_resnet20 --without-bf16-instructions
 
 Opt-in: needs the zoo extras (`pip install -e .[zoo]`: torchvision, timm, transformers); models whose library is
 missing are left out. Weights are never downloaded (`weights=None`, `pretrained=False`, configs' defaults).
 
-"plain" is a fresh process that imports torch and the model's library, builds the model and runs one eval
-forward pass on the input (what any use of the model pays); "audit --probe" is the CLI end to end
+"plain" is a fresh process that imports torch and the model's library, builds the model and runs one forward
+and backward pass in training mode on the input (what one training step pays, the optimizer aside); "audit
+--probe" is the CLI end to end
 (`audit TARGET --kwargs ... --input ... --probe`). The two run back to back, alternating, `--repeat` times;
 each ratio is the median of the pairs' ratios, so that a load change on a shared machine hits both sides of a
 pair. Both CPU time (user + system of the child) and wall clock are reported: on a busy machine a process waits
 for a core and its wall clock says more about the neighbours than about the process, while with one thread
 (`--threads 1`) its CPU time is what it would take on a quiet machine. "probes alone" is the time `run_probes`
 reported inside the audit (JSON `probes.seconds`, wall clock). The load average before and after is printed.
+
+`--without-bf16-instructions` runs both processes as on a CPU without bfloat16 instructions (oneDNN and ATen
+limited to AVX2: `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`), where PyTorch emulates bfloat16
+convolutions and matrix products at 10-30x a float32 kernel: the case the probes' reduced-precision step must
+not pay for (`auditor/probes/reduced.py`).
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ from timing import measure
 
 HERE = Path(__file__).parent
 NO_WEIGHTS = {"weights": None}
+MODELS = HERE / "models.py"
 CASES = {  # name: (label, target, kwargs, input)
+    "cifar_resnet20": ("ResNet-20 (CIFAR)", f"{MODELS}:cifar_resnet20", {}, "8,3,32,32"),
+    "conv1d_resnet20": ("ResNet-20, Conv1d (signals)", f"{MODELS}:conv1d_resnet20", {}, "8,1,4096"),
     "vgg16_bn": ("VGG16-BN", "torchvision.models:vgg16_bn", NO_WEIGHTS, "1,3,224,224"),
     "vgg11": ("VGG11", "torchvision.models:vgg11", NO_WEIGHTS, "1,3,224,224"),
     "vit_b_16": ("ViT-B/16", "torchvision.models:vit_b_16", NO_WEIGHTS, "1,3,224,224"),
@@ -40,11 +50,13 @@ CASES = {  # name: (label, target, kwargs, input)
     "bert_512": ("BERT-base, 512 tokens", f"{HERE / 'zoo_models.py'}:bert_base", {}, "long:1,512"),
 }
 LIBRARY = {"torchvision": "torchvision", "timm": "timm", "zoo_models.py": "transformers"}
+WITHOUT_BF16 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 PLAIN = """
 import importlib, importlib.util, json, sys
 import torch
 from auditor.loading.inputs import make_inputs
+from auditor.probes.surrogate import primary_output
 from auditor.specs import parse_spec
 where, name = {target!r}.rsplit(":", 1)
 if where.endswith(".py"):
@@ -53,17 +65,16 @@ if where.endswith(".py"):
     spec.loader.exec_module(module)
 else:
     module = importlib.import_module(where)
-model = getattr(module, name)(**{kwargs!r}).eval()
+model = getattr(module, name)(**{kwargs!r}).train()
 inputs = make_inputs([parse_spec({spec!r})], model)
-with torch.no_grad():
-    model(*inputs)
+primary_output(model(*inputs)).float().square().mean().backward()
 """
 
 
-def compare(name: str, repeat: int) -> dict:
+def compare(name: str, repeat: int, env: dict[str, str] | None = None) -> dict:
     label, target, kwargs, spec = CASES[name]
     plain_command = [sys.executable, "-c", PLAIN.format(target=target, kwargs=kwargs, spec=spec)]
-    audit_command = [sys.executable, "-m", "auditor", target, "--input", spec, "--probe", "--format", "json", "--device", "cpu"]
+    audit_command = [sys.executable, "-m", "auditor", target, "--input", spec, "--probe", "--format", "json", "--device", "cpu", "--no-cache"]
     if kwargs:
         audit_command += ["--kwargs", json.dumps(kwargs)]
     runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}  # is-audit -> (wall, cpu) per pair
@@ -71,7 +82,7 @@ def compare(name: str, repeat: int) -> dict:
     for index in range(repeat):
         order = [plain_command, audit_command] if index % 2 == 0 else [audit_command, plain_command]
         for command in order:
-            measured = measure(command).audited()
+            measured = measure(command, env=env).audited()
             runs[command is audit_command].append((measured.wall, measured.cpu))
             if command is audit_command:
                 [result] = [r for r in json.loads(measured.stdout)["results"] if r.get("probes")]
@@ -101,16 +112,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", nargs="*", choices=sorted(CASES), default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads in both processes (OMP_NUM_THREADS); default: torch's own")
+    parser.add_argument("--without-bf16-instructions", action="store_true", help="both processes as on a CPU without bfloat16 instructions")
     args = parser.parse_args()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    env = {**os.environ, **WITHOUT_BF16} if args.without_bf16_instructions else None
     names = [n for n in (args.only or CASES) if available(n)]
     load_before = os.getloadavg()
-    rows = [compare(name, args.repeat) for name in names]
+    rows = [compare(name, args.repeat, env) for name in names]
     load_after = os.getloadavg()
     threads = args.threads or f"torch's default ({os.cpu_count()} cores)"
-    print(f"torch threads: {threads}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)\n")
-    print("| model | input | plain: import+build+forward | `audit --probe` | ratio, CPU time (min-max) | ratio, wall clock (min-max) | probes alone |")
+    cpu = "; as without bfloat16 instructions (AVX2)" if args.without_bf16_instructions else ""
+    print(f"torch threads: {threads}{cpu}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)\n")
+    print("| model | input | plain: import+build+forward+backward | `audit --probe` | ratio, CPU time (min-max) | ratio, wall clock (min-max) | probes alone |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(

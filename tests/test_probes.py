@@ -7,6 +7,7 @@ transformer encoder, an LSTM with orthogonal init) must yield none. The user's m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -16,7 +17,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from auditor.probes.reduced import HEAVY, RoundedKernels
 from support import FIXTURES, cli, expected_marks, fixture_header, model_results, run
 
 PROBE_FIXTURES = sorted((FIXTURES / "probes").glob("*.py"))
@@ -322,6 +325,66 @@ def test_amp_steps_where_loss_scaling_has_work() -> None:
 
     assert amp_steps(torch.float16, 3) == 3  # GradScaler backs off from 2^16: several steps show it settle
     assert amp_steps(torch.bfloat16, 3) == 1 and amp_steps(torch.bfloat16, 0) == 0
+
+
+class _KernelDtypes(TorchDispatchMode):
+    """Records the operand formats every convolution and matrix product kernel actually receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, torch.dtype]] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in HEAVY:
+            self.seen |= {(func.overloadpacket.__name__, a.dtype) for a in args if isinstance(a, torch.Tensor)}
+        return func(*args, **(kwargs or {}))
+
+
+def _mixed_model() -> nn.Module:
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(4, 8, 3, padding=1)
+            self.attention = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x)).transpose(1, 2)
+            return self.head(self.attention(h).mean(1))
+
+    torch.manual_seed(0)
+    return Mixed()
+
+
+def test_reduced_precision_gives_autocasts_values_without_reduced_precision_kernels() -> None:
+    """CPU autocast's convolutions, matrix products and attention run in float32 from the same bfloat16 values
+    (CPUs without bfloat16 instructions emulate those kernels at 10-30x): outputs and gradients stay autocast's
+    (in bfloat16, a rounding apart from a native kernel's, closer to them than float32 is) and gradients as far
+    from float32's as autocast's are."""
+    from auditor.probes.precision import relative_error
+
+    model, x = _mixed_model(), torch.randn(4, 4, 16)
+
+    def run_once(rounded: bool):
+        inputs = x.clone().requires_grad_()
+        kernels = _KernelDtypes()
+        with kernels, (RoundedKernels() if rounded else contextlib.nullcontext()):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                output = model(inputs)
+            output.float().square().sum().backward()
+        return output, inputs.grad, kernels.seen
+
+    native, native_grad, native_kernels = run_once(rounded=False)
+    rounded, rounded_grad, rounded_kernels = run_once(rounded=True)
+    inputs = x.clone().requires_grad_()
+    reference = model(inputs)
+    reference.square().sum().backward()
+    assert native.dtype == rounded.dtype == torch.bfloat16
+    assert {name for name, dtype in native_kernels if dtype == torch.bfloat16} >= {"convolution", "convolution_backward", "addmm"}
+    assert {dtype for _, dtype in rounded_kernels} == {torch.float32}
+    assert relative_error(rounded, native) < 0.5 * relative_error(native, reference)  # one bfloat16 rounding apart
+    rounding = relative_error(rounded_grad, inputs.grad) / relative_error(native_grad, inputs.grad)
+    assert 0.5 < rounding < 2  # the gradients carry autocast's rounding, not float32's
 
 
 def test_sparkline() -> None:

@@ -1,6 +1,8 @@
 """Mixed precision: autocast against float32 on the same batch, and a few real AMP training steps.
 
-Autocast runs float16 on CUDA and bfloat16 on CPU (float16 autocast on CPU is slow and not how CPUs train).
+Autocast runs float16 on CUDA and bfloat16 on CPU (float16 autocast on CPU is slow and not how CPUs train); on
+CPU its convolutions and matrix products compute in float32 from the bfloat16 values (`reduced.py`: the same
+values, at a float32 op's cost, where CPUs without bfloat16 instructions emulate it at 10-30x).
 Both forwards of the comparison run in eval mode with every dropout switched off (functional ones too), so the
 only difference is the precision: in training mode BatchNorm's batch statistics over a small probe batch
 amplify rounding (a ResNet-50 differs by ~9% in bfloat16 at init in training mode, 0.3% in eval mode), which
@@ -18,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 
 from auditor.probes.isolation import seed as seed_rng
 from auditor.probes.measurements import OpEvent, Precision
+from auditor.probes.reduced import rounded_kernels
 from auditor.probes.surrogate import Task, primary_output
 from auditor.probes.tensors import all_finite
 from auditor.probes.watch import OpRecorder
@@ -57,7 +60,7 @@ def compare(model: nn.Module, task: Task, precision: Precision, device_type: str
         seed_rng(seed, torch.device(device_type))
         reference = model(*batch)
         seed_rng(seed, torch.device(device_type))
-        with torch.autocast(device_type, dtype=dtype):
+        with torch.autocast(device_type, dtype=dtype), rounded_kernels(device_type):
             low = model(*batch)
     ref, got = primary_output(reference), primary_output(low)
     if ref is None or got is None:
@@ -81,7 +84,7 @@ def _first_divergence(model: nn.Module, batch: tuple[Any, ...], device_type: str
             with runs[0]:
                 model(*batch)
             seed_rng(seed, torch.device(device_type))
-            with torch.autocast(device_type, dtype=dtype), runs[1]:
+            with torch.autocast(device_type, dtype=dtype), rounded_kernels(device_type), runs[1]:
                 model(*batch)
     finally:
         for run in runs:
@@ -124,10 +127,11 @@ def train_steps(model: nn.Module, task: Task, precision: Precision, device_type:
         batch = task.batch(step)
         optimizer.zero_grad(set_to_none=True)
         seed_rng(seed + 100 + step, torch.device(device_type))
-        with torch.autocast(device_type, dtype=dtype):
-            output = model(*batch)
-        loss = task.loss(output, step)
-        scaler.scale(loss).backward()
+        with rounded_kernels(device_type):  # forward and backward
+            with torch.autocast(device_type, dtype=dtype):
+                output = model(*batch)
+            loss = task.loss(output, step)
+            scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         scale = scaler.get_scale()
