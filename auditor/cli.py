@@ -86,7 +86,9 @@ def audit(
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled models (.pt/.pth), which runs any code they contain.")] = False,
     meta: Annotated[bool, typer.Option("--meta", help="Audit the structure without materializing weights (meta device; init rules read the recorded init calls).")] = False,
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Audit models whose weights exceed SIZE (e.g. 8GiB, 500MB) on meta. Default: 1/8 of available memory.", show_default=False)] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Audit this many targets at once (each in a process of its own either way); output stays in target order.")] = 1,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Audit this many targets at once (each in a process of its own either way); output stays in target order. With --executor dask and no --scheduler: the local cluster's worker count. [default: 1]", show_default=False)] = None,
+    executor_name: Annotated[str, typer.Option("--executor", help="Where targets are audited: 'local' (child processes here) or 'dask' (a Dask cluster; needs auditor[dask]).")] = "local",
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="With --executor dask: the scheduler's address, e.g. tcp://10.0.0.5:8786. Default: a local cluster.", show_default=False)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", envvar="AUDIT_NO_CACHE", help="Audit every target again, neither reading nor writing the result cache.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", envvar="AUDIT_CACHE_DIR", help="Folder of the result cache. Default: `cache-dir` in [tool.auditor], else .audit_cache at the project root.", show_default=False)] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds one target may take (import, build, capture, probes, fix) before it is stopped; 0 for no limit. [default: 300]", show_default=False)] = None,
@@ -104,28 +106,31 @@ def audit(
                 options.capture = _capture_methods(capture_method)
             options.meta, options.max_memory = _weights(meta, max_memory, options, config)
             target_list, base = _targets(group, config)
-            limits = _limits(jobs, timeout, config)
+            limit = _timeout(timeout, config)
             if options.fix is not None and options.fix.out is not None:
                 _check_out(options.fix.out, [t.target for t in target_list])
                 _check_replaceable(options.fix.out, options.fix.force)
             baseline_path = None if write_baseline is not None else baseline_file or config.baseline
             recorded = baselines.load(baseline_path) if baseline_path is not None else None
             cache = None if no_cache else _result_cache(options, cache_dir or config.cache_dir, config.path)
-            runs.append((target_list, base, options, config, baseline_path, recorded, limits, cache))
+            runs.append((target_list, base, options, config, baseline_path, recorded, limit, cache))
         if len(runs) > 1 and fix:
             raise UsageError("--fix: the targets fall under different configurations (pyproject.toml files); fix one project at a time")
+        executor = _executor(executor_name, scheduler, jobs, fix)
     except UsageError as exc:
         _usage_error(err, exc)
     report, exit_code = Report(), 0
-    for target_list, base, options, config, baseline_path, recorded, limits, cache in runs:  # each judged by its own project's configuration
-        try:
-            part = _run(target_list, base, options, config, err, quiet or output_format != "text", limits, cache)
-        except UsageError as exc:  # found once the files are read: --kwargs that no model takes
-            _usage_error(err, exc)
-        if recorded is not None:
-            baselines.apply(part, recorded, baseline_path, options)
-        exit_code = max(exit_code, part.exit_code(options.fail_on))
-        _merge(report, part)
+    try:
+        for target_list, base, options, config, baseline_path, recorded, limit, cache in runs:  # each judged by its own project's configuration
+            part = _run(target_list, base, options, config, err, quiet or output_format != "text", executor, limit, cache)
+            if recorded is not None:
+                baselines.apply(part, recorded, baseline_path, options)
+            exit_code = max(exit_code, part.exit_code(options.fail_on))
+            _merge(report, part)
+    except UsageError as exc:  # found once the files are read (--kwargs that no model takes) or a target needs the cluster
+        _usage_error(err, exc)
+    finally:
+        executor.close()
     if write_baseline is not None:
         try:
             written = baselines.write(report, write_baseline)
@@ -163,16 +168,16 @@ def _merge(report: Report, part: Report) -> None:
         report.baseline.stale.extend(part.baseline.stale)
 
 
-def _run(targets: list[Any], base: Path | None, options: Options, config: Config, err: Terminal, silent: bool, limits: tuple[int, float],
+def _run(targets: list[Any], base: Path | None, options: Options, config: Config, err: Terminal, silent: bool, executor: Any, timeout: float,
          cache: Any) -> Report:
-    """Each target's models are audited in a child process (`auditor.runner`), unless `cache` (a ResultCache,
-    or None) has their results; what the user's code wrote is shown on stderr with --verbose, never on stdout."""
+    """Each target's models are audited in a child process (`auditor.runner`) where `executor` runs them, unless
+    `cache` (a ResultCache, or None) has their results; what the user's code wrote is shown on stderr with
+    --verbose, never on stdout."""
     from auditor.engine import resolve_targets
     from auditor.runner import run_targets
 
     parsed, errors = resolve_targets(targets, config.exclude, base)
-    jobs, timeout = limits
-    run = functools.partial(run_targets, parsed, options, jobs=jobs, timeout=timeout, show_output=_show_output(err) if options.verbose else None,
+    run = functools.partial(run_targets, parsed, options, executor=executor, timeout=timeout, show_output=_show_output(err) if options.verbose else None,
                             cache=cache)
     if silent or not err.is_terminal or not parsed:
         return Report(errors + run())
@@ -199,14 +204,40 @@ def _show_output(err: Terminal) -> Any:
     return show
 
 
-def _limits(jobs: int, timeout: float | None, config: Config) -> tuple[int, float]:
+def _timeout(timeout: float | None, config: Config) -> float:
     from auditor.runner import DEFAULT_TIMEOUT
 
-    if jobs < 1:
-        raise UsageError(f"--jobs {jobs}: expected a number of processes, 1 or more")
     if timeout is not None:
-        return jobs, check_timeout(timeout, "--timeout")
-    return jobs, config.timeout if config.timeout is not None else DEFAULT_TIMEOUT
+        return check_timeout(timeout, "--timeout")
+    return config.timeout if config.timeout is not None else DEFAULT_TIMEOUT
+
+
+def _executor(name: str, scheduler: str | None, jobs: int | None, fix: bool) -> Any:
+    """Where the targets' child processes run: `jobs` at once here, or on a Dask cluster (which is only
+    reached once a target needs it, so that a run answered from the cache starts none)."""
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs {jobs}: expected a number of processes, 1 or more")
+    if name == "local":
+        if scheduler is not None:
+            raise UsageError("--scheduler goes with --executor dask")
+        from auditor.runner import Processes
+
+        return Processes(jobs or 1)
+    if name != "dask":
+        raise UsageError(f"--executor {name!r}: expected 'local' or 'dask'")
+    if fix:
+        raise UsageError("--fix writes its files from this machine: run it with --jobs, not --executor dask")
+    if scheduler is not None and jobs is not None:
+        raise UsageError("--jobs sizes the local cluster; with --scheduler, the cluster's workers decide how many targets run at once")
+    if scheduler is not None and not scheduler.strip():
+        raise UsageError("--scheduler: expected an address such as tcp://10.0.0.5:8786")
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        raise UsageError("--executor dask needs Dask's distributed, which is not installed: pip install 'auditor[dask]'")
+    from auditor.executors.dask import DaskExecutor
+
+    return DaskExecutor(scheduler, workers=jobs)
 
 
 def _emit(report: Report, output_format: str, quiet: bool, verbose: bool, diff: bool = False) -> None:

@@ -12,6 +12,8 @@ becomes that target's result:
 - an exit, a signal or a crash becomes an error naming the phase ("exited with status 0 while importing");
 - a target running longer than `timeout` seconds is killed ("timed out after 300 s while building Net");
 - with `jobs` > 1 that many children run at once; results and shown output stay in target order;
+- a child runs in the parent's working directory (results name files relative to it), whatever the fork
+  server's was when it started;
 - `--fix` folders are staged in the parent's `OutputFolder` at a child's request and committed once at the end;
   an interrupted run kills its children and removes the staging area.
 
@@ -20,6 +22,11 @@ runs (no source check, no child, and no fork server when every target is answere
 results are stored once it completes, with the files its audit read: the parent's source check and the child's
 imports and reads. A target whose child did not complete (an exit, a signal, a timeout) or met a bug of the
 tool's is not stored.
+
+Where the children run is the `Executor`'s business: `Processes` (this machine, `jobs` at once) by default, or an
+executor that ships each target's model half elsewhere and runs it there with `audit_models_here`, the same
+child process machinery on the other side (`auditor.executors.dask`: one task per target on a Dask cluster).
+Everything else (cache, source checks, order, shown output, --fix staging) stays in this process.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from auditor.engine import Engine, target_label
 from auditor.findings import TargetResult, settle_provisional
@@ -63,15 +70,17 @@ ShowOutput = Callable[[str, str], None]  # (target label, what its code wrote)
 def run_targets(
     targets: list[Target], options: Options, *, jobs: int = 1, timeout: float = DEFAULT_TIMEOUT,
     progress: Progress | None = None, show_output: ShowOutput | None = None, cache: ResultCache | None = None,
+    executor: Executor | None = None,
 ) -> list[TargetResult]:
     """Audit `targets`, each one's models in a child process, and return the results in target order.
     `show_output` receives what a target's code wrote (without it, a failed target's error says that it wrote
     something). `cache` answers unchanged targets and keeps the others' results; never with --fix, whose
-    written files are the point of the run."""
+    written files are the point of the run. `executor` decides where the children run (default: `jobs` at
+    once on this machine)."""
     output = _output_folder(options)
     engine = Engine(options, output=output)
-    runner = _Runner(engine, output, jobs=jobs, timeout=timeout, progress=progress or (lambda _: None), show_output=show_output,
-                     cache=cache if options.fix is None else None)
+    runner = Runner(engine, output, executor=executor or Processes(jobs), timeout=timeout, progress=progress or (lambda _: None),
+                    show_output=show_output, cache=cache if options.fix is None else None)
     try:
         results = runner.run(targets)
     except BaseException:
@@ -91,7 +100,7 @@ def _output_folder(options: Options) -> OutputFolder | None:
 
 
 @dataclass
-class _Slot:
+class Slot:
     """One target's place in the output: its results in order (the parent's source results, then the child's)."""
 
     target: Target
@@ -101,31 +110,61 @@ class _Slot:
     output: str = ""
     started_ns: int = 0  # when its audit began (time.time_ns)
     read: list[str] = field(default_factory=list)  # the files its audit read, in the parent and in its child
+    complete: bool = False  # done, and its results are the target's whole, sound answer
+    cwd: str = field(default_factory=os.getcwd)  # where its child runs: the parent's working directory
 
 
-class _Runner:
-    def __init__(self, engine: Engine, output: OutputFolder | None, *, jobs: int, timeout: float, progress: Progress,
+class Child(Protocol):
+    """A started target as the runner waits on it: `Processes`' `_Child`, or an executor's remote task."""
+
+    deadline: float | None  # when the runner kills it (None: no limit here)
+
+    @property
+    def ended(self) -> bool: ...
+    def waitables(self) -> list[Any]: ...  # what `multiprocessing.connection.wait` wakes the runner on
+    def serve(self, ready: set[Any]) -> None: ...
+    def kill(self, timed_out: bool = False) -> None: ...
+    def finish(self) -> None: ...  # ended: complete its slot (`Runner.finished`) and free it
+    def close(self) -> None: ...
+
+
+class Executor(Protocol):
+    """Where targets' model halves run, and how many at once."""
+
+    capacity: int  # children in flight at once
+
+    def prepare(self, options: Options, children: int) -> None: ...  # before the first of `children` starts
+    def start(self, runner: Runner, slot: Slot) -> Child: ...
+    def close(self) -> None: ...  # after the last run: free what it holds (a cluster, a connection)
+
+
+class Runner:
+    def __init__(self, engine: Engine, output: OutputFolder | None, *, executor: Executor, timeout: float, progress: Progress,
                  show_output: ShowOutput | None, cache: ResultCache | None = None) -> None:
         self.engine = engine
         self.cache = cache
         self.output = output
-        self.jobs = max(1, jobs)
+        self.executor = executor
         self.timeout = timeout
         self.progress = progress
         self.show_output = show_output
-        self.processes = _Processes()
         self._shown = 0  # slots whose output was shown, in order
 
     def run(self, targets: list[Target]) -> list[TargetResult]:
         self.engine.prepare(targets)  # the repositories read once for all their files' plans
         slots = [self._begin(target) for target in targets]
+        self.drive(slots)
+        return [result for slot in slots for result in slot.results]
+
+    def drive(self, slots: list[Slot]) -> None:
+        """Run the children of the slots not yet done, showing each slot's output in order as it completes."""
         waiting = deque(slot for slot in slots if not slot.done)
         if waiting:
-            self.processes.start_server(preload(self.engine.options, len(waiting)))
-        running: list[_Child] = []
+            self.executor.prepare(self.engine.options, len(waiting))
+        running: list[Child] = []
         try:
             while waiting or running:
-                while waiting and len(running) < self.jobs:
+                while waiting and len(running) < self.executor.capacity:
                     child = self._start(waiting.popleft())
                     if child is not None:
                         running.append(child)
@@ -136,40 +175,39 @@ class _Runner:
                 child.kill()
                 child.close()
         self._show_in_order(slots)
-        return [result for slot in slots for result in slot.results]
 
-    def _begin(self, target: Target) -> _Slot:
+    def _begin(self, target: Target) -> Slot:
         """A target's place, answered from the cache, or with the part without the user's code done here."""
         label = target_label(target)
         cached = self.cache.lookup(target) if self.cache is not None else None
         if cached is not None:
-            return _Slot(target, label, cached.results, done=True, output=cached.output)
+            return Slot(target, label, cached.results, done=True, output=cached.output)
         self.progress(label)
-        slot = _Slot(target, label, [], done=False, started_ns=time.time_ns())
+        slot = Slot(target, label, [], done=False, started_ns=time.time_ns())
         slot.results, needs_models = self.engine.audit_source(target)
         slot.read = [str(path) for path in self.engine.source_files(target)]
         if not needs_models:
             self.finished(slot, complete=True)
         return slot
 
-    def finished(self, slot: _Slot, complete: bool) -> None:
+    def finished(self, slot: Slot, complete: bool) -> None:
         """`slot` has all its results; keep them in the cache when they are the target's whole, sound answer."""
-        slot.done = True
-        if self.cache is None or not complete or any(_tool_failure(result) for result in slot.results):
+        slot.done, slot.complete = True, complete and not any(_tool_failure(result) for result in slot.results)
+        if self.cache is None or not slot.complete:
             return
         files = [*slot.read, *([str(slot.target.path)] if slot.target.path is not None else [])]
         self.cache.store(slot.target, slot.results, slot.output, files, slot.started_ns)
 
-    def _start(self, slot: _Slot) -> _Child | None:
+    def _start(self, slot: Slot) -> Child | None:
         self.progress(slot.label)
         try:
-            return _Child(self, slot)
+            return self.executor.start(self, slot)
         except Exception as exc:  # noqa: BLE001 - no process could be started: this target fails, the others run
             slot.results.append(TargetResult(target=slot.label, status="error", error=f"could not start a process for it: {type(exc).__name__}: {exc}"))
             slot.done = True
             return None
 
-    def _serve(self, running: list[_Child]) -> None:
+    def _serve(self, running: list[Child]) -> None:
         """Wait for any child to say something, write, end, or run out of time; handle it."""
         deadlines = [c.deadline for c in running if c.deadline is not None]
         wait_for = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
@@ -182,7 +220,7 @@ class _Runner:
                 child.finish()
                 running.remove(child)
 
-    def _show_in_order(self, slots: list[_Slot]) -> None:
+    def _show_in_order(self, slots: list[Slot]) -> None:
         while self._shown < len(slots) and slots[self._shown].done:
             slot = slots[self._shown]
             if self.show_output is not None and slot.output:
@@ -208,18 +246,43 @@ def preload(options: Options, children: int) -> list[str]:
     return modules
 
 
-class _Processes:
-    """Where children come from: a fork server that imported torch and the auditor once, or spawn where the
-    platform cannot fork (each child then imports them itself). One server serves a process for its lifetime
-    (a test session's CLI runs share it); nothing it imports may touch CUDA, so that children can."""
+def audit_models_here(slot: Slot, options: Options, timeout: float, shown: bool, children: int) -> Slot:
+    """The model half of `slot`'s target in a child process of this machine, as `run_targets` runs it: for an
+    executor that ships targets to other processes (a Dask worker runs this). `shown`: the caller shows what
+    the target's code wrote (else a failed target's error says that it wrote something); `children`: how many
+    the caller's run starts, which decides what a new fork server preloads, as it would there. Returns the
+    slot with the child's results, its output, the files it read and whether it completed."""
+    executor = Processes()
+    executor.prepare(options, children)
+    runner = Runner(Engine(options), None, executor=executor, timeout=timeout, progress=lambda _: None,
+                    show_output=(lambda label, text: None) if shown else None)  # the output is kept on the slot
+    runner.drive([slot])
+    return slot
 
-    def __init__(self) -> None:
+
+class Processes:
+    """The default executor: children of this process, `jobs` at once, from a fork server that imported torch
+    and the auditor once, or spawned where the platform cannot fork (each child then imports them itself). One
+    server serves a process for its lifetime (a test session's CLI runs share it); nothing it imports may touch
+    CUDA, so that children can. A process may run several runners at once (a Dask worker's threads)."""
+
+    def __init__(self, jobs: int = 1) -> None:
+        self.capacity = max(1, jobs)
         if "forkserver" in multiprocessing.get_all_start_methods():
             self.context: Any = multiprocessing.get_context("forkserver")
         else:  # pragma: no cover - Windows
             self.context = multiprocessing.get_context("spawn")
 
-    def start_server(self, modules: list[str]) -> None:
+    def prepare(self, options: Options, children: int) -> None:
+        self._start_server(preload(options, children))
+
+    def start(self, runner: Runner, slot: Slot) -> Child:
+        return _Child(runner, slot, self.context)
+
+    def close(self) -> None:
+        """Nothing to free: the fork server serves this process for its lifetime."""
+
+    def _start_server(self, modules: list[str]) -> None:
         """Start the fork server (if it is not running) with `modules` preloaded. Its `sys.path` is this
         process's (and not the working directory, which `python -c` would add): it imports the same auditor and
         torch as this process would, and no `torch.py` of the user's. It ignores Ctrl-C, which the terminal
@@ -230,14 +293,17 @@ class _Processes:
 
         self.context.set_forkserver_preload(modules)
         path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
-        with _environment(PYTHONPATH=path, PYTHONSAFEPATH="1"), _sigint_ignored():
+        with _PROCESS_STATE, _environment(PYTHONPATH=path, PYTHONSAFEPATH="1"), _sigint_ignored():
             forkserver.ensure_running()
+
+
+_PROCESS_STATE = threading.Lock()  # held while the environment or `__main__` is changed to start a process
 
 
 class _Child:
     """One target's child process, seen from the parent: its channel, its output, its phase and deadline."""
 
-    def __init__(self, runner: _Runner, slot: _Slot) -> None:
+    def __init__(self, runner: Runner, slot: Slot, context: Any) -> None:
         self.runner = runner
         self.slot = slot
         self.phase = "starting"
@@ -246,15 +312,14 @@ class _Child:
         self.timed_out = False
         self.staged: list[Path] = []  # --fix folders staged for it, not yet claimed by a result
         self.captured = _CapturedOutput()
-        context = runner.processes.context
         self.channel, child_channel = context.Pipe()
         self.reader, writer = context.Pipe(duplex=False)
         self.process = context.Process(
             target=_child_main, name=f"audit {slot.label}",
-            args=(slot.target, runner.engine.options, child_channel, writer, dict(os.environ)),
+            args=(slot.target, runner.engine.options, child_channel, writer, dict(os.environ), slot.cwd),
         )
         try:
-            with _main_module_hidden():
+            with _PROCESS_STATE, _main_module_hidden():
                 self.process.start()
         finally:
             child_channel.close()

@@ -49,7 +49,7 @@ with contextlib.suppress(ImportError):  # auditor.rng saves numpy's random state
     import numpy.random  # noqa: F401
 
 
-def audit_in_child(target: Target, options: Options, channel: Connection, output: Connection, environ: dict[str, str]) -> None:
+def audit_in_child(target: Target, options: Options, channel: Connection, output: Connection, environ: dict[str, str], cwd: str) -> None:
     """The child's whole life: isolate, audit the target's models, report. A failure of the user's code that
     kills the process (os._exit, a signal, a crash) ends it without "done"; the parent names the phase."""
     if hasattr(os, "setpgrp"):  # POSIX: a group of its own, which a timeout kills whole
@@ -57,7 +57,8 @@ def audit_in_child(target: Target, options: Options, channel: Connection, output
     _die_with_parent()
     _redirect_output(output)
     os.environ.clear()
-    os.environ.update(environ)  # the parent's environment now, not the fork server's when it started
+    os.environ.update(environ)  # the parent's environment and working directory now, not the fork server's
+    os.chdir(cwd)
     reads = ReadRecorder().install()  # what the result depends on, for the parent's cache
     staging = ParentStaging(options.fix.out, channel) if options.fix is not None and options.fix.out is not None else None
     engine = Engine(options, progress=lambda text: channel.send(("phase", text)), output=staging)

@@ -1,0 +1,159 @@
+"""Targets audited on a Dask distributed cluster: `audit --executor dask [--scheduler ADDRESS]`.
+
+The runner keeps everything but a target's model half in the `audit` process (cache lookups and stores, source
+checks, target order, shown output), exactly as with `--jobs`; each target whose models must be imported becomes
+one task. On a worker the task runs `runner.audit_models_here`: a child process forked from the worker's own
+fork server, with the same guard, `--timeout` and memory budget (that machine's) as a local child, in the
+`audit` process's working directory, so results name files as they do locally. Workers therefore need the
+targets at the same paths (a shared file system) and the same auditor, torch and rule packs installed.
+
+Without an address a `LocalCluster` is started: `--jobs` single-threaded worker processes (Dask's default count
+without it). Nothing connects until a target needs a worker, so a run answered from the cache starts no
+cluster, nor imports `distributed` (0.5 s of CPU). Interrupting the run cancels the targets not yet started; those running end at their `--timeout`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+import sys
+import uuid
+from concurrent.futures import CancelledError
+from typing import TYPE_CHECKING, Any
+
+from auditor.errors import UsageError, first_line
+from auditor.findings import TargetResult
+from auditor.options import Options
+from auditor.runner import Child, Runner, Slot, audit_models_here
+
+if TYPE_CHECKING:
+    from distributed import Client, Future, LocalCluster
+
+
+class WorkerUnfit(Exception):
+    """A worker that cannot audit a target the way this machine would: the target's error, with the remedy."""
+
+
+class DaskExecutor:
+    """Every waiting target submitted at once; the scheduler spreads them over its workers' threads."""
+
+    capacity = sys.maxsize
+
+    def __init__(self, scheduler: str | None = None, workers: int | None = None) -> None:
+        self.scheduler = scheduler
+        self.workers = workers
+        self.cluster: LocalCluster | None = None
+        self.client: Client | None = None
+        self.children = 0  # how many the current run starts
+
+    def prepare(self, options: Options, children: int) -> None:
+        self.children = children
+        if self.client is None:
+            self.client = self._connect()
+
+    def start(self, runner: Runner, slot: Slot) -> Child:
+        return _Task(self, runner, slot)
+
+    def close(self) -> None:
+        for part in (self.client, self.cluster):
+            if part is not None:
+                part.close()
+        self.client = self.cluster = None
+
+    def _connect(self) -> Client:
+        import dask
+        from distributed import Client, LocalCluster
+
+        if self.scheduler is None:
+            # Workers that are daemonic processes may not start children, and each target needs one.
+            with dask.config.set({"distributed.worker.daemon": False}):
+                self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                            silence_logs=logging.CRITICAL)
+            return Client(self.cluster)
+        try:
+            return Client(self.scheduler)
+        except (OSError, ValueError, TypeError) as exc:  # refused, timed out, not an address
+            raise UsageError(f"--scheduler {self.scheduler}: cannot reach a Dask scheduler there ({first_line(exc)})") from None
+
+
+class _Task:
+    """One target's model half on the cluster, seen from the runner: it ends when its future does, which wakes
+    the runner through a pipe (the runner waits on pipes and processes, not futures). The worker's child has
+    the time limit; nothing here kills it but an interruption, which cancels the task."""
+
+    deadline = None
+
+    def __init__(self, executor: DaskExecutor, runner: Runner, slot: Slot) -> None:
+        assert executor.client is not None
+        self.runner = runner
+        self.slot = slot
+        self.reader, self.writer = multiprocessing.Pipe(duplex=False)
+        shipped = dataclasses.replace(slot, results=[], read=[])  # the source results and reads stay here
+        self.future: Future = executor.client.submit(
+            _audit_on_worker, shipped, runner.engine.options, runner.timeout, runner.show_output is not None, executor.children,
+            key=f"audit-{uuid.uuid4().hex}", pure=False,
+        )
+        self.future.add_done_callback(self._wake)
+
+    def _wake(self, future: Future) -> None:  # on the client's event loop thread
+        with contextlib.suppress(OSError):
+            self.writer.send_bytes(b"")
+
+    @property
+    def ended(self) -> bool:
+        return self.reader.poll()
+
+    def waitables(self) -> list[Any]:
+        return [self.reader]
+
+    def serve(self, ready: set[Any]) -> None:
+        """Nothing comes before the end: the worker's runner gathers the child's messages and output."""
+
+    def kill(self, timed_out: bool = False) -> None:
+        self.future.cancel()
+
+    def finish(self) -> None:
+        try:
+            remote: Slot = self.future.result()
+        except Exception as exc:  # noqa: BLE001 - the cluster's failure is this target's error
+            self.slot.results.append(TargetResult(target=self.slot.label, status="error", error=_failure(exc)))
+            self.runner.finished(self.slot, complete=False)
+        else:
+            self.slot.results.extend(remote.results)
+            self.slot.read.extend(remote.read)
+            self.slot.output = remote.output
+            self.runner.finished(self.slot, complete=remote.complete)
+        self.close()
+
+    def close(self) -> None:
+        self.future.release()
+        self.reader.close()
+        self.writer.close()
+
+
+def _failure(exc: BaseException) -> str:
+    from distributed import KilledWorker
+
+    if isinstance(exc, WorkerUnfit):
+        return str(exc)
+    if isinstance(exc, KilledWorker):
+        return f"the Dask workers that ran it died ({first_line(exc)})"
+    if isinstance(exc, CancelledError):
+        return f"the Dask cluster dropped it ({first_line(exc)})"
+    return f"could not be audited on the Dask cluster: {type(exc).__name__}: {first_line(exc)}"
+
+
+def _audit_on_worker(slot: Slot, options: Options, timeout: float, shown: bool, children: int) -> Slot:
+    """What a worker runs for one target: the local runner's model half, once the worker is fit for it."""
+    from distributed import get_worker
+
+    if multiprocessing.current_process().daemon:
+        raise WorkerUnfit(f"the Dask worker {get_worker().address} is a daemonic process, which may not start the process a target is "
+                          "audited in: start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False")
+    if not os.path.isdir(slot.cwd):
+        raise WorkerUnfit(f"the working directory {slot.cwd} is not on the Dask worker {get_worker().address}: workers need the "
+                          "targets at the same paths (a shared file system)")
+    return audit_models_here(slot, options, timeout, shown, children)
