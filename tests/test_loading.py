@@ -131,3 +131,27 @@ def test_forward_failure_says_where_and_with_which_inputs():
     assert result.status == "error"
     assert result.error.startswith("forward failed with input example_inputs(): `nn.Linear` in `fc` (tests/fixtures/models/forward_error.py:9)")
     assert "mat1 and mat2 shapes cannot be multiplied" in result.error
+
+
+def test_the_api_places_a_reassigned_attribute_where_the_command_line_does(monkeypatch):
+    """`self.body` and `self.head` are each assigned twice: the command line watches the build, the API reads
+    the source, and both name the assignment that made the module the model holds."""
+    import importlib.util
+    import sys
+
+    import torch
+
+    import auditor
+
+    path = MODELS / "reassigned.py"
+    [cli_result] = model_results(run(f"{path}:Net", inputs=["2,8"], select=["DRO001"]))
+    spec = importlib.util.spec_from_file_location("reassigned_fixture", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    api_report = auditor.audit(module.Net(), torch.randn(2, 8), select=["DRO001"])
+    assert [(f.code, f.module, f.line) for f in cli_result.findings] == [("DRO001", "body.1", 11)]
+    assert [(f.code, f.module, f.line) for f in api_report.findings] == [("DRO001", "body.1", 11)]
+    [net] = load(f"{path}:Net")
+    sites = auditor.api.live_model(module.Net(), None).sites
+    assert sites["head"][1] == net.sites["head"][1] == 12

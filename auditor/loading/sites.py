@@ -67,10 +67,19 @@ def static_site(model: nn.Module, qualname: str) -> Site | None:
     for cls in type(parent).__mro__:
         if cls.__module__.startswith("torch."):
             break
-        line = _assignment_lines(cls).get(attr)
-        if line is not None:
-            return line
+        assignments = _assignment_lines(cls).get(attr)
+        if assignments:
+            return _creating(assignments, type(model.get_submodule(qualname)))
     return static_site(model, parent_name)
+
+
+def _creating(assignments: list[tuple[Site, str | None]], made: type) -> Site:
+    """Of an attribute's assignments in source order, the one that made the live module: the last whose call
+    names its class (`self.body = nn.Sequential(...)` for a Sequential), else the last one, which is the one
+    that stands when `__init__` runs straight through (as the CLI, which watches the build, finds)."""
+    names = {cls.__name__ for cls in made.__mro__}
+    named = [site for site, called in assignments if called in names]
+    return (named or [site for site, _ in assignments])[-1]
 
 
 def _class_site(cls: type) -> Site | None:
@@ -84,8 +93,9 @@ def _class_site(cls: type) -> Site | None:
 
 
 @lru_cache(maxsize=512)
-def _assignment_lines(cls: type) -> dict[str, Site]:
-    """attr -> (file, line) of `self.attr = ...` / `self.attr: T = ...` in the class's `__init__`."""
+def _assignment_lines(cls: type) -> dict[str, list[tuple[Site, str | None]]]:
+    """attr -> every `self.attr = ...` / `self.attr: T = ...` in the class's `__init__`, in source order: its
+    (file, line) and the name the assigned value calls (`Sequential` for `nn.Sequential(...)`), if any."""
     try:
         source_lines, first = inspect.getsourcelines(cls)
         filename = display_path(inspect.getsourcefile(cls) or "")
@@ -95,18 +105,24 @@ def _assignment_lines(cls: type) -> dict[str, Site]:
         tree = ast.parse(textwrap.dedent("".join(source_lines)))
     except SyntaxError:
         return {}
-    found: dict[str, Site] = {}
+    found: dict[str, list[tuple[Site, str | None]]] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name == "__init__" and node.args.args:
             self_name = node.args.args[0].arg
-            for stmt in ast.walk(node):
-                if not isinstance(stmt, (ast.Assign, ast.AnnAssign)) or _is_none(stmt.value):
-                    continue
+            assignments = [stmt for stmt in ast.walk(node) if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and not _is_none(stmt.value)]
+            for stmt in sorted(assignments, key=lambda stmt: (stmt.lineno, stmt.col_offset)):
                 targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
                 for target in targets:
                     if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == self_name:
-                        found.setdefault(target.attr, (filename, first + stmt.lineno - 1))
+                        found.setdefault(target.attr, []).append(((filename, first + stmt.lineno - 1), _called_name(stmt.value)))
     return found
+
+
+def _called_name(value: ast.expr | None) -> str | None:
+    if isinstance(value, ast.Call):
+        func = value.func
+        return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    return None
 
 
 def _is_none(value: ast.expr | None) -> bool:
