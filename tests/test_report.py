@@ -231,3 +231,19 @@ def test_graph_chains_follow_the_dataflow():
     graph.link()
     assert graph.chains([a, b, c, d]) == [[a, b, c], [d]]
     assert graph.chains([c, a]) == [[a, c]]  # linked through b, which is not a member
+
+
+def test_the_same_fix_in_many_modules_is_listed_once_for_people():
+    """`--fix` on a 70B config re-initializes hundreds of projections: text lists each kind of change once and
+    names the other modules (as findings at one line); a different change, or one as safe where the other is
+    not, has its own line; JSON keeps every fix."""
+    reinits = [AppliedFix("INI001", f"layers.{i}.mlp.up_proj", f"re-initialized `layers.{i}.mlp.up_proj.weight` with normal(0, {0.01 + i / 1000:.3f})")
+               for i in range(80)]
+    others = [AppliedFix("DRO002", "drop", "Dropout -> Linear => Linear -> Dropout"),
+              AppliedFix("INI001", "head", "re-initialized `head.weight` with normal(0, 0.02)", safe=True)]
+    report = Report([TargetResult("config.json", capture=CaptureInfo("export", 9000), fixes=reinits + others)])
+    text = _text(report)
+    assert text.count("fixed INI001") == 2 and text.count("fixed DRO002") == 1
+    assert "fixed INI001 [layers.0.mlp.up_proj] re-initialized `layers.0.mlp.up_proj.weight` with normal(0, 0.010) (changes behaviour)" in text
+    assert "79 more alike: `layers.1.mlp.up_proj`, `layers.2.mlp.up_proj`, `layers.3.mlp.up_proj`, `layers.4.mlp.up_proj`, ... (75 more)" in text
+    assert len(json.loads(renderer("json")(report))["results"][0]["fixes"]) == 82

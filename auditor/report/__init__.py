@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from auditor.findings import Finding, Report, Severity
+from auditor.findings import AppliedFix, Finding, Report, Severity
 
 FORMATS = ("text", "json", "sarif", "github")
 
@@ -34,9 +34,23 @@ class Group:
 
     def others_text(self, shown: int = 4) -> str:
         """"3 more at this line: `blocks.1.drop`, `blocks.2.drop`, `blocks.3.drop`"."""
-        names = [f"`{f.module or '<root>'}`" for f in self.others[:shown]]
-        more = f", ... ({len(self.others) - shown} more)" if len(self.others) > shown else ""
-        return f"{len(self.others)} more {self.where}: {', '.join(names)}{more}"
+        return others_text([f.module for f in self.others], self.where, shown)
+
+
+def others_text(modules: list[str | None], where: str, shown: int = 4) -> str:
+    """"N more WHERE: `a`, `b`, `c`, `d`, ... (M more)"."""
+    names = [f"`{module or '<root>'}`" for module in modules[:shown]]
+    more = f", ... ({len(modules) - shown} more)" if len(modules) > shown else ""
+    return f"{len(modules)} more {where}: {', '.join(names)}{more}"
+
+
+def grouped_fixes(fixes: list[AppliedFix]) -> list[tuple[AppliedFix, list[AppliedFix]]]:
+    """The fixes people read as one, as `grouped` does for findings: one rule's fix making the same change in
+    several modules (the same action but for names and numbers, equally safe), the first with the others."""
+    groups: dict[tuple[object, ...], list[AppliedFix]] = {}
+    for fix in fixes:
+        groups.setdefault((fix.code, _template(fix.action), fix.safe), []).append(fix)
+    return [(group[0], group[1:]) for group in groups.values()]
 
 
 def grouped(findings: list[Finding]) -> list[Group]:

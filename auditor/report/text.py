@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.text import Text
 
 from auditor.findings import GUESS_NOTE, CaptureInfo, Finding, Report, Severity, TargetResult
-from auditor.report import Group, grouped
+from auditor.report import Group, grouped, grouped_fixes, others_text
 from auditor.report.terminal import Terminal
 from auditor.specs import readable_text
 
@@ -91,13 +91,16 @@ def guessed_text(capture: CaptureInfo) -> str:
 
 
 def _print_applied(result: TargetResult, console: Console, *, verbose: bool) -> None:
-    """--fix: each change (code, module, before => after, safety) and why others were not made."""
-    for fix in result.fixes:
+    """--fix: each change (code, module, before => after, safety; the same change in several modules once, the
+    others named after it) and why others were not made."""
+    for fix, alike in grouped_fixes(result.fixes):
         line = Text("  fixed ", style="green")
         line.append(fix.code, style="bold")
         line.append(f" [{fix.module or '<root>'}]", style="magenta")
         line.append(f" {fix.action}")
         line.append(" (safe: outputs verified unchanged)" if fix.safe else " (changes behaviour)", style="dim")
+        if alike:
+            line.append(f"\n      {others_text([f.module for f in alike], 'alike')}", style="dim")
         console.print(line)
     if result.capture is not None and not verbose:  # with --verbose every note is printed above
         for note in result.capture.notes:
