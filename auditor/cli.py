@@ -88,7 +88,7 @@ def audit(
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Audit models whose weights exceed SIZE (e.g. 8GiB, 500MB) on meta. Default: 1/8 of available memory.", show_default=False)] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Audit this many targets at once (each in a process of its own either way); output stays in target order. With --executor dask and no --scheduler: the local cluster's worker count. [default: 1]", show_default=False)] = None,
     executor_name: Annotated[str, typer.Option("--executor", help="Where targets are audited: 'local' (child processes here) or 'dask' (a Dask cluster; needs auditor[dask]).")] = "local",
-    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="With --executor dask: the scheduler's address, e.g. tcp://10.0.0.5:8786. Default: a local cluster.", show_default=False)] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="With --executor dask: the scheduler's address, e.g. tcp://10.0.0.5:8786. Default: DASK_SCHEDULER_ADDRESS, else a local cluster.", show_default=False)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", envvar="AUDIT_NO_CACHE", help="Audit every target again, neither reading nor writing the result cache.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", envvar="AUDIT_CACHE_DIR", help="Folder of the result cache. Default: `cache-dir` in [tool.auditor], else .audit_cache at the project root.", show_default=False)] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds one target may take (import, build, capture, probes, fix) before it is stopped; 0 for no limit. [default: 300]", show_default=False)] = None,

@@ -131,6 +131,16 @@ def test_a_scheduler_that_cannot_be_reached_is_a_usage_error() -> None:
     assert done.stderr.count("\n") == 1  # one line, no traceback
 
 
+@needs_distributed
+def test_dasks_configured_scheduler_address_is_used_without_scheduler() -> None:
+    done = cli("--executor", "dask", str(FIXTURES / "rules" / "clean_mlp.py"),
+               env={"DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:1", "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("audit: error: Dask's scheduler-address (DASK_SCHEDULER_ADDRESS) tcp://127.0.0.1:1: cannot reach a Dask "
+                                  "scheduler there (Timed out")
+    assert done.stderr.count("\n") == 1
+
+
 def test_without_the_extra_dask_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
     done = CliRunner().invoke(audit_app, ["--executor", "dask", str(FIXTURES / "rules" / "clean_mlp.py")])

@@ -7,7 +7,8 @@ fork server, with the same guard, `--timeout` and memory budget (that machine's)
 `audit` process's working directory, so results name files as they do locally. Workers therefore need the
 targets at the same paths (a shared file system) and the same auditor, torch and rule packs installed.
 
-Without an address a `LocalCluster` is started: `--jobs` single-threaded worker processes (Dask's default count
+Without `--scheduler`, the address Dask is configured with (`DASK_SCHEDULER_ADDRESS`, as `Client()` reads it) is
+used; without either, a `LocalCluster` is started: `--jobs` single-threaded worker processes (Dask's default count
 without it). Nothing connects until a target needs a worker, so a run answered from the cache starts no
 cluster, nor imports `distributed` (0.5 s of CPU). Interrupting the run cancels the targets not yet started; those running end at their `--timeout`.
 """
@@ -67,16 +68,23 @@ class DaskExecutor:
         import dask
         from distributed import Client, LocalCluster
 
-        if self.scheduler is None:
+        # Without --scheduler, the address Dask's own `Client()` would use (DASK_SCHEDULER_ADDRESS), if any.
+        named = f"--scheduler {self.scheduler}" if self.scheduler else None
+        address = self.scheduler or dask.config.get("scheduler-address", None)
+        if address is None:
             # Workers that are daemonic processes may not start children, and each target needs one.
             with dask.config.set({"distributed.worker.daemon": False}):
                 self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                                             silence_logs=logging.CRITICAL)
             return Client(self.cluster)
+        named = named or f"Dask's scheduler-address (DASK_SCHEDULER_ADDRESS) {address}"
+        if self.workers is not None:
+            raise UsageError(f"--jobs sizes a local cluster, and {named} names a running one: drop --jobs (its workers decide how many "
+                             "targets run at once)")
         try:
-            return Client(self.scheduler)
+            return Client(address)
         except (OSError, ValueError, TypeError) as exc:  # refused, timed out, not an address
-            raise UsageError(f"--scheduler {self.scheduler}: cannot reach a Dask scheduler there ({first_line(exc)})") from None
+            raise UsageError(f"{named}: cannot reach a Dask scheduler there ({first_line(exc)})") from None
 
 
 class _Task:
