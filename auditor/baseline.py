@@ -5,7 +5,11 @@ baseline's folder, so runs from any folder agree), the module and the rule's key
 without a module, such as a source check, the text of the line it points at), never a line number, so moved
 lines and reordered files still match. Findings may share a fingerprint (one rule,
 one module); the file records how many, and only that many are hidden. An entry whose target and rule ran
-without finding it is stale (fixed since). SARIF output carries the same fingerprint as `partialFingerprints`.
+without finding it is stale (fixed since), and so is one of a model no longer in a file this run audited whole
+(the class renamed or removed). The model's name is part of its target, hence of the fingerprint, as a test's
+name is of its id: a renamed class's findings are new, and the old name's entries are listed as stale, so the
+rename shows on both sides until the baseline is written again. SARIF output carries the same fingerprint as
+`partialFingerprints`.
 """
 
 from __future__ import annotations
@@ -78,9 +82,10 @@ class Outcome:
     file: str
     hidden: int = 0
     stale: list[Entry] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)  # targets of stale entries whose model is no longer in its file
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "hidden": self.hidden, "stale": [e.to_json() for e in self.stale]}
+        return {"file": self.file, "hidden": self.hidden, "stale": [e.to_json() for e in self.stale], "gone": self.gone}
 
 
 def entries(report: Report, root: Path) -> list[Entry]:
@@ -141,12 +146,21 @@ def apply(report: Report, recorded: list[Entry], path: Path, options: Options) -
             else:
                 kept.append(finding)
         result.findings = kept
-    audited = {portable(r.target, path.parent) for r in report.results if r.status == "ok"}
+    ran = {portable(r.target, path.parent): r.status for r in report.results}
+    gone = {e.target for e in recorded if _model_gone(e.target, ran)}
     for entry in recorded:
-        if remaining[entry.fingerprint] > 0 and entry.target in audited and _checked(entry, options):
+        if remaining[entry.fingerprint] > 0 and (ran.get(entry.target) == "ok" or entry.target in gone) and _checked(entry, options):
             outcome.stale.append(Entry(**{**entry.to_json(), "count": remaining[entry.fingerprint]}))
+    outcome.gone = sorted(gone & {e.target for e in outcome.stale})
     report.baseline = outcome
     return outcome
+
+
+def _model_gone(target: str, ran: dict[str, str]) -> bool:
+    """A model target (`net.py:Net`) whose file this run audited whole (the file's own result is ok, so every
+    model in it has a result, audited or skipped) without a result for that model: renamed or removed."""
+    file, colon, name = target.rpartition(":")
+    return bool(colon and file and name) and ran.get(file) == "ok" and target not in ran
 
 
 def _checked(entry: Entry, options: Options) -> bool:

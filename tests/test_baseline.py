@@ -60,6 +60,17 @@ class Net(nn.Module):
         return self.fc2(h)
 '''
 
+OTHER = """
+
+class Other(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(x)
+"""
+
 FIXED = OLD.replace("self.act(self.drop(self.fc1(x)))", "self.drop(self.act(self.fc1(x)))")
 
 
@@ -101,7 +112,7 @@ def test_only_the_new_finding_fails_after_every_line_moved(project: Path) -> Non
 
     document = json.loads(audit("net.py", "--baseline", "audit-baseline.json", "--format", "json").stdout)
     assert [(f["code"], f["module"]) for r in document["results"] for f in r["findings"]] == [("DRO001", "")]
-    assert document["baseline"] == {"file": "audit-baseline.json", "hidden": 1, "stale": []}
+    assert document["baseline"] == {"file": "audit-baseline.json", "hidden": 1, "stale": [], "gone": []}
 
 
 def test_without_the_baseline_both_findings_fail(project: Path) -> None:
@@ -123,6 +134,25 @@ def test_a_fixed_finding_is_reported_as_a_stale_entry(project: Path) -> None:
     document = json.loads(audit("net.py", "--baseline", "audit-baseline.json", "--format", "json").stdout)
     [stale] = document["baseline"]["stale"]
     assert (stale["code"], stale["target"], stale["module"], stale["count"]) == ("DRO001", "net.py:Net", "drop", 1)
+
+
+def test_renaming_the_model_class_lists_the_old_entries_as_stale(project: Path) -> None:
+    """The class name is part of a finding's target and so of its fingerprint: after a rename its findings are
+    new, and the old name's entries are listed as stale (its model is gone from a file audited whole), not
+    silently kept. Auditing another model of the file alone says nothing about them."""
+    audit("net.py", "--write-baseline", "audit-baseline.json")
+    write(project / "net.py", OLD.replace("class Net(", "class Network(") + OTHER)
+    result = audit("net.py", "--baseline", "audit-baseline.json", "--fail-on", "warning")
+    assert result.exit_code == 1
+    assert "warning DRO001 [drop]" in result.stdout and "net.py:Network" in result.stdout
+    assert ("note: 1 baseline entry of models no longer in their file (renamed or removed?): DRO001 in net.py:Net [drop]; "
+            "`--write-baseline audit-baseline.json` drops it") in result.stdout
+    document = json.loads(audit("net.py", "--baseline", "audit-baseline.json", "--format", "json").stdout)
+    [stale] = document["baseline"]["stale"]
+    assert (stale["code"], stale["target"], stale["module"]) == ("DRO001", "net.py:Net", "drop")
+    assert document["baseline"]["gone"] == ["net.py:Net"]
+    alone = json.loads(audit("net.py:Other", "--baseline", "audit-baseline.json", "--format", "json").stdout)
+    assert alone["baseline"]["stale"] == []
 
 
 def test_entries_of_rules_or_targets_not_checked_are_not_stale(project: Path) -> None:

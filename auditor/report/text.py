@@ -222,16 +222,24 @@ def summary_line(report: Report) -> Text:
 
 
 def stale_note(report: Report, shown: int = 5) -> Text | None:
-    """Baseline entries this run no longer finds (fixed since): listed, with how to drop them."""
+    """Baseline entries this run no longer finds: those of models still there (fixed since?), and those of
+    models no longer in their file (renamed or removed?), listed with how to drop them."""
     if report.baseline is None or not report.baseline.stale:
         return None
-    stale = report.baseline.stale
-    count = sum(e.count for e in stale)
-    names = [f"{e.code} in {e.target}" + (f" [{e.module or '<root>'}]" if e.module is not None else "") for e in stale[:shown]]
-    more = f", ... ({len(stale) - shown} more)" if len(stale) > shown else ""
+    gone = set(report.baseline.gone)
+    kinds = [("no longer found (fixed since?)", [e for e in report.baseline.stale if e.target not in gone]),
+             ("of models no longer in their file (renamed or removed?)", [e for e in report.baseline.stale if e.target in gone])]
     file = report.baseline.file
-    return Text(f"note: {count} baseline {'entry' if count == 1 else 'entries'} no longer found (fixed since?): {', '.join(names)}{more}; "
-                f"`--write-baseline {file}` drops {'it' if count == 1 else 'them'}", style="dim")
+    lines = []
+    for why, stale in kinds:
+        if not stale:
+            continue
+        count = sum(e.count for e in stale)
+        names = [f"{e.code} in {e.target}" + (f" [{e.module or '<root>'}]" if e.module is not None else "") for e in stale[:shown]]
+        more = f", ... ({len(stale) - shown} more)" if len(stale) > shown else ""
+        lines.append(f"note: {count} baseline {'entry' if count == 1 else 'entries'} {why}: {', '.join(names)}{more}; "
+                     f"`--write-baseline {file}` drops {'it' if count == 1 else 'them'}")
+    return Text("\n".join(lines), style="dim")
 
 
 def _skipped_note(skipped: int) -> str:
