@@ -90,6 +90,76 @@ def test_lightning_fit_stops_on_dropout_before_activation(pl, tmp_path: Path) ->
     assert [f.code for f in raised.value.report.findings] == ["DRO001"]
 
 
+try:  # a module-level class: ddp_spawn's workers unpickle the model by its class's import path
+    import lightning.pytorch as _lightning
+
+    class SpawnedClassifier(_lightning.LightningModule):
+        """A dropout before its Tanh (DRO001), trained by processes Lightning spawns."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(8, 32)
+            self.drop = nn.Dropout(0.3)
+            self.act = nn.Tanh()
+            self.fc2 = nn.Linear(32, 3)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.drop(self.fc1(x))))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self(x), y)
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+except ImportError:
+    pass
+
+
+def test_lightning_ddp_spawn_audits_on_rank_zero_and_raises_audit_failed_where_fit_was_called(pl, tmp_path: Path) -> None:
+    """Under ddp_spawn the audit runs in the processes Lightning starts: rank 0 audits, every rank raises, and
+    the process that called fit gets AuditFailed (not torch's ProcessRaisedException) and the report."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from auditor.integrations.lightning import AuditCallback, AuditFailed
+
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(32, 8, generator=generator), torch.randint(0, 3, (32,), generator=generator))
+    callback = AuditCallback(fail_on="warning")
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback], default_root_dir=str(tmp_path),
+    )
+    torch.manual_seed(0)
+    with pytest.raises(AuditFailed) as raised:
+        trainer.fit(SpawnedClassifier(), DataLoader(data, batch_size=8))
+    assert str(raised.value).startswith("SpawnedClassifier has 1 audit finding at or above warning:")
+    assert "warning DRO001 [drop] Dropout `drop` feeds Tanh `act`" in str(raised.value)
+    assert [f.code for f in raised.value.report.findings] == ["DRO001"]
+    assert callback.report is not None and [f.code for f in callback.report.findings] == ["DRO001"]
+
+
+def test_lightning_validate_alone_says_once_that_nothing_was_audited(pl, tmp_path: Path, capsys) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from auditor.integrations.lightning import AuditCallback
+
+    data = TensorDataset(torch.randn(16, 8), torch.randint(0, 3, (16,)))
+    callback = AuditCallback()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[callback], default_root_dir=str(tmp_path))
+    model = SpawnedClassifier()
+    trainer.validate(model, DataLoader(data, batch_size=8))
+    trainer.validate(model, DataLoader(data, batch_size=8))
+    err = capsys.readouterr().err
+    assert err.count("auditor: nothing was audited: trainer.validate() ran without training") == 1
+    assert callback.report is None
+
+
 def test_lightning_default_fail_on_reports_the_warning_and_trains(pl, tmp_path: Path, capsys) -> None:
     from auditor.integrations.lightning import AuditCallback
 
@@ -207,6 +277,21 @@ def test_trainer_run_of_a_clean_transformer_trains_as_without_the_callback(hf, t
     result = callback.report.results[0]
     assert result.status == "ok" and [f for f in result.findings if f.severity >= 2] == []
     assert result.probes["loss"] == "model"  # the model's own loss on the batch's labels
+
+
+def test_trainer_evaluate_or_predict_alone_says_once_that_nothing_was_audited(hf, tmp_path: Path, capsys) -> None:
+    from auditor.integrations.transformers import AuditCallback
+
+    args = hf.TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=8, report_to=[], use_cpu=True, disable_tqdm=True)
+    callback = AuditCallback()
+    trainer = hf.Trainer(model=FeatureClassifier(faulty=True), args=args, eval_dataset=FeatureData(), callbacks=[callback])
+    trainer.evaluate()
+    trainer.evaluate()
+    trainer.predict(FeatureData())
+    err = capsys.readouterr().err
+    assert err.count("auditor: nothing was audited:") == 1
+    assert "auditor: nothing was audited: Trainer.evaluate() ran without training" in err
+    assert callback.report is None
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -59,12 +59,29 @@ class TrainingAudit:
         else print the report (`show`: on one process of a distributed run) and let training go on."""
         from auditor.report.text import render
 
-        message = failure_message(report, self.fail_on, subject)
-        if message is not None:
-            raise AuditFailed(f"{message}\n(the audit stopped the run: fix the model, or pass fail_on= or ignore= to the callback)", report)
+        failed = self.failure(report, subject)
+        if failed is not None:
+            raise failed
         if show:
             sys.stdout.write(f"auditor: {subject} on the first training batch\n{render(report)}")
             sys.stdout.flush()
+
+    def failure(self, report: Report, subject: str) -> AuditFailed | None:
+        """The AuditFailed that stops the run, when a finding is at or above `fail_on`."""
+        message = failure_message(report, self.fail_on, subject)
+        if message is None:
+            return None
+        return AuditFailed(f"{message}\n(the audit stopped the run: fix the model, or pass fail_on= or ignore= to the callback)", report)
+
+    def nothing_audited(self, ran: str, *, show: bool = True) -> None:
+        """Say once, on stderr, that a run without training (`Trainer.evaluate()` alone) audited nothing: the
+        callback audits on the first training batch, and a silent evaluation would read as a clean model."""
+        if self.report is not None or getattr(self, "_said_nothing", False) or not show:
+            return
+        self._said_nothing = True
+        sys.stderr.write(f"auditor: nothing was audited: {ran} ran without training, and AuditCallback audits the model on "
+                         "the first training batch (auditor.audit(model, inputs) audits it outside training)\n")
+        sys.stderr.flush()
 
 
 class StepLoss:

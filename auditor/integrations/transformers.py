@@ -9,6 +9,7 @@ At `on_train_begin` the first batch of the train dataloader (the collated dict, 
 model's forward parameters by name. The batch is drawn from the underlying DataLoader with every random state
 saved and restored, so training sees the same batches as without the callback. With `probe=True` the probes
 use the model's own loss on the batch's labels (what `Trainer.compute_loss` uses unless you override it).
+`trainer.evaluate()` or `trainer.predict()` without `train()` audits nothing, and says so once on stderr.
 Needs `transformers` and `accelerate`: `pip install auditor[transformers]`.
 """
 
@@ -36,6 +37,12 @@ class AuditCallback(TrainingAudit, TrainerCallback):
             raise RuntimeError("auditor: the Trainer passed no model or train dataloader to on_train_begin")
         report = self.audit_batch(model, first_batch(model, train_dataloader), model_loss)
         self.finish(report, type(model).__name__, show=state.is_world_process_zero)
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self.nothing_audited("Trainer.evaluate()", show=state.is_world_process_zero)
+
+    def on_predict(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self.nothing_audited("Trainer.predict()", show=state.is_world_process_zero)
 
 
 def first_batch(model: Any, dataloader: Any) -> Any:
