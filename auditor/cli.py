@@ -66,12 +66,13 @@ def audit(
     inputs: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="[DTYPE:]D0,D1,... for each positional forward input, e.g. 2,3,224,224 or long:2,128.", show_default=False)] = None,
     kwargs: Annotated[Optional[str], typer.Option("--kwargs", help="JSON object of arguments for the class or factory, e.g. '{\"depth\": 18}'.", show_default=False)] = None,
     probe: Annotated[bool, typer.Option("--probe", help="Run the dynamic probes (gradients, mixed precision, clipping).")] = False,
-    fix: Annotated[bool, typer.Option("--fix", help="Rewrite the model to fix what can be fixed; needs --out.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the fixed model(s).", show_default=False)] = None,
-    force: Annotated[bool, typer.Option("--force", help="With --fix: overwrite an existing --out folder.")] = False,
+    fix: Annotated[bool, typer.Option("--fix", help="Fix what can be fixed in your own files, in place (minimal edits that keep formatting, re-audited, rolled back when the model no longer builds). With --out DIR: write a fixed copy of the model instead.")] = False,
+    unsafe_fixes: Annotated[bool, typer.Option("--unsafe-fixes", help="With --fix or --diff: also the fixes that change what the model or script computes (re-inits, dropout past a non-linear activation, ...).")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="With --fix: write fixed copies of the models to this folder (models without source: .pt2, pickles, configs) and leave your files alone.", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="With --fix --out: overwrite an existing --out folder.")] = False,
     shortcut: Annotated[str, typer.Option("--shortcut", help="RES001 fix: 'conv' (1x1 conv + BN) or 'pad' (zero-pad, parameter-free).")] = "conv",
     skip_concat: Annotated[str, typer.Option("--skip-concat", help="RES004 fix: 'pad' the smaller operand of a skip concatenation (zero-pad) or center-'crop' the larger.")] = "pad",
-    diff: Annotated[bool, typer.Option("--diff", help="With --fix: print the generated code before and after.")] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="Print the unified diff of the edits --fix would make to your files and write nothing (exit 1 when there is something to fix). With --fix --out: the generated code before and after.")] = False,
     output_format: Annotated[str, typer.Option("--format", help="text, json, sarif or github.")] = "text",
     select: Annotated[Optional[list[str]], typer.Option("--select", help="Codes, prefixes or ALL (comma-separated).", show_default=False)] = None,
     ignore: Annotated[Optional[list[str]], typer.Option("--ignore", help="Codes or prefixes to skip (comma-separated).", show_default=False)] = None,
@@ -101,7 +102,7 @@ def audit(
     try:
         runs = []
         for config, group in _configured(targets, config_file):
-            options = _options(config, inputs, kwargs, probe, fix, out, force, shortcut, skip_concat, diff, output_format, select, ignore, fail_on, device, clip_norm, plot, trust_pickle, verbose)
+            options = _options(config, inputs, kwargs, probe, fix, out, force, shortcut, skip_concat, diff, output_format, select, ignore, fail_on, device, clip_norm, plot, trust_pickle, verbose, unsafe_fixes)
             if capture_method is not None:
                 options.capture = _capture_methods(capture_method)
             options.meta, options.max_memory = _weights(meta, max_memory, options, config)
@@ -114,9 +115,9 @@ def audit(
             recorded = baselines.load(baseline_path) if baseline_path is not None else None
             cache = None if no_cache else _result_cache(options, cache_dir or config.cache_dir, config.path)
             runs.append((target_list, base, options, config, baseline_path, recorded, limit, cache))
-        if len(runs) > 1 and fix:
-            raise UsageError("--fix: the targets fall under different configurations (pyproject.toml files); fix one project at a time")
-        executor = _executor(executor_name, scheduler, jobs, fix)
+        if len(runs) > 1 and (fix or diff):
+            raise UsageError(f"{'--fix' if fix else '--diff'}: the targets fall under different configurations (pyproject.toml files); fix one project at a time")
+        executor = _executor(executor_name, scheduler, jobs, "--fix" if fix else "--diff" if diff else None)
     except UsageError as exc:
         _usage_error(err, exc)
     report, exit_code = Report(), 0
@@ -136,7 +137,10 @@ def audit(
             written = baselines.write(report, write_baseline)
         except UsageError as exc:
             _usage_error(err, exc)
-    _emit(report, output_format, quiet, verbose, diff=options.fix is not None and options.fix.diff)
+    if report.edited is not None and not report.edited.written:  # --diff: the edits, and nothing written
+        exit_code = _emit_source_diff(report, output_format, quiet, err)
+    else:
+        _emit(report, output_format, quiet, verbose, diff=options.fix is not None and options.fix.diff)
     if options.plot is not None:
         _plot(report, options.plot, err)
     for result in report.failed_targets:
@@ -159,6 +163,7 @@ def _usage_error(err: Terminal, exc: UsageError) -> NoReturn:
 def _merge(report: Report, part: Report) -> None:
     """One configuration's results into the run's report (baselines: hidden counts add up, stale entries join)."""
     report.results.extend(part.results)
+    report.edited = report.edited or part.edited  # --fix in place runs one configuration
     if part.baseline is None:
         return
     if report.baseline is None:
@@ -172,23 +177,34 @@ def _run(targets: list[Any], base: Path | None, options: Options, config: Config
          cache: Any) -> Report:
     """Each target's models are audited in a child process (`auditor.runner`) where `executor` runs them, unless
     `cache` (a ResultCache, or None) has their results; what the user's code wrote is shown on stderr with
-    --verbose, never on stdout."""
+    --verbose, never on stdout. `--fix` in place audits again after editing (`auditor.sourcefix.session`)."""
     from auditor.engine import resolve_targets
     from auditor.runner import run_targets
 
     parsed, errors = resolve_targets(targets, config.exclude, base)
     run = functools.partial(run_targets, parsed, options, executor=executor, timeout=timeout, show_output=_show_output(err) if options.verbose else None,
                             cache=cache)
-    if silent or not err.is_terminal or not parsed:
-        return Report(errors + run())
-    from rich.text import Text
+    if not (silent or not err.is_terminal or not parsed):
+        from rich.text import Text
 
-    with err.status("auditing", spinner="dots") as status:  # Text: a file name is never markup or emoji
-        return Report(errors + run(progress=lambda text: status.update(Text(f"auditing {text}"))))
+        with err.status("auditing", spinner="dots") as status:  # Text: a file name is never markup or emoji
+            return _audited(errors, functools.partial(run, progress=lambda text: status.update(Text(f"auditing {text}"))), options, parsed)
+    return _audited(errors, run, options, parsed)
+
+
+def _audited(errors: list[Any], run: Any, options: Options, parsed: list[Any]) -> Report:
+    if options.fix is None or not options.fix.source:
+        return Report(errors + run())
+    from auditor.sourcefix.session import fix_in_place
+
+    roots = [t.path if t.path.is_dir() else t.path.parent for t in parsed if t.path is not None]
+    results, edited = fix_in_place(options.fix, run, roots)
+    return Report(errors + results, edited=edited)
 
 
 def _result_cache(options: Options, named: Path | None, config_file: Path | None) -> Any:
-    """The result cache of one configuration's targets; none with --fix, which must run for what it writes."""
+    """The result cache of one configuration's targets; none with --fix or --diff, which must run for what they
+    write or show."""
     if options.fix is not None:
         return None
     from auditor.cache import ResultCache, folder_chooser
@@ -212,9 +228,10 @@ def _timeout(timeout: float | None, config: Config) -> float:
     return config.timeout if config.timeout is not None else DEFAULT_TIMEOUT
 
 
-def _executor(name: str, scheduler: str | None, jobs: int | None, fix: bool) -> Any:
+def _executor(name: str, scheduler: str | None, jobs: int | None, fixing: str | None) -> Any:
     """Where the targets' child processes run: `jobs` at once here, or on a Dask cluster (which is only
-    reached once a target needs it, so that a run answered from the cache starts none)."""
+    reached once a target needs it, so that a run answered from the cache starts none). `fixing` (--fix or
+    --diff) keeps them here: the edits are planned on, and written to, this machine's files."""
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs {jobs}: expected a number of processes, 1 or more")
     if name == "local":
@@ -225,8 +242,8 @@ def _executor(name: str, scheduler: str | None, jobs: int | None, fix: bool) -> 
         return Processes(jobs or 1)
     if name != "dask":
         raise UsageError(f"--executor {name!r}: expected 'local' or 'dask'")
-    if fix:
-        raise UsageError("--fix writes its files from this machine: run it with --jobs, not --executor dask")
+    if fixing is not None:
+        raise UsageError(f"{fixing} {'writes' if fixing == '--fix' else 'reads'} its files from this machine: run it with --jobs, not --executor dask")
     if scheduler is not None and jobs is not None:
         raise UsageError("--jobs sizes the local cluster; with --scheduler, the cluster's workers decide how many targets run at once")
     if scheduler is not None and not scheduler.strip():
@@ -263,6 +280,27 @@ def _write(text: str) -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         discard(sys.stdout)
+
+
+def _emit_source_diff(report: Report, output_format: str, quiet: bool, err: Terminal) -> int:
+    """--diff: the unified diff of the edits on stdout (a JSON/SARIF document keeps stdout; the diff then goes to
+    stderr), a one-line summary on stderr. Exit 1 when there is something to fix, 2 when a target failed."""
+    edited = report.edited
+    diff = "".join(edited.diffs)
+    if output_format == "text":  # raw, as ruff's: a patch that `git apply` takes, carriage returns included
+        _write(diff)
+    else:
+        from auditor.report import renderer
+
+        _write(renderer(output_format)(report) + "\n")
+        sys.stderr.write(diff)
+    if not quiet:
+        from auditor.report.text import edited_summary
+
+        err.print(edited_summary(edited))
+    if report.failed_targets:
+        return 2
+    return 1 if diff else 0
 
 
 def _plot(report: Report, path: Path, err: Terminal) -> None:
@@ -322,6 +360,7 @@ def _options(
     config: Config, inputs: list[str] | None, kwargs: str | None, probe: bool, fix: bool, out: Path | None, force: bool,
     shortcut: str, skip_concat: str, diff: bool, output_format: str, select: list[str] | None, ignore: list[str] | None,
     fail_on: str | None, device: str | None, clip_norm: float | None, plot: Path | None, trust_pickle: bool, verbose: bool,
+    unsafe_fixes: bool = False,
 ) -> Options:
     from auditor.specs import parse_spec
     from auditor.rule import all_rules, default_settings
@@ -345,17 +384,7 @@ def _options(
         if not probe:
             raise UsageError("--plot needs --probe")
         _require_matplotlib()
-    fix_options = None
-    if fix:
-        if out is None:
-            raise UsageError("--fix needs --out DIR (the user's files are never modified)")
-        if shortcut not in ("conv", "pad"):
-            raise UsageError(f"--shortcut {shortcut!r}: expected 'conv' or 'pad'")
-        if skip_concat not in ("pad", "crop"):
-            raise UsageError(f"--skip-concat {skip_concat!r}: expected 'pad' or 'crop'")
-        fix_options = FixOptions(out=out, force=force, shortcut=shortcut, skip_concat=skip_concat, diff=diff)
-    elif out is not None or diff:
-        raise UsageError("--out and --diff go with --fix")
+    fix_options = _fix_options(fix, out, force, shortcut, skip_concat, diff, unsafe_fixes)
     try:
         threshold = Severity.parse(fail_on) if fail_on else config.fail_on
     except ValueError as exc:
@@ -373,6 +402,28 @@ def _options(
         selection=selection, settings=settings, fail_on=threshold, inputs=list(inputs or []), kwargs=_kwargs(kwargs),
         probe=probe, plot=plot, fix=fix_options, device=device or config.device, trust_pickle=trust_pickle, verbose=verbose,
     )
+
+
+def _fix_options(fix: bool, out: Path | None, force: bool, shortcut: str, skip_concat: str, diff: bool, unsafe: bool) -> FixOptions | None:
+    """`--fix` edits the user's files; `--diff` shows those edits; `--fix --out DIR` writes fixed copies."""
+    if not (fix or diff):
+        for flag, given in (("--out", out is not None), ("--unsafe-fixes", unsafe), ("--force", force)):
+            if given:
+                raise UsageError(f"{flag} goes with --fix")
+        return None
+    if shortcut not in ("conv", "pad"):
+        raise UsageError(f"--shortcut {shortcut!r}: expected 'conv' or 'pad'")
+    if skip_concat not in ("pad", "crop"):
+        raise UsageError(f"--skip-concat {skip_concat!r}: expected 'pad' or 'crop'")
+    if out is not None:
+        if not fix:
+            raise UsageError("--out goes with --fix")
+        if unsafe:
+            raise UsageError("--unsafe-fixes goes with --fix without --out (a fixed copy applies every fix)")
+        return FixOptions(out=out, force=force, shortcut=shortcut, skip_concat=skip_concat, diff=diff)
+    if force:
+        raise UsageError("--force goes with --fix --out DIR")
+    return FixOptions(out=None, shortcut=shortcut, skip_concat=skip_concat, diff=diff, source=True, unsafe=unsafe)
 
 
 def _weights(meta: bool, max_memory: str | None, options: Options, config: Config) -> tuple[bool, int | None]:
@@ -477,7 +528,8 @@ def _kwargs(text: str | None) -> dict[str, Any]:
 def list_rules(
     output_format: Annotated[str, typer.Option("--format", help="text (a table), markdown (every rule's page) or json (every rule's page as data).")] = "text",
 ) -> None:
-    """Table of every rule: code, name, severity, fixable, what it flags."""
+    """Table of every rule: code, name, severity, its fix (safe or unsafe with `--fix`, `--out` for a fixed copy
+    only), what it flags."""
     from rich.table import Table
 
     from auditor import rule_pages
@@ -498,7 +550,7 @@ def list_rules(
         table.add_column(column, no_wrap=True)
     table.add_column("what it flags")
     for r in rules:
-        table.add_row(r.code, r.name, str(r.severity), "yes" if r.fixable else "", r.scope, r.summary)
+        table.add_row(r.code, r.name, str(r.severity), r.fix_availability, r.scope, r.summary)
     console = Terminal(highlight=False)
     if not console.is_terminal:
         console = Terminal(highlight=False, width=200)  # piped: one row per rule, no wrapping

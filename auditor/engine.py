@@ -214,6 +214,10 @@ class Engine:
         source.findings = findings
         if failures:  # a source rule crashed: a bug, shown rather than passed
             source.status, source.error = "error", "; ".join(failures)
+        if self.options.fix is not None and self.options.fix.source and source.findings:
+            from auditor.sourcefix.planning import plan_script
+
+            source.planned = plan_script(source.findings, self.options, str(target.path))
         source.seconds = time.perf_counter() - started
         return source
 
@@ -293,6 +297,10 @@ class Engine:
             result.status, result.error = "error", "; ".join(failures)
         elif refusal is not None:  # the structure was audited; what was asked beyond it was not
             result.status, result.error = "error", refusal
+        elif self.options.fix is not None and self.options.fix.source:
+            from auditor.sourcefix.planning import plan_model
+
+            result.planned = plan_model(graph, result.findings, self.options, loaded.label)
         elif self.options.fix is not None:
             self.progress(f"fixing {name}")
             self._fix(loaded, graph, inputs, result, guessed_only)
@@ -302,7 +310,7 @@ class Engine:
     def _refusal(self, loaded: LoadedModel) -> str | None:
         """Why --probe or --fix, which need the real weights and a copy of them, cannot run on this model. A
         model audited without its weights is fixed without them (auditor/fixing/initplan.py)."""
-        fix = self.options.fix is not None and not loaded.weights.on_meta
+        fix = self.options.fix is not None and not self.options.fix.source and not loaded.weights.on_meta
         asked = [flag for flag, wanted in (("--probe", self.options.probe), ("--fix", fix)) if wanted]
         return loaded.weights.refusal(" and ".join(asked)) if asked else None
 

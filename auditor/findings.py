@@ -71,9 +71,14 @@ class AppliedFix:
     module: str | None
     action: str
     safe: bool = False  # True when the rewrite provably keeps the model's outputs
+    file: str | None = None  # an edit of the user's source: the file and the line of the finding it fixes
+    line: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"code": self.code, "module": self.module, "action": self.action, "safe": self.safe}
+        record: dict[str, Any] = {"code": self.code, "module": self.module, "action": self.action, "safe": self.safe}
+        if self.file is not None:
+            record["file"], record["line"] = self.file, self.line
+        return record
 
 
 GUESS_NOTE = "guess: "  # starts the notes about what a guessed input decided (shown with the guess, without -v)
@@ -149,6 +154,7 @@ class TargetResult:
     fix_diff: str | None = None  # --fix --diff: unified diff of the generated code before/after (text output only)
     built: str | None = None  # how the model was built: "built as in train.py:41", "built with guessed arguments: ..."
     model_class: ClassRecord | None = None  # the user class the result stands for (audited, skipped or failed)
+    planned: Any = None  # --fix in place: the source edits planned for it (auditor.sourcefix.ops.Planned)
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {"target": self.target, "status": self.status}
@@ -175,6 +181,7 @@ class Report:
 
     results: list[TargetResult] = field(default_factory=list)
     baseline: Outcome | None = None  # with --baseline: what it hid, which entries are stale
+    edited: Any = None  # --fix in place / --diff: what was changed in the user's files (auditor.sourcefix.session.Edited)
 
     @property
     def findings(self) -> list[Finding]:

@@ -14,12 +14,14 @@ CAPTURE_METHODS = ("fx", "export", "hooks")
 
 @dataclass
 class FixOptions:
-    out: Path | None  # None: fix in memory only (the Python API without `out`)
+    out: Path | None  # None: fix in memory only (the Python API without `out`), or the user's files with `source`
     force: bool = False
     shortcut: str = "conv"  # RES001 shortcut: "conv" (1x1 conv + BN) or "pad" (parameter-free zero padding)
     skip_concat: str = "pad"  # RES004: "pad" the smaller operands of a skip concatenation, or "crop" the larger
-    diff: bool = False
+    diff: bool = False  # --out: show the generated code's diff; in place: show the source diff, write nothing
     seed: int = 0  # re-inits and new layers are drawn from generators seeded with this
+    source: bool = False  # edit the user's own files (`--fix` without `--out`, `--diff`): auditor.sourcefix
+    unsafe: bool = False  # --unsafe-fixes: also the source edits that change what the model computes
 
 
 @dataclass

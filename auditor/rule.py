@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 SCOPES = ("graph", "source", "probe")
 DOC_SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead", "Fix", "References")
+FIX_SAFETY = ("safe", "unsafe", "sometimes")  # of a rule's edit of the user's source (`--fix` in place), as ruff's
 CODE_PATTERN = re.compile(r"^[A-Z]{3}[0-9]{3}$")
 ENTRY_POINT_GROUP = "auditor.rules"
 
@@ -53,11 +54,25 @@ class Rule:
     scope: ClassVar[str] = "graph"
     fix_title: ClassVar[str | None] = None  # imperative, e.g. "Move the dropout after the activation"; None: no fix
     fix_safe: ClassVar[bool] = False  # the fix provably keeps outputs (verified on the example inputs by --fix)
+    # Its edit of the user's source (a `source_fix` method): "safe", applied by `--fix`, when the model or script
+    # computes the same after it; "unsafe" when it changes that (applied with `--unsafe-fixes`); "sometimes":
+    # per finding, as the rule's "Fix safety" doc section says.
+    fix_safety: ClassVar[str | None] = None
     settings: ClassVar[dict[str, Any]] = {}  # kebab-case name -> default, configurable in [tool.auditor.settings]
 
     @property
     def fixable(self) -> bool:
         return self.fix_title is not None
+
+    @property
+    def fix_availability(self) -> str:
+        """How `audit rules` shows the fix: its safety when `--fix` edits the source, `--out` when only a fixed
+        copy can be written, nothing without a fix."""
+        if self.fix_title is None:
+            return ""
+        if getattr(self, "source_fix", None) is None:
+            return "--out"
+        return self.fix_safety or "unsafe"
 
     def check(self, ctx: Any) -> Iterable[Finding]:
         raise NotImplementedError
@@ -289,6 +304,8 @@ def register(cls: type[Rule]) -> type[Rule]:
         raise UsageError(f"rule {_defined(cls)}: code {cls.code!r} is not three capitals and three digits")
     if cls.scope not in SCOPES:
         raise UsageError(f"rule {_defined(cls)}: scope {cls.scope!r} is not one of {', '.join(SCOPES)}")
+    if getattr(cls, "source_fix", None) is not None and cls.fix_safety not in FIX_SAFETY:
+        raise UsageError(f"rule {_defined(cls)}: a source fix needs fix_safety, one of {', '.join(FIX_SAFETY)}")
     for other in _REGISTRY.values():
         for what in ("code", "name"):
             if getattr(other, what) == getattr(cls, what) and type(other) is not cls:

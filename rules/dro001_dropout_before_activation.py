@@ -15,8 +15,11 @@ if TYPE_CHECKING:
     from auditor.findings import AppliedFix
     from auditor.fixing import FixContext, PlanContext
     from auditor.graph import Node
+    from auditor.sourcefix import EditContext, SourceEdit
 
 
+# Activations a dropout commutes with: positively homogeneous, f(0) = 0, and drawing no random numbers.
+_SAME_EITHER_WAY = frozenset({"relu", "leaky_relu", "prelu"})
 # Activations whose value at 0 is not 0: a dropped unit does not stay dropped.
 _NONZERO_AT_ZERO = {"sigmoid": "0.5", "hardsigmoid": "0.5", "softplus": "log 2", "logsigmoid": "-log 2"}
 
@@ -52,7 +55,14 @@ class DropoutBeforeActivation(Rule):
     ## Fix
     `--fix` moves the dropout after the activation. For the ReLU family the outputs are unchanged; for other
     activations the fix changes what the model computes in training (as intended). A hand-written activation
-    reads the dropout's output in several ops: move the dropout after it by hand.
+    reads the dropout's output in several ops: move the dropout after it by hand. In your file, `--fix` reorders
+    the `nn.Sequential` entries (or `OrderedDict` entries, or the list the Sequential is built from), or moves the
+    call in `forward`: `self.act(self.drop(x))` becomes `self.drop(self.act(x))`, two statements swap.
+
+    ## Fix safety
+    Safe before ReLU, LeakyReLU and PReLU: relu(drop(x)) equals drop(relu(x)) with the same mask, so `--fix`
+    applies it. Unsafe before any other activation (it changes what the model computes in training): applied with
+    `--unsafe-fixes`.
 
     ## References
     Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting", JMLR 2014.
@@ -63,6 +73,7 @@ class DropoutBeforeActivation(Rule):
     severity = Severity.WARNING
     summary = "dropout whose output feeds an activation"
     fix_title = "Move the dropout after the activation"
+    fix_safety = "sometimes"
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
         for dropout in ctx.graph.find(ops.DROPOUT):
@@ -102,6 +113,14 @@ class DropoutBeforeActivation(Rule):
         path = self.fix_plan(ctx, dropout)
         ctx.move_after(dropout, path[-1])
         return ctx.fixed(finding, f"{ctx.chain(dropout, path)} => {ctx.chain(path, dropout)}")
+
+    def source_fix(self, ctx: EditContext, finding: Finding) -> SourceEdit:
+        """Move the dropout after the activation in the source. Safe past the ReLU family alone: relu(drop(x))
+        is drop(relu(x)), with the same mask."""
+        dropout = ctx.node(finding)
+        path = self.fix_plan(ctx, dropout)
+        safe = all(node.op in _SAME_EITHER_WAY for node in path)
+        return ctx.edited(finding, ctx.move_after(dropout, path[-1]), f"{ctx.chain(dropout, path)} => {ctx.chain(path, dropout)}", safe=safe)
 
 
 def _effect(activation: Node) -> str:

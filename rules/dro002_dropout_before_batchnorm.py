@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
     from auditor.fixing import FixContext, PlanContext
+    from auditor.sourcefix import EditContext, SourceEdit
 
 # What a dropout's noise survives on its way to a BatchNorm: reshapes, pooling, padding, resampling,
 # concatenation (DenseNet's dense connections) and the weight layers themselves, which mix it but keep it.
@@ -57,7 +58,10 @@ class DropoutBeforeBatchNorm(Rule):
     the activation that directly follows the norm (as Li et al. recommend: dropout after the BatchNorm). This
     changes what the model computes in training. It is left to you when the dropout reaches several BatchNorms,
     when its output is also read elsewhere, or when it is concatenated with other values before the norm
-    (moving it would drop those too).
+    (moving it would drop those too). In your file the dropout's entry or call moves after the norm's activation.
+
+    ## Fix safety
+    Unsafe: the model computes another function in training (applied with `--unsafe-fixes`).
 
     ## References
     Li, Chen, Hu, Yang, "Understanding the Disharmony between Dropout and Batch Normalization by Variance
@@ -69,6 +73,7 @@ class DropoutBeforeBatchNorm(Rule):
     severity = Severity.WARNING
     summary = "dropout feeding a BatchNorm (variance shift at eval)"
     fix_title = "Move the dropout after the BatchNorm"
+    fix_safety = "unsafe"
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
         for dropout in ctx.graph.find(ops.DROPOUT):
@@ -109,6 +114,13 @@ class DropoutBeforeBatchNorm(Rule):
         between, path = self.fix_plan(ctx, dropout)
         ctx.move_after(dropout, path[-1])
         return ctx.fixed(finding, f"{ctx.chain(dropout, between, path)} => {ctx.chain(between, path, dropout)}")
+
+    def source_fix(self, ctx: EditContext, finding: Finding) -> SourceEdit:
+        """Move the dropout after the BatchNorm (and its activation) in the source; unsafe: training changes."""
+        dropout = ctx.node(finding)
+        between, path = self.fix_plan(ctx, dropout)
+        action = f"{ctx.chain(dropout, between, path)} => {ctx.chain(between, path, dropout)}"
+        return ctx.edited(finding, ctx.move_after(dropout, path[-1]), action, safe=False)
 
 
 def _norms_reached(dropout: Node) -> list[tuple[Node, list[Node]]]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
     from auditor.fixing import FixContext, PlanContext
+    from auditor.sourcefix import EditContext, SourceEdit
 
 
 @register
@@ -42,7 +43,11 @@ class DropoutOnOutput(Rule):
     ```
 
     ## Fix
-    `--fix` removes the dropout. To keep the regularization, put a dropout before the last layer instead.
+    `--fix` removes the dropout (its entry of the `nn.Sequential`, or its call in `forward`; a module attribute it
+    no longer uses stays). To keep the regularization, put a dropout before the last layer instead.
+
+    ## Fix safety
+    Unsafe: the outputs in training change (at evaluation they do not); applied with `--unsafe-fixes`.
 
     ## References
     Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting", JMLR 2014
@@ -54,6 +59,7 @@ class DropoutOnOutput(Rule):
     severity = Severity.WARNING
     summary = "dropout applied to the model's output"
     fix_title = "Remove the dropout on the output"
+    fix_safety = "unsafe"
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
         output = ctx.graph.output
@@ -78,6 +84,13 @@ class DropoutOnOutput(Rule):
         before = self.fix_plan(ctx, dropout)
         ctx.remove(dropout)
         return ctx.fixed(finding, f"{ctx.chain(before, dropout)} -> output => {ctx.chain(before) or 'input'} -> output")
+
+    def source_fix(self, ctx: EditContext, finding: Finding) -> SourceEdit:
+        """Remove the dropout from the source; unsafe: the outputs in training change."""
+        dropout = ctx.node(finding)
+        before = self.fix_plan(ctx, dropout)
+        action = f"{ctx.chain(before, dropout)} -> output => {ctx.chain(before) or 'input'} -> output"
+        return ctx.edited(finding, ctx.remove(dropout), action, safe=False)
 
 
 def _drops_predictions(ctx: GraphContext, dropout: Node) -> bool:

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from auditor.findings import AppliedFix
     from auditor.fixing import FixContext, PlanContext
     from auditor.graph import AuditGraph, Node
+    from auditor.sourcefix import EditContext, SourceEdit
 
 
 # Layers whose outputs a BatchNorm should normalize before the activation.
@@ -49,7 +50,12 @@ class BatchNormAfterActivation(Rule):
 
     ## Fix
     `--fix` moves the BatchNorm between the weight layer and the activation (its `num_features` stays valid,
-    since the activation does not change the shape). This changes what the model computes.
+    since the activation does not change the shape). This changes what the model computes. In your file the
+    norm's entry moves before the activation's (also from `layers.append(norm)` into the list the activation is
+    in), or its call in `forward` moves: `self.bn(F.relu(x))` becomes `F.relu(self.bn(x))`.
+
+    ## Fix safety
+    Unsafe: the model computes another function (applied with `--unsafe-fixes`).
 
     ## References
     Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
@@ -61,6 +67,7 @@ class BatchNormAfterActivation(Rule):
     severity = Severity.WARNING
     summary = "conv/linear -> activation -> BatchNorm"
     fix_title = "Put the BatchNorm between the conv/linear and the activation"
+    fix_safety = "unsafe"
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
         for norm in ctx.graph.find(ops.BATCH_NORM):
@@ -106,6 +113,13 @@ class BatchNormAfterActivation(Rule):
         activation, layer = self.fix_plan(ctx, norm)
         ctx.move_before(norm, activation)
         return ctx.fixed(finding, f"{ctx.chain(layer, activation, norm)} => {ctx.chain(layer, norm, activation)}")
+
+    def source_fix(self, ctx: EditContext, finding: Finding) -> SourceEdit:
+        """Move the BatchNorm before the activation in the source; unsafe: the model computes another function."""
+        norm = ctx.node(finding)
+        activation, layer = self.fix_plan(ctx, norm)
+        action = f"{ctx.chain(layer, activation, norm)} => {ctx.chain(layer, norm, activation)}"
+        return ctx.edited(finding, ctx.move_before(norm, activation), action, safe=False)
 
 
 def _weight_layers(graph: AuditGraph, node: Node, itself: bool = False) -> list[Node]:

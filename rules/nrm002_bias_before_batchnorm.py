@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
     from auditor.fixing import FixContext, PlanContext
+    from auditor.sourcefix import EditContext, SourceEdit
 
 _LAYERS = (ops.CONV, ops.CONV_TRANSPOSE, ops.LINEAR)
 
@@ -42,7 +43,13 @@ class BiasBeforeBatchNorm(Rule):
 
     ## Fix
     `--fix` drops the bias and folds it into the BatchNorm's running mean, so evaluation outputs are
-    unchanged (and training outputs too, since the batch mean cancels it anyway).
+    unchanged (and training outputs too, since the batch mean cancels it anyway). In your file it adds
+    `bias=False` to the call that creates the layer, when every layer that line creates feeds a BatchNorm.
+
+    ## Fix safety
+    Safe: in training the batch mean cancels the bias, so the model computes the same; a model trained without it
+    has the same function. (A freshly built model draws its later layers' random initial values from a shifted
+    stream, as after any change to a constructor.)
 
     ## References
     Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
@@ -56,6 +63,7 @@ class BiasBeforeBatchNorm(Rule):
     summary = "conv/linear with bias feeding BatchNorm"
     fix_title = "Drop the bias (fold it into the BatchNorm's running mean)"
     fix_safe = True
+    fix_safety = "safe"
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
         seen: set[int] = set()
@@ -87,6 +95,16 @@ class BiasBeforeBatchNorm(Rule):
         norm = self.fix_plan(ctx, layer)
         folded = ctx.fold_bias(layer, norm)
         return ctx.fixed(finding, f"{ctx.chain(layer, norm)} with bias => without bias ({folded})", safe=True)
+
+    def source_fix(self, ctx: EditContext, finding: Finding) -> SourceEdit:
+        """`bias=False` where the layer is created. Safe: the BatchNorm cancels the bias in training, and the
+        running mean absorbs it once trained; every layer that line creates must be one this rule flags."""
+        layer = ctx.node(finding)
+        norm = self.fix_plan(ctx, layer)
+        for other in ctx.created_alongside(layer.module or ""):
+            if not ctx.has_finding(self.code, other):
+                ctx.cannot(f"the line creating `{layer.module}` also creates `{other}`, whose bias is not cancelled by a BatchNorm")
+        return ctx.edited(finding, ctx.drop_bias(layer), f"{ctx.chain(layer, norm)}: bias=False", safe=True)
 
 
 def _same_channels(layer: Node, norm: Node) -> bool:

@@ -59,7 +59,7 @@ def test_verbose_adds_the_traceback():
         (["--input", "2x3", CLEAN], "--input '2x3': expected [DTYPE:]D0,D1,..."),
         (["--kwargs", "{depth: 1}", CLEAN], "--kwargs: not valid JSON"),
         (["--format", "xml", CLEAN], "--format 'xml': expected one of text, json, sarif, github"),
-        (["--fix", CLEAN], "--fix needs --out DIR"),
+        (["--unsafe-fixes", CLEAN], "--unsafe-fixes goes with --fix"),
         (["--fail-on", "fatal", CLEAN], "--fail-on: unknown severity 'fatal'"),
         (["--capture", "jit", CLEAN], "--capture 'jit': expected one of fx, export, hooks"),
     ],

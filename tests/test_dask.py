@@ -154,6 +154,8 @@ def test_without_the_extra_dask_is_a_usage_error(monkeypatch: pytest.MonkeyPatch
     (["--executor", "dask", "--scheduler", "tcp://10.0.0.5:8786", "--jobs", "4"],
      "--jobs sizes the local cluster; with --scheduler, the cluster's workers decide how many targets run at once"),
     (["--executor", "dask", "--fix", "--out", "fixed"], "--fix writes its files from this machine: run it with --jobs, not --executor dask"),
+    (["--executor", "dask", "--fix"], "--fix writes its files from this machine: run it with --jobs, not --executor dask"),
+    (["--executor", "dask", "--diff"], "--diff reads its files from this machine: run it with --jobs, not --executor dask"),
 ])
 def test_executor_options_are_checked(args: list[str], message: str) -> None:
     done = CliRunner().invoke(audit_app, [*args, str(FIXTURES / "rules" / "clean_mlp.py")])

@@ -46,3 +46,22 @@ def test_files_without_models_pass_without_being_imported(tmp_path):
     assert [r.target for r in report.results] == [display_path(str(f)) for f in files]
     assert all(r.status == "ok" and not r.findings for r in report.results)
     assert not any(name.startswith("hooked_") for name in sys.modules)
+
+
+def test_the_audit_hook_with_fix_edits_the_committed_file(tmp_path):
+    """`args: [--fix]` as with ruff's hook: the hook's own command fixes the file in place; what remains at or
+    above warnings still fails it (the unsafe fixes, left out without --unsafe-fixes)."""
+    import shlex
+    import shutil
+
+    from support import FIXTURES, cli
+
+    hook = next(h for h in yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text()) if h["id"] == "audit")
+    path = tmp_path / "model.py"
+    shutil.copy(FIXTURES / "source_fix" / "dro001_sequential" / "before.py", path)
+    command = shlex.split(hook["entry"])[1:]
+    done = cli(*command, "--fix", str(path), timeout=300)
+    assert done.returncode == 1 and "nn.ReLU(inplace=True), nn.Dropout(p=0.1)" in path.read_text()
+    done = cli(*command, "--fix", "--unsafe-fixes", str(path), timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert path.read_text() == (FIXTURES / "source_fix" / "dro001_sequential" / "after.py").read_text()

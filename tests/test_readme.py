@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text()
 def rules_table() -> str:
     rows = ["| code | name | severity | scope | `--fix` | what it flags |", "| --- | --- | --- | --- | --- | --- |"]
     for rule in all_rules():
-        rows.append(f"| {rule.code} | {rule.name} | {rule.severity} | {rule.scope} | {'yes' if rule.fixable else ''} | {rule.summary} |")
+        rows.append(f"| {rule.code} | {rule.name} | {rule.severity} | {rule.scope} | {rule.fix_availability} | {rule.summary} |")
     return "\n".join(rows)
 
 

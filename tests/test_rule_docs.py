@@ -69,6 +69,15 @@ def test_doc_has_every_section(rule) -> None:
     assert not missing, f"{rule.code}: doc lacks {missing}"
 
 
+@pytest.mark.parametrize("rule", [r for r in all_rules() if getattr(r, "source_fix", None)], ids=lambda r: r.code)
+def test_a_source_fix_says_how_safe_it_is(rule) -> None:
+    """As ruff's rule pages: a rule whose fix edits the user's file says whether `--fix` applies it (safe) or only
+    `--unsafe-fixes` does, and why."""
+    assert rule.fix_safety in ("safe", "unsafe", "sometimes")
+    safety = rule.doc_sections().get("Fix safety", "")
+    assert safety.split()[0].rstrip(":") in ("Safe", "Unsafe") if rule.fix_safety != "sometimes" else ("Safe" in safety and "nsafe" in safety)
+
+
 @pytest.mark.parametrize("rule", [r for r in all_rules() if r.code in CATALOG], ids=lambda r: r.code)
 def test_doc_examples_are_python(rule) -> None:
     sections = rule.doc_sections()

@@ -46,10 +46,11 @@ def others_text(modules: list[str | None], where: str, shown: int = 4) -> str:
 
 def grouped_fixes(fixes: list[AppliedFix]) -> list[tuple[AppliedFix, list[AppliedFix]]]:
     """The fixes people read as one, as `grouped` does for findings: one rule's fix making the same change in
-    several modules (the same action but for names and numbers, equally safe), the first with the others."""
+    several modules (the same action but for names and numbers, equally safe; an edit of the user's file: at the
+    same line, as a class's edit fixes each of its instances), the first with the others."""
     groups: dict[tuple[object, ...], list[AppliedFix]] = {}
     for fix in fixes:
-        groups.setdefault((fix.code, _template(fix.action), fix.safe), []).append(fix)
+        groups.setdefault((fix.code, _template(fix.action), fix.safe, fix.file, fix.line), []).append(fix)
     return [(group[0], group[1:]) for group in groups.values()]
 
 

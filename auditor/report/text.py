@@ -6,6 +6,7 @@ Printed through a rich Console built by the CLI at run time, so NO_COLOR and non
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from rich.console import Console
 from rich.text import Text
@@ -28,7 +29,10 @@ def print_report(report: Report, console: Console, *, quiet: bool = False, verbo
             _print_result(result, console, verbose=verbose, quiet=quiet, diff=diff)
     if not quiet:
         _print_skipped(report, console)
-        fixes = fix_summary_line(report)
+        if report.edited is not None:
+            for note in report.edited.notes:
+                console.print(Text(f"note: {note}", style="dim"))
+        fixes = edited_summary(report.edited) if report.edited is not None else fix_summary_line(report)
         if fixes is not None:
             console.print(fixes)
         classes = classes_line(report)
@@ -96,9 +100,15 @@ def _print_applied(result: TargetResult, console: Console, *, verbose: bool) -> 
     for fix, alike in grouped_fixes(result.fixes):
         line = Text("  fixed ", style="green")
         line.append(fix.code, style="bold")
-        line.append(f" [{fix.module or '<root>'}]", style="magenta")
-        line.append(f" {fix.action}")
-        line.append(" (safe: outputs verified unchanged)" if fix.safe else " (changes behaviour)", style="dim")
+        if fix.module is not None:
+            line.append(f" [{fix.module or '<root>'}]", style="magenta")
+        if fix.file is not None:  # an edit of the user's file, at the finding's line
+            line.append(f" {fix.file}:{fix.line}", style="bold")
+            line.append(f" {fix.action}")
+            line.append(" (safe fix)" if fix.safe else " (unsafe fix: changes what it computes)", style="dim")
+        else:
+            line.append(f" {fix.action}")
+            line.append(" (safe: outputs verified unchanged)" if fix.safe else " (changes behaviour)", style="dim")
         if alike:
             line.append(f"\n      {others_text([f.module for f in alike], 'alike')}", style="dim")
         console.print(line)
@@ -179,6 +189,19 @@ def fix_summary_line(report: Report) -> Text | None:
     return text
 
 
+def edited_summary(edited: Any) -> Text:
+    """`--fix` in place: how many findings were fixed in how many files (`--diff`: would be), and how many unsafe
+    fixes were left out."""
+    verb = "Fixed" if edited.written else "Would fix"
+    text = Text(f"{verb} {_plural(edited.applied, 'finding')}", style="bold green" if edited.applied else "bold")
+    if edited.files:
+        text.append(f" in {_plural(len(edited.files), 'file')} ({', '.join(edited.files)})")
+    if edited.unsafe:
+        text.append(f"; {_plural(edited.unsafe, 'more fix', 'more fixes')} with --unsafe-fixes", style="dim")
+    text.append(".")
+    return text
+
+
 def summary_line(report: Report) -> Text:
     counts = report.summary()
     failed = len(report.failed_targets)
@@ -246,5 +269,7 @@ def _skipped_note(skipped: int) -> str:
     return f"; {_plural(skipped, 'model')} skipped, not audited (listed above)" if skipped else ""
 
 
-def _plural(count: int, noun: str) -> str:
+def _plural(count: int, noun: str, plural: str | None = None) -> str:
+    if plural is not None:
+        return f"{count} {noun if count == 1 else plural}"
     return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith(("x", "s")) else "s")

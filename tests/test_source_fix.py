@@ -1,0 +1,190 @@
+"""`audit --fix` in place (auditor/sourcefix): each edit on golden before/after files (as TorchFix tests its
+codemods), written in several styles; `--diff`; safe and unsafe fixes; the rollback; what may be edited and how it
+is written; formatting kept byte for byte outside the edited lines."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from auditor.cli import audit_app
+from auditor.findings import TargetResult
+from auditor.sourcefix import ops as O
+from auditor.sourcefix.apply import EditError, apply_ops
+from auditor.sourcefix.files import editable, write_atomically
+from auditor.sourcefix.ops import Planned, SourceEdit
+from auditor.sourcefix.session import _moved_lines, _unexplained_parameters
+from auditor.sourcefix.source import SourceFile
+from support import FIXTURES
+
+GOLDEN = FIXTURES / "source_fix"
+CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "before.py").exists())
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(audit_app, list(args), env={"NO_COLOR": "1", "COLUMNS": "200"})
+
+
+def _unsafe(case: str) -> bool:
+    return "# fix: --unsafe-fixes" in (GOLDEN / case / "before.py").read_text()
+
+
+@pytest.fixture(scope="module")
+def fixed(tmp_path_factory):
+    """`audit DIR --fix --format json` over copies of every case's before.py, as a user fixes a folder: one run for
+    the cases whose fixes are safe, one with --unsafe-fixes for the others."""
+    root = tmp_path_factory.mktemp("golden")
+    outcome = {}
+    for unsafe in (False, True):
+        folder = root / ("unsafe" if unsafe else "safe")
+        folder.mkdir()
+        cases = [c for c in CASES if _unsafe(c) == unsafe]
+        for case in cases:
+            shutil.copy(GOLDEN / case / "before.py", folder / f"{case}.py")
+        result = invoke(str(folder), "--fix", "--format", "json", *(["--unsafe-fixes"] if unsafe else []))
+        assert result.exit_code in (0, 1), result.stderr
+        record = json.loads(result.stdout)
+        for case in cases:
+            outcome[case] = (folder / f"{case}.py", [r for r in record["results"] if f"{case}.py" in r["target"]])
+    return outcome
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_edit_is_exactly_the_golden_file(case, fixed):
+    """The edited file is `after.py` byte for byte (formatting and comments kept), the fixes name the finding's file
+    and line, and the re-audit of the edited file reports none of the fixed codes."""
+    path, results = fixed[case]
+    assert path.read_text() == (GOLDEN / case / "after.py").read_text()
+    assert all(r["status"] == "ok" for r in results), [r.get("error") for r in results]
+    fixes = [f for r in results for f in r["fixes"]]
+    assert fixes and all(f["file"].endswith(f"{case}.py") and f["line"] for f in fixes)
+    codes = {f["code"] for f in fixes}
+    assert not [f for r in results for f in r["findings"] if f["code"] in codes]
+
+
+def test_diff_shows_the_edits_and_writes_nothing(tmp_path):
+    """`--diff` prints what `--fix` would write (the golden file's diff, with --unsafe-fixes), exits 1, and
+    leaves the file alone; without --unsafe-fixes only the safe edit shows."""
+    path = tmp_path / "model.py"
+    shutil.copy(GOLDEN / "dro001_sequential" / "before.py", path)
+    before = path.read_bytes()
+    result = invoke(str(path), "--diff")
+    assert result.exit_code == 1 and path.read_bytes() == before
+    assert result.stdout.count("\n-") == 1 and "+        self.mid = nn.Sequential(nn.Linear(32, 32), nn.ReLU(inplace=True), nn.Dropout(p=0.1)" in result.stdout
+    assert "Would fix 1 finding" in result.stderr and "2 more fixes with --unsafe-fixes" in result.stderr
+    unsafe = invoke(str(path), "--diff", "--unsafe-fixes")
+    expected = difflib.unified_diff(before.decode().splitlines(keepends=True), (GOLDEN / "dro001_sequential" / "after.py").read_text().splitlines(keepends=True),
+                                    fromfile=str(path), tofile=str(path))
+    assert unsafe.exit_code == 1 and unsafe.stdout == "".join(expected)
+    assert path.read_bytes() == before
+
+
+def test_diff_of_a_clean_file_is_empty_and_exits_0():
+    result = invoke(str(FIXTURES / "rules" / "dro_clean.py"), "--diff")
+    assert result.exit_code == 0 and result.stdout == ""
+
+
+def test_without_unsafe_fixes_only_the_safe_ones_are_applied(tmp_path):
+    path = tmp_path / "model.py"
+    shutil.copy(GOLDEN / "dro001_sequential" / "before.py", path)
+    result = invoke(str(path), "--fix")
+    text = path.read_text()
+    assert "nn.Sequential(nn.Linear(32, 32), nn.ReLU(inplace=True), nn.Dropout(p=0.1), nn.Linear(32, 32))" in text
+    assert "nn.Dropout(0.5),  # regularize the hidden features\n            nn.Tanh()," in text  # unsafe: left
+    assert result.exit_code == 0  # warnings remain, below the default --fail-on error
+    assert "rerun with --unsafe-fixes" in result.stdout and "2 more fixes with --unsafe-fixes" in result.stdout
+    assert "Fixed 1 finding in 1 file" in result.stdout
+
+
+def test_an_edit_after_which_the_model_no_longer_builds_is_rolled_back(tmp_path):
+    path = tmp_path / "model.py"
+    shutil.copy(GOLDEN / "rollback_bias_init.py", path)
+    before = path.read_bytes()
+    result = invoke(str(path), "--fix", "--format", "json")
+    assert path.read_bytes() == before
+    (model,) = [r for r in json.loads(result.stdout)["results"] if r["target"].endswith(":Net")]
+    assert model["status"] == "ok" and model["fixes"] == []
+    assert [f["code"] for f in model["findings"]] == ["NRM002"]
+    assert any("was rolled back" in n and "no longer audits" in n for n in model["capture"]["notes"])
+    assert not list(tmp_path.glob(".*audit-fix"))  # no temporary file left behind
+
+
+def test_parameter_names_may_change_only_as_the_edit_declares():
+    def result(*names: str) -> TargetResult:
+        return TargetResult(target="m.py:Net", planned=Planned(parameters=names))
+
+    edit = SourceEdit(path="/m.py", ops=(), code="NRM001", module="body.3", finding_key=None, finding_text="", file="m.py",
+                      line=3, action="", safe=False, renamed=(("body.2", "body.3"), ("body.3", "body.2")), dropped=("conv.bias",))
+    before = result("body.0.weight", "body.3.weight", "body.3.bias", "conv.weight", "conv.bias")
+    assert _unexplained_parameters(before, result("body.0.weight", "body.2.weight", "body.2.bias", "conv.weight"), [edit]) is None
+    assert "gained body.4.weight" in _unexplained_parameters(before, result("body.0.weight", "body.4.weight", "body.2.bias", "conv.weight"), [edit])
+    shortcut = SourceEdit(path="/m.py", ops=(), code="RES001", module="block", finding_key=None, finding_text="", file="m.py",
+                          line=9, action="", safe=True, added=("block.shortcut",))
+    assert _unexplained_parameters(result("w"), result("w", "block.shortcut.0.weight"), [shortcut]) is None
+
+
+def test_files_outside_the_project_are_never_edited(tmp_path):
+    assert editable(str(tmp_path / "model.py"), [tmp_path]) is None
+    assert "installed package" in editable("/usr/lib/python3/site-packages/torchvision/models/resnet.py", [tmp_path])
+    assert "not a Python file" in editable(str(tmp_path / "nb.ipynb"), [tmp_path])
+
+
+def test_writes_are_atomic_and_keep_the_file_mode(tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text("x = 1\n")
+    path.chmod(0o640)
+    write_atomically(str(path), b"x = 2\n")
+    assert path.read_text() == "x = 2\n" and stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert os.listdir(tmp_path) == ["model.py"]
+
+
+def _span(file: SourceFile, line: int, kind: str, nth: int = 0):
+    nodes = sorted((n for n in file.positions if type(n).__name__ == kind and file.line_of(n) == line), key=lambda n: file.positions[n].start.column)
+    return file.span(nodes[nth])
+
+
+def test_crlf_line_endings_comments_and_layout_are_kept(tmp_path):
+    path = tmp_path / "crlf.py"
+    path.write_bytes(b"body = nn.Sequential(\r\n    nn.Linear(4, 4),\t# first\r\n    nn.Dropout(0.1),  # drop\r\n    nn.Tanh()\r\n)\r\n")
+    file = SourceFile(str(path), path.read_bytes())
+    edited = apply_ops(path.read_bytes(), [O.MoveElement(_span(file, 1, "Call"), 1, 2)])
+    # the moved entry keeps its comment (before the parenthesis, as it now has no comma); CRLF and the tab stay
+    assert edited == b"body = nn.Sequential(\r\n    nn.Linear(4, 4),\t# first\r\n    nn.Tanh(),\r\n    nn.Dropout(0.1)  # drop\r\n)\r\n"
+
+
+def test_operations_that_collide_are_refused(tmp_path):
+    source = b"y = f(g(x))\n"
+    file = SourceFile(str(tmp_path / "a.py"), source)
+    call = _span(file, 1, "Call", 1)
+    with pytest.raises(EditError):
+        apply_ops(source, [O.Unwrap(call, 0), O.Replace(call, "h(x)")])
+    with pytest.raises(EditError, match="changed since"):
+        apply_ops(source, [O.Unwrap(O.Span(7, 0, 7, 3, "Call"), 0)])
+
+
+def test_a_line_moved_by_an_edit_is_followed():
+    before = b"a\nb\nc\nd\n"
+    assert _moved_lines(before, b"a\nnew\nb\nc\nd\n", 3) == {4}
+    assert _moved_lines(before, b"a\nb\nC\nd\n", 3) == {3}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--unsafe-fixes"], "--unsafe-fixes goes with --fix"),
+        (["--diff", "--out", "x"], "--out goes with --fix"),
+        (["--fix", "--force"], "--force goes with --fix --out DIR"),
+        (["--fix", "--out", "x", "--unsafe-fixes"], "--unsafe-fixes goes with --fix without --out"),
+    ],
+)
+def test_usage_errors(args, message):
+    result = invoke(str(GOLDEN / "nrm002_bias" / "before.py"), *args)
+    assert result.exit_code == 2 and message in result.stderr
