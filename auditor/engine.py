@@ -300,7 +300,8 @@ class Engine:
         elif self.options.fix is not None and self.options.fix.source:
             from auditor.sourcefix.planning import plan_model
 
-            result.planned = plan_model(graph, result.findings, self.options, loaded.label)
+            result.planned = plan_model(graph, result.findings, self.options, loaded.label, record=loaded.weights.written_by,
+                                        init_locals=self.loader.sites.init_locals(loaded.model))
         elif self.options.fix is not None:
             self.progress(f"fixing {name}")
             self._fix(loaded, graph, inputs, result, guessed_only)

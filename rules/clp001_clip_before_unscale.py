@@ -8,6 +8,11 @@ from auditor.findings import Finding, Severity
 from auditor.rule import Rule, SourceContext, register
 from auditor_rules._training_code import Call, Imports, calls_in, dotted, file_calls, file_imports, literal, scopes
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from auditor.sourcefix import ScriptContext, SourceEdit
+
 CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_", "clip_grad_norm")
 
 
@@ -113,8 +118,13 @@ class ClipBeforeUnscale(Rule):
     ```
 
     ## Fix
-    No automatic fix: add `scaler.unscale_(optimizer)` right before the clip (once per optimizer per step).
-    With several optimizers, unscale the one that owns the parameters you clip.
+    `--fix` adds `scaler.unscale_(optimizer)` right before the clip (once per optimizer per step): the optimizer
+    that owns the clipped parameters, else the one the scaler steps next. With several optimizers, unscale the one
+    that owns the parameters you clip.
+
+    ## Fix safety
+    Unsafe: the clipping then applies to the true gradients, so training changes (as intended); applied with
+    `--unsafe-fixes`.
 
     ## References
     PyTorch documentation, "Automatic Mixed Precision examples: Working with Unscaled Gradients".
@@ -126,6 +136,8 @@ class ClipBeforeUnscale(Rule):
     severity = Severity.ERROR
     summary = "source: gradients clipped while still scaled by a GradScaler"
     scope = "source"
+    fix_title = "Unscale the optimizer's gradients before clipping them"
+    fix_safety = "unsafe"
 
     def check(self, ctx: SourceContext) -> Iterator[Finding]:
         imports = file_imports(ctx)
@@ -195,6 +207,29 @@ class ClipBeforeUnscale(Rule):
                 file=ctx.path, line=clip.node.lineno,
             )
         return None
+
+
+    def source_fix(self, ctx: ScriptContext, finding: Finding) -> SourceEdit:
+        """`scaler.unscale_(optimizer)` before the clip: the scaler of the backward before it (or of the step
+        after it), the optimizer owning the clipped parameters (or the one that scaler steps next)."""
+        tree = ctx.tree
+        imports = Imports(tree)
+        scalers = scaler_names(tree, imports)
+        calls = next((calls_in(s, imports) for s in scopes(tree) if any(c.node.lineno == finding.line and is_clip(c) for c in calls_in(s, imports))), [])
+        clip = next((c for c in calls if c.node.lineno == finding.line and is_clip(c)), None)
+        if clip is None:
+            ctx.cannot(f"no clip on line {finding.line}")
+        index = calls.index(clip)
+        before = [_scaled_backward(c, {}, scalers) for c in calls[:index]]
+        steps = [c for c in calls[index + 1:] if _is_scaler(c.receiver, scalers) and c.last == "step" and c.node.args]
+        scaler = next((s for s in reversed(before) if s), None) or (steps[0].receiver if steps else None)
+        params = _parameters_of(clip.node.args[0]) if clip.node.args else None
+        stepped = [dotted(c.node.args[0]) for c in steps if c.receiver == scaler]
+        optimizer = optimizers_by_params(tree).get(params or "") or next((s for s in stepped if s), None)
+        if scaler is None or optimizer is None:
+            ctx.cannot("which scaler and optimizer the clipped gradients belong to is not written in this scope")
+        call = ctx.call_at(finding.line, CLIP_FUNCTIONS)
+        return ctx.edited(finding, ctx.insert_before(call, f"{scaler}.unscale_({optimizer})\n"), f"{scaler}.unscale_({optimizer}) before the clip", safe=False)
 
 
 def _scaled_backward(call: Call, scaled_vars: dict[str, str], scalers: Scalers) -> str | None:

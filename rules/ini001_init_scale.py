@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
     from auditor.fixing import FixContext, PlanContext
+    from auditor.sourcefix import EditContext, SourceEdit
 
 # Below this relative spread a weight is constant: INI003's finding, not a scale.
 _CONSTANT = 1e-3
@@ -117,7 +118,13 @@ class InitScale(Rule):
 
     ## Fix
     `--fix` re-initializes the flagged layers with He (`kaiming_normal_` with the gain of the activation that
-    follows) or Xavier (`xavier_normal_`) init, and zeroes their biases. This changes the model's weights.
+    follows) or Xavier (`xavier_normal_`) init, and zeroes their biases. This changes the model's weights. In your
+    file the init call that drew the weight (`nn.init.normal_(m.weight, std=0.01)`, in `__init__`, a loop over
+    `self.modules()` or the function `apply` runs) becomes that init, for every layer it draws; a layer left at
+    PyTorch's default gets the init right after the line creating it.
+
+    ## Fix safety
+    Unsafe: the weights change (applied with `--unsafe-fixes`).
 
     ## References
     He, Zhang, Ren, Sun, "Delving Deep into Rectifiers", ICCV 2015; Glorot & Bengio, "Understanding the
@@ -130,6 +137,7 @@ class InitScale(Rule):
     severity = Severity.WARNING
     summary = "weight std far from He (ReLU family follows) or Xavier (tanh/sigmoid/none follows)"
     fix_title = "Re-initialize with He / Xavier init for the activation that follows"
+    fix_safety = "unsafe"
     settings = {"init-excess-ratio": 3.0, "init-gross-ratio": 10.0, "init-run-length": 4, "init-run-drift": 100.0}
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
@@ -200,6 +208,16 @@ class InitScale(Rule):
             ctx.reinit_with(node.module, "bias", lambda t, g: torch.nn.init.zeros_(t))
         also = f"; tied to {', '.join(f'`{n}`' for n in tied)}, which change{'s' if len(tied) == 1 else ''} too" if tied else ""
         return ctx.fixed(finding, f"{before} => {method} normal std {std:.3g} ({follows}){', bias zeroed' if biased else ''}{also}")
+
+    def source_fix(self, ctx: EditContext, finding: Finding) -> SourceEdit:
+        """The init call that drew the weight becomes He / Xavier for what follows; one call may draw several
+        layers (a loop over `self.modules()`): they all get the init the first flagged one calls for."""
+        node = ctx.node(finding)
+        owner, _, attr = self.fix_plan(ctx, node).name.rpartition(".")
+        first = ctx.first_drawn_alike(node, self.code)
+        activation = min(downstream(first).activations, key=ctx.position, default=None)
+        change, action = ctx.reinit_for(owner, attr, activation)
+        return ctx.edited(finding, change, action, safe=False)
 
 
 def _names_of(model: object, weight: object) -> list[str]:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from auditor.findings import AppliedFix
     from auditor.fixing import FixContext, PlanContext
     from auditor.graph.inits import Init
+    from auditor.sourcefix import EditContext, SourceEdit
 
 # Gate blocks stacked along dim 0 of weight_hh, in PyTorch's order.
 _GATES = {"LSTM": "ifgo", "GRU": "rzn"}
@@ -59,7 +60,11 @@ class RecurrentInitNotOrthogonal(Rule):
 
     ## Fix
     `--fix` re-initializes each gate block of the hidden-to-hidden weights with `nn.init.orthogonal_`. This
-    changes the model's weights.
+    changes the model's weights. In your file the init call that drew them becomes a loop over the gate blocks, or,
+    for a layer left at PyTorch's default, that loop follows the line creating it.
+
+    ## Fix safety
+    Unsafe: the weights change (applied with `--unsafe-fixes`).
 
     ## References
     Saxe, McClelland, Ganguli, "Exact solutions to the nonlinear dynamics of learning in deep linear neural
@@ -72,6 +77,7 @@ class RecurrentInitNotOrthogonal(Rule):
     severity = Severity.INFO
     summary = "RNN/LSTM/GRU hidden-to-hidden weights not orthogonal"
     fix_title = "Re-initialize each gate block orthogonally"
+    fix_safety = "unsafe"
     settings = {"orthogonal-tolerance": 0.1}
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
@@ -122,6 +128,19 @@ class RecurrentInitNotOrthogonal(Rule):
             ctx.orthogonal_gates(node.module, name, len(gates))
         blocks = f"{len(gates)} gate blocks" if len(gates) > 1 else "one block"
         return ctx.fixed(finding, f"{', '.join(names)} not orthogonal => orthogonal per gate ({blocks} each)")
+
+    def source_fix(self, ctx: EditContext, finding: Finding) -> SourceEdit:
+        """Each gate block orthogonal where the hidden-to-hidden weights are drawn (or after the layer's creation)."""
+        node = ctx.node(finding)
+        names = self.fix_plan(ctx, node)
+        gates = len(_gate_names(node.module_type or "", node.attrs.get("mode")))
+        change = None
+        for name in names:  # the layers of a stacked LSTM share the loop or the call that draws them
+            step = ctx.orthogonal_gates(node.module or "", name, gates)
+            change = step if change is None else change
+            if step.ops != change.ops:
+                ctx.cannot(f"`{node.module}`'s hidden-to-hidden weights are drawn by different calls: orthogonalize them by hand")
+        return ctx.edited(finding, change, f"{', '.join(names)} => orthogonal per gate ({gates} blocks each)", safe=False)
 
 
 def _at_default(init: Init, hidden: int, size: int) -> bool:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
     from auditor.fixing import FixContext, PlanContext
+    from auditor.sourcefix import EditContext, SourceEdit
     from auditor.graph.inits import Init
 
 # Relative spread below which entries (or units) count as identical: random inits are ~1.0 on this scale.
@@ -60,7 +61,11 @@ class ConstantInit(Rule):
     ## Fix
     `--fix` re-initializes the weight randomly (seeded): a conv/linear weight with He or Xavier init for the
     activation that follows, other layers with their type's own `reset_parameters()`. This changes the
-    model's weights.
+    model's weights. In your file the call that made the weight constant (`nn.init.constant_`, `fill_`, a
+    `copy_`) becomes that init (an embedding's: `nn.init.normal_`).
+
+    ## Fix safety
+    Unsafe: the weights change (applied with `--unsafe-fixes`).
 
     ## References
     Goodfellow, Bengio, Courville, "Deep Learning", MIT Press 2016, section 8.4 (the need to break symmetry);
@@ -73,6 +78,7 @@ class ConstantInit(Rule):
     severity = Severity.ERROR
     summary = "a weight tensor with (near) identical entries: symmetry is never broken"
     fix_title = "Re-initialize the weight randomly"
+    fix_safety = "unsafe"
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
         seen: set[int] = set()
@@ -109,6 +115,21 @@ class ConstantInit(Rule):
             return ctx.fixed(finding, f"constant weight => {scheme}")
         ctx.reset_parameters(node.module)
         return ctx.fixed(finding, f"constant weights => {node.module_type}'s default random init (reset_parameters)")
+
+
+    def source_fix(self, ctx: EditContext, finding: Finding) -> SourceEdit:
+        """The call that drew the constant weight draws He / Xavier for what follows (an embedding: its own
+        default, a standard normal)."""
+        node = ctx.node(finding)
+        if self.fix_plan(ctx, node):
+            first = ctx.first_drawn_alike(node, self.code)
+            activation = min(downstream(first).activations, key=ctx.position, default=None)
+            change, action = ctx.reinit_for(node.module or "", "weight", activation)
+        elif node.op == ops.EMBEDDING:
+            change, action = ctx.reinit(node.module or "", "weight", "normal_"), "weight => nn.init.normal_(weight)"
+        else:
+            ctx.cannot(f"{node.label()}'s own random init is not one init call: remove the constant init by hand")
+        return ctx.edited(finding, change, f"constant {action}", safe=False)
 
 
 def _weights(node: Node) -> list[tuple[str, Any]]:

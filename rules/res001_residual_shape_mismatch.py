@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
     from auditor.fixing import FixContext, PlanContext
+    from auditor.sourcefix import EditContext, SourceEdit
 
 
 @register
@@ -47,7 +48,15 @@ class ResidualShapeMismatch(Rule):
     `--fix` inserts a shortcut on the identity branch: a 1x1 convolution with the block's stride plus
     BatchNorm (default), or with `--shortcut pad` the parameter-free zero-pad shortcut when only channels grow
     (with spatial subsampling). For Linear features, a Linear projection. The fixed model runs where the
-    original failed; it has new parameters, so this changes the model.
+    original failed; it has new parameters, so this changes the model. In your file the block's class gets the
+    projection in `__init__` and applies it to the identity in `forward` (`out + x` -> `out + self.shortcut(x)`),
+    built from the constructor's own arguments (`nn.Conv2d(inp, out, kernel_size=1, stride=stride, bias=False)`)
+    and, when only some instances of the class mismatch, under a test on them (`if stride != 1 or inp != out:`);
+    a block whose identity already goes through an empty `self.shortcut` gets the projection there. A block too
+    irregular for that (values no constructor name holds) is left to `--fix --out DIR`.
+
+    ## Fix safety
+    Safe: the forward pass raised at this add, so nothing the model computed before changes; the fix makes it run.
 
     ## References
     He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016 (shortcut options A and B).
@@ -58,6 +67,7 @@ class ResidualShapeMismatch(Rule):
     severity = Severity.ERROR
     summary = "an add of a block output and its input whose shapes differ"
     fix_title = "Insert a projection shortcut (1x1 conv + BN, or zero-padding) on the identity branch"
+    fix_safety = "safe"
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
         for node in ctx.graph.nodes:
@@ -117,6 +127,14 @@ class ResidualShapeMismatch(Rule):
         merge = ctx.node(finding)
         identity, branch = self.fix_plan(ctx, merge)
         return ctx.fixed(finding, ctx.insert_shortcut(merge, identity, branch))
+
+
+    def source_fix(self, ctx: EditContext, finding: Finding) -> SourceEdit:
+        """A projection shortcut in the block's class, for the instances whose add mismatches."""
+        merge = ctx.node(finding)
+        identity, branch = self.fix_plan(ctx, merge)
+        change, action = ctx.add_shortcut(merge, identity, branch)
+        return ctx.edited(finding, change, action, safe=True)
 
 
 def _broadcastable(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> bool:

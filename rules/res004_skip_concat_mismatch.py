@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from auditor.findings import AppliedFix
     from auditor.fixing import FixContext, PlanContext
+    from auditor.sourcefix import EditContext, SourceEdit
 
 
 @register
@@ -52,7 +53,11 @@ class SkipConcatMismatch(Rule):
     the far side (as above); with `--skip-concat crop` it center-crops the larger operand to the smaller one's
     size instead (the original U-Net's "copy and crop": the output is then smaller than the input). No new
     parameters; the fixed model runs on the size that failed. By hand you may also feed only input sizes the
-    encoder divides evenly.
+    encoder divides evenly. In your file the padding goes right before the `torch.cat`, computed from the two
+    tensors' sizes, as in the example above (every input size and every instance of the block is aligned).
+
+    ## Fix safety
+    Safe: the forward pass raised at this concatenation, so nothing the model computed before changes.
 
     ## References
     Ronneberger, Fischer, Brox, "U-Net: Convolutional Networks for Biomedical Image Segmentation", MICCAI 2015
@@ -64,6 +69,7 @@ class SkipConcatMismatch(Rule):
     severity = Severity.ERROR
     summary = "a skip connection concatenated (`torch.cat`) with a tensor whose spatial size differs"
     fix_title = "Pad the smaller operand to the skip's size before concatenating (or center-crop the larger)"
+    fix_safety = "safe"
 
     def check(self, ctx: GraphContext) -> Iterator[Finding]:
         graph = ctx.graph
@@ -103,6 +109,14 @@ class SkipConcatMismatch(Rule):
         cat = ctx.node(finding)
         self.fix_plan(ctx, cat)
         return ctx.fixed(finding, ctx.align_concat(cat))
+
+    def source_fix(self, ctx: EditContext, finding: Finding) -> SourceEdit:
+        """Zero-pad the smaller operand to the other's size in forward, right before the concatenation."""
+        cat = ctx.node(finding)
+        self.fix_plan(ctx, cat)
+        planned = ctx.plan_concat(cat)
+        return ctx.edited(finding, ctx.align_concat(cat), planned.describe([o.label() for o in cat.tensor_inputs]), safe=True)
+
 
 def _dim(cat: Node, rank: int) -> int:
     dim = cat.attrs.get("dim", cat.attrs.get("axis", 0))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from auditor.findings import Finding, Severity
 from auditor.rule import Rule, SourceContext, register
 from auditor_rules._script import EVALUATION_NAME, Script
 from auditor_rules._training_code import Call, calls_in, dotted, file_calls, file_imports, file_nodes, is_missing, literal, scopes
+
+if TYPE_CHECKING:
+    from auditor.sourcefix import ScriptContext, SourceEdit
 
 WARMUP = re.compile(r"warm_?up", re.IGNORECASE)
 # A script that mentions these already handles soft targets: a smoothing option, mixup or cutmix (soft labels
@@ -53,7 +56,10 @@ class NoLabelSmoothing(Rule):
     ```
 
     ## Fix
-    No automatic fix: add `label_smoothing=0.1` (or disable this rule, e.g. for a distillation student).
+    `--fix` adds `label_smoothing=0.1` (or disable this rule, e.g. for a distillation student).
+
+    ## Fix safety
+    Unsafe: the loss changes (applied with `--unsafe-fixes`).
 
     ## References
     Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016.
@@ -65,6 +71,8 @@ class NoLabelSmoothing(Rule):
     severity = Severity.INFO
     summary = "source: classification CrossEntropyLoss without label_smoothing"
     scope = "source"
+    fix_title = "Add label_smoothing=0.1"
+    fix_safety = "unsafe"
 
     def check(self, ctx: SourceContext) -> Iterator[Finding]:
         if "CrossEntropyLoss" not in ctx.text and "cross_entropy" not in ctx.text or _handles_soft_targets(file_nodes(ctx)):
@@ -90,6 +98,11 @@ class NoLabelSmoothing(Rule):
                     "improves calibration and accuracy",
                     file=ctx.path, line=call.node.lineno,
                 )
+
+    def source_fix(self, ctx: ScriptContext, finding: Finding) -> SourceEdit:
+        """`label_smoothing=0.1` on the loss (replacing a `label_smoothing=0`)."""
+        call = ctx.call_at(finding.line or 0, ("CrossEntropyLoss", "cross_entropy"))
+        return ctx.edited(finding, ctx.set_argument(call, "label_smoothing", "0.1"), "label_smoothing=0.1", safe=False)
 
 
 def _handles_soft_targets(nodes: list[ast.AST]) -> bool:
@@ -208,7 +221,13 @@ class NoLrWarmup(Rule):
     ```
 
     ## Fix
-    No automatic fix: add a warm-up phase (or use RAdam, which rectifies the early steps by itself).
+    `--fix` adds a warm-up phase: a `LinearLR` from 1% of the rate over 5% of the schedule's total steps (its
+    `T_max` or `total_iters`; 5 steps when it has none), then the schedule, in a `SequentialLR`; a Hugging Face
+    schedule asked for zero warm-up steps gets 5% of its training steps. (Or use RAdam, which rectifies the early
+    steps by itself.)
+
+    ## Fix safety
+    Unsafe: the learning rate of the first steps changes (applied with `--unsafe-fixes`).
 
     ## References
     Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017.
@@ -221,6 +240,8 @@ class NoLrWarmup(Rule):
     severity = Severity.INFO
     summary = "source: Adam/AdamW with a schedule and no warm-up"
     scope = "source"
+    fix_title = "Add a linear warm-up before the schedule"
+    fix_safety = "unsafe"
 
     def check(self, ctx: SourceContext) -> Iterator[Finding]:
         calls = file_calls(ctx)
@@ -236,6 +257,32 @@ class NoLrWarmup(Rule):
             "rate up over the first steps (e.g. LinearLR(start_factor=0.01) then this schedule, in a SequentialLR)",
             file=ctx.path, line=schedule.node.lineno,
         )
+
+
+    def source_fix(self, ctx: ScriptContext, finding: Finding) -> SourceEdit:
+        """A warm-up: the zero warm-up steps of a Hugging Face schedule become 5% of its training steps; a decaying
+        torch schedule goes after a `LinearLR` warm-up in a `SequentialLR`."""
+        tree = ctx.tree
+        imports = Imports(tree)
+        schedule = next((c for c in all_calls(tree, imports) if c.node.lineno == finding.line and (
+            _is_torch_scheduler(c, DECAYING) or _no_warmup_steps(c) or _decaying_linear(c))), None)
+        if schedule is None:
+            ctx.cannot(f"no schedule on line {finding.line}")
+        call = ctx.call_at(finding.line or 0, (schedule.last,))
+        if _no_warmup_steps(schedule):
+            total = schedule.keyword("num_training_steps")
+            node = total.value if total is not None else (schedule.node.args[2] if len(schedule.node.args) > 2 else None)
+            if node is None:
+                ctx.cannot("the schedule's number of training steps is not written")
+            steps = f"max(1, {ast.unparse(node)} // 20)"
+            position = 1 if len(schedule.node.args) > 1 else None
+            return ctx.edited(finding, ctx.set_argument(call, "num_warmup_steps", steps, position), f"num_warmup_steps=0 => {steps}", safe=False)
+        if schedule.last == "ReduceLROnPlateau":
+            ctx.cannot("ReduceLROnPlateau cannot follow a warm-up in a SequentialLR: add the warm-up by hand")
+        total = schedule.keyword("T_max") or schedule.keyword("total_iters")
+        node = total.value if total is not None else (schedule.node.args[1] if schedule.last == "CosineAnnealingLR" and len(schedule.node.args) > 1 else None)
+        change = ctx.warm_up(call, ast.unparse(node) if node is not None else None)
+        return ctx.edited(finding, change, f"LinearLR warm-up, then {schedule.last}, in a SequentialLR", safe=False)
 
 
 def _decaying_linear(call: Call) -> bool:

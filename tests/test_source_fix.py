@@ -9,13 +9,13 @@ import json
 import os
 import shutil
 import stat
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from auditor.cli import audit_app
-from auditor.findings import TargetResult
+from auditor.findings import Finding, Severity, TargetResult
+from auditor.options import FixOptions
 from auditor.sourcefix import ops as O
 from auditor.sourcefix.apply import EditError, apply_ops
 from auditor.sourcefix.files import editable, write_atomically
@@ -115,6 +115,79 @@ def test_an_edit_after_which_the_model_no_longer_builds_is_rolled_back(tmp_path)
     assert [f["code"] for f in model["findings"]] == ["NRM002"]
     assert any("was rolled back" in n and "no longer audits" in n for n in model["capture"]["notes"])
     assert not list(tmp_path.glob(".*audit-fix"))  # no temporary file left behind
+
+
+def test_only_the_edit_whose_finding_remains_is_rolled_back():
+    """The session's check after a round: an edit whose finding the re-audit still reports (same code, module, key
+    and message) is rolled back, the edit whose finding is gone stays, and a model that no longer audits takes
+    back every edit planned for it."""
+    from auditor.sourcefix.session import _Group, _Session
+
+    def edit(module: str) -> SourceEdit:
+        return SourceEdit(path="/m.py", ops=(), code="DRO001", module=module, finding_key=None, finding_text="Dropout `#` feeds Tanh",
+                          file="m.py", line=3, action="", safe=False, target="m.py:Net")
+
+    def finding(module: str) -> Finding:
+        return Finding(code="DRO001", rule="dropout-before-activation", severity=Severity.WARNING, message="Dropout `1` feeds Tanh", module=module)
+
+    def result(*findings: Finding, status: str = "ok") -> TargetResult:
+        return TargetResult(target="m.py:Net", status=status, findings=list(findings), planned=Planned(parameters=("w",)))
+
+    kept, undone = _Group([edit("mid.1")]), _Group([edit("body.1")])
+    session = _Session(FixOptions(out=None, source=True), lambda: [], [])
+    failing = session._check([result(finding("mid.1"), finding("body.1"))], [result(finding("body.1"))], [kept, undone], {}, {})
+    assert list(failing) == [undone] and "still reported" in failing[undone]
+    assert session._check([result(finding("body.1"))], [result(finding("body.1").__class__(**{**finding("body.1").__dict__, "message": "Dropout `1` feeds BatchNorm"}))],
+                          [undone], {}, {}) == {}  # another finding now (it reaches something else): the next round's
+    broken = session._check([result()], [result(status="error")], [kept, undone], {}, {})
+    assert set(broken) == {kept, undone} and all("no longer audits" in why for why in broken.values())
+
+
+def test_a_block_too_irregular_for_the_source_is_left_alone_and_said_so(tmp_path):
+    path = tmp_path / "model.py"
+    shutil.copy(GOLDEN / "irregular_block.py", path)
+    before = path.read_bytes()
+    result = invoke(str(path), "--fix", "--format", "json")
+    (model,) = [r for r in json.loads(result.stdout)["results"] if r["target"].endswith(":Net")]
+    assert path.read_bytes() == before and [f["code"] for f in model["findings"]] == ["RES001", "RES001"]
+    assert any("too irregular for the source" in n and "--fix --out DIR" in n for n in model["capture"]["notes"])
+    padded = invoke(str(path), "--fix", "--shortcut", "pad", "--format", "json")
+    (model,) = [r for r in json.loads(padded.stdout)["results"] if r["target"].endswith(":Net")]
+    assert path.read_bytes() == before and any("zero-pad shortcut is not written into the source" in n for n in model["capture"]["notes"])
+
+
+def test_the_build_records_where_each_weight_was_drawn_and_each_constructor_s_values(tmp_path):
+    """What the init and shortcut edits read: the user's call that drew a weight last (the constructor's line for
+    a default init), and the plain values each instance's __init__ ended with."""
+    from auditor.loading.models import ModelLoader
+    from auditor.targets import parse_target
+
+    path = tmp_path / "model.py"
+    path.write_text(
+        "import torch.nn as nn\n\n\n"
+        "class Block(nn.Module):\n"
+        "    def __init__(self, inp, out, stride=1):\n"
+        "        super().__init__()\n"
+        "        hidden = 2 * out\n"
+        "        self.fc = nn.Linear(inp, hidden)\n"
+        "        self.head = nn.Linear(hidden, out)\n"
+        "        nn.init.normal_(self.fc.weight, std=1.0)\n\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.block = Block(4, 3, stride=2)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.block.head(self.block.fc(x))\n"
+    )
+    loader = ModelLoader()
+    (loaded,) = loader.load(parse_target(f"{path}:Net")[0])
+    record = loaded.weights.written_by
+    shown = str(path) if not str(path).startswith(os.getcwd()) else os.path.relpath(path)
+    (_, _, drawn), = record.named["block.fc.weight"].pieces
+    assert drawn.writes == ((shown, 10, "normal_"),)
+    (_, _, default), = record.named["block.head.weight"].pieces
+    assert default.writes and default.writes[0][:2] == (shown, 9)  # the constructor's own init: its line
+    assert loader.sites.init_locals(loaded.model)["block"] == {"inp": 4, "out": 3, "stride": 2, "hidden": 6}
 
 
 def test_parameter_names_may_change_only_as_the_edit_declares():

@@ -39,6 +39,22 @@ def scheme_for(activation: str | None, attrs: dict | None = None) -> tuple[str, 
     return f"Xavier normal (gain 1, {what})", lambda t, g: nn.init.xavier_normal_(t, gain=1.0, generator=g)
 
 
+def init_call_for(activation: str | None, attrs: dict | None = None) -> tuple[str, str]:
+    """`scheme_for` as source code: the `torch.nn.init` function and its arguments after the tensor
+    (`("kaiming_normal_", 'nonlinearity="relu"')`), for `--fix` in place."""
+    attrs = attrs or {}
+    if activation in ("leaky_relu", "rrelu", "prelu"):
+        slope = float(attrs.get("negative_slope", 0.01 if activation == "leaky_relu" else 0.25))
+        return "kaiming_normal_", f'a={slope!r}, nonlinearity="leaky_relu"'
+    if activation == "selu":
+        return "kaiming_normal_", 'nonlinearity="linear"'
+    if activation in ops.RELU_LIKE:
+        return "kaiming_normal_", 'nonlinearity="relu"'
+    if activation == "tanh":
+        return "xavier_normal_", "gain=5 / 3"
+    return "xavier_normal_", ""
+
+
 def reinit(tensor: torch.Tensor, fill: Callable[[torch.Tensor, torch.Generator], None], gen: torch.Generator) -> None:
     """Draw into a CPU float tensor of the same shape, then copy in place (keeps device, dtype, identity)."""
     scratch = torch.empty(tensor.shape, dtype=torch.float32)

@@ -50,6 +50,9 @@ class Dist:
     identical_units: bool = False  # its rows are copies of one row (copied from an expanded row)
     how: str = ""  # for notes and messages: "nn.init.normal_(std=0.02) at net.py:12"
     summary: Summary | None = None
+    # The user's calls that wrote it, the drawing call first (then the elementwise steps): (file, line, name), such
+    # as ("net.py", 12, "normal_"). `--fix` in place edits them; a constructor's default init is on its line.
+    writes: tuple[tuple[str, int, str], ...] = ()
 
     @property
     def known(self) -> bool:

@@ -104,10 +104,12 @@ class InitRecord:
     def __init__(self) -> None:
         self._inits: dict[int, tuple[torch.Tensor, Init | None]] = {}
         self.unknown: dict[str, str] = {}  # qualified name -> why its init is not known
+        self.named: dict[str, Init | None] = {}  # qualified name -> its init (a model built again with weights has the same)
         self._buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(buffer on meta) -> (it, its values)
 
     def add(self, name: str, param: torch.Tensor, init: Init | None, why: str = "") -> None:
         self._inits[id(param)] = (param, init)
+        self.named[name] = init
         if init is None:
             self.unknown[name] = why
 
@@ -326,7 +328,8 @@ class InitRecorder(TorchFunctionMode):
     def _on_write(self, tracked: _Tracked, target: torch.Tensor, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._in_init_function(target):
             return
-        how = f"Tensor.{name} at {_site()}"
+        where = _where()
+        how = f"Tensor.{name} at {_text(where)}"
         if name == "__set__":
             self._replaced(tracked, args[1], how)
             return
@@ -335,19 +338,20 @@ class InitRecorder(TorchFunctionMode):
         if region is None:
             tracked.forget(f"partly written by {how} (not whole rows)")
             return
-        tracked.apply(region, lambda dist: _after(dist, name, args, kwargs, how, view, self))
+        tracked.apply(region, lambda dist: _written_by(_after(dist, name, args, kwargs, how, view, self), where, name, dist))
 
     def _init_call(self, name: str, arguments: dict[str, Any], tensor: torch.Tensor) -> None:
         tracked = self._tracked.get(_key(tensor))
         if tracked is None:
             return
         shown = ", ".join(f"{k}={_short(v)}" for k, v in arguments.items() if k not in ("tensor", "generator") and _is_simple(v))
-        how = f"nn.init.{name}({shown}) at {_site()}"
+        where = _where()
+        how = f"nn.init.{name}({shown}) at {_text(where)}"
         region = tracked.region(tensor)
         if region is None:
             tracked.forget(f"partly written by {how} (not whole rows)")
             return
-        tracked.write(region, from_init_call(name, arguments, tuple(tensor.shape), how))
+        tracked.write(region, _written_by(from_init_call(name, arguments, tuple(tensor.shape), how), where, name))
 
     def _replaced(self, tracked: _Tracked, value: Any, how: str) -> None:
         """`p.data = value`: the same values converted (`model.half()`), another parameter's, or unknown."""
@@ -530,13 +534,24 @@ def _key(tensor: Any) -> int | None:
         return None
 
 
-def _site() -> str:
+def _where() -> tuple[str, int] | None:
     """The user's line that made the current call (the first frame outside this module and torch)."""
     frame = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename == __file__:
         frame = frame.f_back
-    site = first_user_site(_frames(frame))
-    return f"{site[0]}:{site[1]}" if site else "?"
+    return first_user_site(_frames(frame))
+
+
+def _text(where: tuple[str, int] | None) -> str:
+    return f"{where[0]}:{where[1]}" if where else "?"
+
+
+def _written_by(dist: Dist, where: tuple[str, int] | None, name: str, before: Dist | None = None) -> Dist:
+    """`dist` with the user's call that wrote it: one more step of `before`'s chain (`w.normal_(); w.mul_(s)`), or a
+    fresh write."""
+    step = ((where[0], where[1], name),) if where is not None else ()
+    continued = before is not None and before.known and dist.kind == before.kind and dist.chain[:-1] == before.chain and len(dist.chain) > len(before.chain)
+    return replace(dist, writes=(before.writes if continued and before is not None else ()) + step)
 
 
 def _frames(frame: Any) -> Iterator[tuple[str, int]]:

@@ -45,7 +45,9 @@ class Weights:
     size: int = 0  # bytes of parameters and buffers
     budget: int | None = None
     forced: bool = False  # --meta
-    inits: InitRecord | None = None  # the init calls recorded while it was built on meta
+    inits: InitRecord | None = None  # the init calls recorded while it was built on meta (what the rules read then)
+    record: InitRecord | None = None  # the same record for a model then built again with weights: which user line
+    # drew each weight (`--fix` in place edits it); the rules read the weights' values
 
     def reason(self) -> str:
         if self.forced:
@@ -60,6 +62,11 @@ class Weights:
             return None
         hint = "" if self.forced or self.inits is None else f"; --max-memory {_rounded_up(self.size)} audits it with real weights"
         return f"audited on meta, without weights: {self.reason()}{hint}"
+
+    @property
+    def written_by(self) -> InitRecord | None:
+        """The record of the user's init calls, with or without weights."""
+        return self.inits if self.inits is not None else self.record
 
     def notes(self) -> list[str]:
         """The capture notes of a model audited without its weights: that it was, and which weights' init the
@@ -127,7 +134,7 @@ class MetaBuilder:
             return model
         real = make()
         if isinstance(real, nn.Module):
-            self._weights[id(real)] = (real, Weights(False, size, budget))
+            self._weights[id(real)] = (real, Weights(False, size, budget, record=inits))
         return real
 
     def weights_of(self, model: nn.Module) -> Weights:

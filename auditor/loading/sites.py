@@ -4,6 +4,10 @@ Recorded while the tool imports the user's file and builds the model, by wrappin
 first frame outside torch that is not one of the instance's own `__init__` frames is the line that created it.
 This is exact for factories, loops and `ModuleList.append`, where reading the source is not. For models built
 elsewhere (the Python API), `static_site` reads the parent's `__init__` source instead.
+
+The same wrapper keeps, for every instance of a user's class, the plain values its `__init__` ended with (its
+arguments and locals: `inp`, `out`, `stride`): `--fix` in place writes a shortcut's arguments and condition in
+those names (`CreationSites.init_locals`).
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import ast
 import contextlib
 import inspect
+import sys
 import textwrap
 import weakref
 from functools import lru_cache
-from typing import Iterator
+from types import FrameType
+from typing import Any, Iterator
 
 import torch.nn as nn
 
@@ -28,6 +34,8 @@ class CreationSites:
 
     def __init__(self) -> None:
         self._sites: weakref.WeakKeyDictionary[nn.Module, Site] = weakref.WeakKeyDictionary()
+        self._frames: weakref.WeakKeyDictionary[nn.Module, FrameType] = weakref.WeakKeyDictionary()
+        self._locals: weakref.WeakKeyDictionary[nn.Module, dict[str, Any]] = weakref.WeakKeyDictionary()
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:
@@ -39,6 +47,10 @@ class CreationSites:
                 site = user_frame(skip=lambda frame: frame.f_locals.get("self") is module, depth=2)
                 if site is not None:
                     sites[module] = site
+                if not type(module).__module__.startswith("torch."):
+                    frame = _constructor_frame(module)
+                    if frame is not None:
+                        self._frames[module] = frame
             original(module, *args, **kwargs)
 
         nn.Module.__init__ = recording_init  # type: ignore[method-assign]
@@ -46,6 +58,9 @@ class CreationSites:
             yield
         finally:
             nn.Module.__init__ = original  # type: ignore[method-assign]
+            for module, frame in list(self._frames.items()):  # the constructors have returned: keep their values
+                self._locals[module] = {k: v for k, v in frame.f_locals.items() if _plain(v)}
+            self._frames.clear()
 
     def for_model(self, model: nn.Module) -> dict[str, Site]:
         """Qualified name -> site for every submodule (shared ones under each of their names)."""
@@ -55,6 +70,30 @@ class CreationSites:
             if site is not None:
                 found[name] = site
         return found
+
+
+    def init_locals(self, model: nn.Module) -> dict[str, dict[str, Any]]:
+        """Qualified name -> the plain values (numbers, strings, tuples of them) its constructor ended with, for
+        every instance of a user's class."""
+        return {name: dict(self._locals[module]) for name, module in model.named_modules() if module in self._locals}
+
+
+def _constructor_frame(module: nn.Module) -> FrameType | None:
+    """The outermost `__init__` frame of `module` running now (a subclass's, when it calls its base's)."""
+    frame, found = sys._getframe(2), None
+    while frame is not None:
+        if frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is module:
+            found = frame
+        elif found is not None:
+            break
+        frame = frame.f_back
+    return found
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, tuple) and all(isinstance(v, (bool, int, float)) for v in value)
 
 
 def static_site(model: nn.Module, qualname: str) -> Site | None:

@@ -7,7 +7,8 @@ drew a weight), through LibCST, so formatting and comments stay. Layers, each im
 - `session.py` (the `audit` process): choose the planned edits, apply them per file, write, audit again, roll
   back what breaks a model, keeps a finding, or renames parameters beyond what the edit says; `--diff`.
 - `planning.py`: each finding's `rule.source_fix(ctx, finding)`, in the model's child process (`context.py`,
-  `EditContext`: the graph and the primitives) or, for training scripts, in the `audit` process (`script.py`).
+  `EditContext`: the graph and the primitives, with `moves.py`, `inits.py` and `blocks.py` for RES001) or, for
+  training scripts, in the `audit` process (`script.py`).
 - `apply.py` (all of a file's operations in one pass), `source.py` (one parsed file and what edits ask of it),
   `change.py`, `ops.py` (the records), `files.py` (what may be edited, atomic writes).
 """

@@ -73,6 +73,22 @@ class SourceFile:
     def code(self, node: cst.CSTNode) -> str:
         return self.module.code_for_node(node)
 
+    def nodes_at(self, line: int) -> list[cst.CSTNode]:
+        """Every node starting on `line`."""
+        return list(self._by_line.get(line, []))
+
+    def attributes_of_self(self, klass: cst.ClassDef) -> set[str]:
+        """Every `self.<name>` a class's code reads or writes."""
+        found: set[str] = set()
+
+        class _Attributes(cst.CSTVisitor):
+            def visit_Attribute(self, node: cst.Attribute) -> None:
+                if isinstance(node.value, cst.Name) and node.value.value == "self":
+                    found.add(node.attr.value)
+
+        klass.visit(_Attributes())
+        return found
+
     def calls_at(self, line: int) -> list[cst.Call]:
         """Calls starting on `line`, else calls spanning it (a call written over several lines), innermost first,
         in evaluation order."""
@@ -162,6 +178,32 @@ class SourceFile:
             return list(container.args)
         return list(getattr(container, "elements", []))
 
+    def reachable(self, dotted: str) -> tuple[str, str | None]:
+        """How the file's top-level imports reach the module `dotted` (`torch.nn.init`): the expression to write
+        (`nn.init`, `init`, `torch.nn.init`) and the import to add when none does (None when one does)."""
+        aliases: dict[str, str] = {}
+        for statement in self.module.body:
+            if not isinstance(statement, cst.SimpleStatementLine):
+                continue
+            for small in statement.body:
+                if isinstance(small, cst.Import):
+                    for alias in small.names:
+                        name = self.code(alias.name)
+                        aliases[self.code(alias.asname.name) if alias.asname else name.split(".")[0]] = name if alias.asname else name.split(".")[0]
+                elif isinstance(small, cst.ImportFrom) and small.module is not None and not small.relative and not isinstance(small.names, cst.ImportStar):
+                    for alias in small.names:
+                        local = self.code(alias.asname.name) if alias.asname else self.code(alias.name)
+                        aliases[local] = f"{self.code(small.module)}.{self.code(alias.name)}"
+        best: str | None = None
+        for local, full in aliases.items():
+            if dotted == full or dotted.startswith(full + "."):
+                candidate = local + dotted[len(full):]
+                if best is None or len(candidate) < len(best):
+                    best = candidate
+        if best is not None:
+            return best, None
+        return dotted, "import torch"
+
     # --- names --------------------------------------------------------------------------------------------------------
     def names_in(self, node: cst.CSTNode) -> set[str]:
         """Every variable name used or bound inside `node` (not attribute names or keywords)."""
@@ -245,6 +287,12 @@ def _method_name(call: cst.Call) -> str | None:
     if isinstance(func, cst.Name):
         return func.value
     return None
+
+
+def is_whole_statement(call: cst.CSTNode, statement: cst.BaseStatement) -> bool:
+    """Whether `call` is the whole of its statement (`x.relu_()` on a line of its own)."""
+    return (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1
+            and isinstance(statement.body[0], cst.Expr) and statement.body[0].value is call)
 
 
 def accessor(expression: cst.BaseExpression) -> str | None:
