@@ -208,12 +208,10 @@ class ClipBeforeUnscale(Rule):
             )
         return None
 
-
     def source_fix(self, ctx: ScriptContext, finding: Finding) -> SourceEdit:
         """`scaler.unscale_(optimizer)` before the clip: the scaler of the backward before it (or of the step
         after it), the optimizer owning the clipped parameters (or the one that scaler steps next)."""
-        tree = ctx.tree
-        imports = Imports(tree)
+        tree, imports = ctx.tree, file_imports(ctx)
         scalers = scaler_names(tree, imports)
         calls = next((calls_in(s, imports) for s in scopes(tree) if any(c.node.lineno == finding.line and is_clip(c) for c in calls_in(s, imports))), [])
         clip = next((c for c in calls if c.node.lineno == finding.line and is_clip(c)), None)

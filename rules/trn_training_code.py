@@ -258,13 +258,10 @@ class NoLrWarmup(Rule):
             file=ctx.path, line=schedule.node.lineno,
         )
 
-
     def source_fix(self, ctx: ScriptContext, finding: Finding) -> SourceEdit:
         """A warm-up: the zero warm-up steps of a Hugging Face schedule become 5% of its training steps; a decaying
         torch schedule goes after a `LinearLR` warm-up in a `SequentialLR`."""
-        tree = ctx.tree
-        imports = Imports(tree)
-        schedule = next((c for c in all_calls(tree, imports) if c.node.lineno == finding.line and (
+        schedule = next((c for c in file_calls(ctx) if c.node.lineno == finding.line and (
             _is_torch_scheduler(c, DECAYING) or _no_warmup_steps(c) or _decaying_linear(c))), None)
         if schedule is None:
             ctx.cannot(f"no schedule on line {finding.line}")

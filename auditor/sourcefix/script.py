@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterable, NoReturn
 
@@ -20,6 +21,7 @@ class ScriptContext:
     path: str
     settings: dict[str, Any] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
+    shared: dict[str, Any] = field(default_factory=dict)  # what the rules' helpers list once per file, as SourceContext's
 
     @property
     def file(self) -> SourceFile:
@@ -28,7 +30,7 @@ class ScriptContext:
         except Unreadable as exc:
             self.cannot(str(exc))
 
-    @property
+    @functools.cached_property
     def tree(self) -> ast.Module:
         """The file as the source rules read it."""
         return ast.parse(self.file.data)
