@@ -60,8 +60,9 @@ class RecurrentInitNotOrthogonal(Rule):
 
     ## Fix
     `--fix` re-initializes each gate block of the hidden-to-hidden weights with `nn.init.orthogonal_`. This
-    changes the model's weights. In your file the init call that drew them becomes a loop over the gate blocks, or,
-    for a layer left at PyTorch's default, that loop follows the line creating it.
+    changes the model's weights. In your file the init call that drew them becomes a loop over the gate blocks (a
+    plain RNN's one block: `nn.init.orthogonal_(w)`), or, for a plain RNN left at PyTorch's default, its orthogonal
+    init follows the line creating it.
 
     ## Fix safety
     Unsafe: the weights change (applied with `--unsafe-fixes`).
@@ -140,7 +141,8 @@ class RecurrentInitNotOrthogonal(Rule):
             change = step if change is None else change
             if step.ops != change.ops:
                 ctx.cannot(f"`{node.module}`'s hidden-to-hidden weights are drawn by different calls: orthogonalize them by hand")
-        return ctx.edited(finding, change, f"{', '.join(names)} => orthogonal per gate ({gates} blocks each)", safe=False)
+        blocks = f"per gate ({gates} blocks each)" if gates > 1 else "(one block)"
+        return ctx.edited(finding, change, f"{', '.join(names)} => orthogonal {blocks}", safe=False)
 
 
 def _at_default(init: Init, hidden: int, size: int) -> bool:

@@ -47,16 +47,20 @@ class Inits:
         return flagged[0] if flagged else node
 
     def orthogonal_gates(self, qualname: str, tensor: str, gates: int) -> Change:
-        """Each gate block of a recurrent weight drawn with `nn.init.orthogonal_`, per gate: in place of the user's
-        call that drew it, or after the line creating the layer (a loop over its `weight_hh` tensors)."""
+        """Each gate block of a recurrent weight drawn with `nn.init.orthogonal_`, per gate (a plain RNN's one block
+        whole): in place of the user's call that drew it, or after the line creating the layer (a loop over its
+        `weight_hh` tensors)."""
         def in_place(init: str, drawn: str, names: dict[str, str]) -> tuple[str, bool]:
+            if gates == 1:  # a plain RNN: one block, the call itself
+                return f"{init}.orthogonal_({drawn})", False
             gate = names["gate"]
             return f"for {gate} in {drawn}.data.chunk({gates}):\n    {init}.orthogonal_({gate})\n", True
 
         def after(init: str, module: str, names: dict[str, str]) -> str:
             name, weight, gate = names["name"], names["weight"], names["gate"]
-            return (f"for {name}, {weight} in {module}.named_parameters():\n    if {name}.startswith(\"weight_hh\"):\n"
-                    f"        for {gate} in {weight}.data.chunk({gates}):\n            {init}.orthogonal_({gate})\n")
+            draw = (f"{init}.orthogonal_({weight})\n" if gates == 1 else
+                    f"for {gate} in {weight}.data.chunk({gates}):\n            {init}.orthogonal_({gate})\n")
+            return f"for {name}, {weight} in {module}.named_parameters():\n    if {name}.startswith(\"weight_hh\"):\n        {draw}"
 
         return self._redraw(qualname, tensor, in_place, after, variables=("name", "weight", "gate"))
 
