@@ -201,6 +201,10 @@ class Engine:
         except UnicodeDecodeError as exc:
             return [_error(label, f"{label}: cannot be read: {first_line(exc)}", exc, self.options)], False
         source = self._source_checks(label, text, tree, started)
+        if self.options.fix is not None and self.options.fix.source and source.findings:  # a notebook: --fix --out only
+            from auditor.sourcefix.planning import plan_script
+
+            source.planned = plan_script(source.findings, self.options, str(target.path))
         return self._models_of(target, label, source, tree, tree)
 
     def _source_checks(self, label: str, text: str, tree: ast.Module, started: float, cells: Any = None) -> TargetResult:
@@ -214,10 +218,6 @@ class Engine:
         source.findings = findings
         if failures:  # a source rule crashed: a bug, shown rather than passed
             source.status, source.error = "error", "; ".join(failures)
-        if self.options.fix is not None and self.options.fix.source and source.findings:
-            from auditor.sourcefix.planning import plan_script
-
-            source.planned = plan_script(source.findings, self.options, str(target.path))
         source.seconds = time.perf_counter() - started
         return source
 
