@@ -63,6 +63,7 @@ OUTPUT_KEPT = 64 * 1024  # bytes of a child's output kept from its start, and as
 TRACING_STACK = ["torch._dynamo", "torch.export._trace", "torch._inductor"]
 TRACING_PRELOAD_AT = 4  # children
 
+STOP_POLL = 2.0  # seconds between two questions to a runner's `stopped`
 Progress = Callable[[str], None]
 ShowOutput = Callable[[str, str], None]  # (target label, what its code wrote)
 
@@ -138,10 +139,15 @@ class Executor(Protocol):
     def close(self) -> None: ...  # after the last run: free what it holds (a cluster, a connection)
 
 
+class Stopped(Exception):
+    """The runner's `stopped` said so (the run that sent this target was interrupted): its children were killed."""
+
+
 class Runner:
     def __init__(self, engine: Engine, output: OutputFolder | None, *, executor: Executor, timeout: float, progress: Progress,
-                 show_output: ShowOutput | None, cache: ResultCache | None = None) -> None:
+                 show_output: ShowOutput | None, cache: ResultCache | None = None, stopped: Callable[[], bool] | None = None) -> None:
         self.engine = engine
+        self.stopped = stopped  # asked every STOP_POLL seconds: True ends the run as Ctrl-C would
         self.cache = cache
         self.output = output
         self.executor = executor
@@ -164,6 +170,8 @@ class Runner:
         running: list[Child] = []
         try:
             while waiting or running:
+                if self.stopped is not None and self.stopped():
+                    raise Stopped("the run that sent these targets was interrupted")
                 while waiting and len(running) < self.executor.capacity:
                     child = self._start(waiting.popleft())
                     if child is not None:
@@ -211,6 +219,8 @@ class Runner:
         """Wait for any child to say something, write, end, or run out of time; handle it."""
         deadlines = [c.deadline for c in running if c.deadline is not None]
         wait_for = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        if self.stopped is not None:
+            wait_for = min(wait_for, STOP_POLL) if wait_for is not None else STOP_POLL
         ready = set(wait([w for child in running for w in child.waitables()], timeout=wait_for))
         for child in list(running):
             child.serve(ready)
@@ -246,16 +256,18 @@ def preload(options: Options, children: int) -> list[str]:
     return modules
 
 
-def audit_models_here(slot: Slot, options: Options, timeout: float, shown: bool, children: int) -> Slot:
+def audit_models_here(slot: Slot, options: Options, timeout: float, shown: bool, children: int,
+                      stopped: Callable[[], bool] | None = None) -> Slot:
     """The model half of `slot`'s target in a child process of this machine, as `run_targets` runs it: for an
     executor that ships targets to other processes (a Dask worker runs this). `shown`: the caller shows what
     the target's code wrote (else a failed target's error says that it wrote something); `children`: how many
-    the caller's run starts, which decides what a new fork server preloads, as it would there. Returns the
-    slot with the child's results, its output, the files it read and whether it completed."""
+    the caller's run starts, which decides what a new fork server preloads, as it would there; `stopped`: has
+    the caller's run been interrupted (then the child is killed and `Stopped` raised). Returns the slot with
+    the child's results, its output, the files it read and whether it completed."""
     executor = Processes()
     executor.prepare(options, children)
     runner = Runner(Engine(options), None, executor=executor, timeout=timeout, progress=lambda _: None,
-                    show_output=(lambda label, text: None) if shown else None)  # the output is kept on the slot
+                    show_output=(lambda label, text: None) if shown else None, stopped=stopped)  # the output is kept on the slot
     runner.drive([slot])
     return slot
 

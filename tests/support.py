@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,22 @@ def fixture_header(path: Path) -> dict[str, list[str]]:
         words = value.split() if key == "input" else value.replace(",", " ").split()
         found.setdefault(key, []).extend(words)
     return found
+
+
+def wait_for(check: Any, seconds: float = 60) -> None:
+    """Poll `check()` until it is true; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess[str]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from auditor.cache import ResultCache, folder_chooser
 from auditor.cli import audit_app
 from auditor.runner import run_targets
 from auditor.targets import parse_target
-from support import FIXTURES, cli, options
+from support import FIXTURES, alive, cli, options, wait_for
 
 ISOLATION = FIXTURES / "isolation"
 BROKEN = '''
@@ -160,3 +162,22 @@ def test_without_the_extra_dask_is_a_usage_error(monkeypatch: pytest.MonkeyPatch
 def test_executor_options_are_checked(args: list[str], message: str) -> None:
     done = CliRunner().invoke(audit_app, [*args, str(FIXTURES / "rules" / "clean_mlp.py")])
     assert done.exit_code == 2 and done.stderr == f"audit: error: {message}\n"
+
+
+@pytest.mark.slow
+@needs_distributed
+def test_an_interrupted_run_stops_its_children_on_a_running_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster that outlives the run (not the local one, whose end would end its workers' children anyway)."""
+    import dask
+    from distributed import LocalCluster
+
+    marker = tmp_path / "child.pid"
+    monkeypatch.setenv("AUDITOR_TEST_MARKER", str(marker))  # the hang writes its process id there; workers inherit it
+    with dask.config.set({"distributed.worker.daemon": False}), LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0",
+                                                                             silence_logs=logging.CRITICAL) as cluster:
+        run = subprocess.Popen([sys.executable, "-m", "auditor", "--executor", "dask", "--scheduler", cluster.scheduler_address, "--timeout", "0",
+                                f"{ISOLATION / 'hangs_in_forward.py'}:Net"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: marker.exists() and marker.read_text() != "", seconds=240)
+        run.send_signal(signal.SIGINT)
+        run.communicate(timeout=60)
+        wait_for(lambda: not alive(int(marker.read_text())), seconds=30)  # STOP_POLL seconds at most, and the kill

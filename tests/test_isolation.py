@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from auditor.config import parse_table
 from auditor.errors import UsageError
 from auditor.locations import display_path
 from auditor.targets import FIXED_MANIFEST
-from support import FIXTURES, cli
+from support import FIXTURES, alive, cli, wait_for
 
 HERE = FIXTURES / "isolation"
 SHOWN = display_path(str(HERE))  # how results name these files
@@ -103,46 +102,31 @@ def test_fix_with_jobs_stages_in_children_and_commits_one_out_folder(tmp_path):
     assert all(f["code"] == "DRO001" for r in fixed.values() for f in r["fixes"])
 
 
-def _wait_for(check, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _start_hanging(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], Path]:
     """`audit` with a model whose forward never returns; returns once that forward runs (it writes its pid)."""
     marker = tmp_path / "pid"
     command = [sys.executable, "-m", "auditor", "--timeout", "0", *args, f"{HERE / 'hangs_in_forward.py'}:Net"]
     process = subprocess.Popen(command, env={**os.environ, "AUDITOR_TEST_MARKER": str(marker)},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: marker.exists() and marker.read_text() != "")
+    wait_for(lambda: marker.exists() and marker.read_text() != "")
     return process, marker
 
 
 def test_ctrl_c_kills_the_children_and_leaves_no_staging_folder(tmp_path):
     process, marker = _start_hanging(tmp_path, "--fix", "--out", str(tmp_path / "out"), "--jobs", "2", NOISY)
-    _wait_for(lambda: any(p.name.startswith(".out.auditor-") and any(p.iterdir()) for p in tmp_path.iterdir()))  # Net staged
+    wait_for(lambda: any(p.name.startswith(".out.auditor-") and any(p.iterdir()) for p in tmp_path.iterdir()))  # Net staged
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode != 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pid"]
-    _wait_for(lambda: not _alive(int(marker.read_text())), seconds=10)
+    wait_for(lambda: not alive(int(marker.read_text())), seconds=10)
 
 
 def test_a_killed_parent_takes_its_children_with_it(tmp_path):
     process, marker = _start_hanging(tmp_path)
     process.kill()
     process.communicate(timeout=60)
-    _wait_for(lambda: not _alive(int(marker.read_text())), seconds=30)
+    wait_for(lambda: not alive(int(marker.read_text())), seconds=30)
 
 
 def test_the_fork_server_never_touches_cuda():

@@ -10,7 +10,9 @@ targets at the same paths (a shared file system) and the same auditor, torch and
 Without `--scheduler`, the address Dask is configured with (`DASK_SCHEDULER_ADDRESS`, as `Client()` reads it) is
 used; without either, a `LocalCluster` is started: `--jobs` single-threaded worker processes (Dask's default count
 without it). Nothing connects until a target needs a worker, so a run answered from the cache starts no
-cluster, nor imports `distributed` (0.5 s of CPU). Interrupting the run cancels the targets not yet started; those running end at their `--timeout`.
+cluster, nor imports `distributed` (0.5 s of CPU). Interrupting the run cancels the targets not yet started and
+sets the run's stop `Event`, which each running target's runner on a worker asks every `STOP_POLL` seconds: it
+then kills its child, as Ctrl-C does locally.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from auditor.options import Options
 from auditor.runner import Child, Runner, Slot, audit_models_here
 
 if TYPE_CHECKING:
-    from distributed import Client, Future, LocalCluster
+    from distributed import Client, Event, Future, LocalCluster
 
 
 class WorkerUnfit(Exception):
@@ -49,16 +51,29 @@ class DaskExecutor:
         self.cluster: LocalCluster | None = None
         self.client: Client | None = None
         self.children = 0  # how many the current run starts
+        self.stop: Event | None = None  # set when the run is interrupted: running targets' children are killed
 
     def prepare(self, options: Options, children: int) -> None:
+        from distributed import Event
+
         self.children = children
         if self.client is None:
             self.client = self._connect()
+        if self.stop is None:  # the first run, or one after an interrupted run
+            self.stop = Event(f"audit-stop-{uuid.uuid4().hex}", client=self.client)
+
+    def interrupt(self) -> None:
+        """Tell the workers' runners to kill this run's children (once; a cluster already gone has none)."""
+        if self.stop is not None:
+            with contextlib.suppress(Exception):  # noqa: BLE001 - the connection may be what failed
+                self.stop.set()
+            self.stop = None
 
     def start(self, runner: Runner, slot: Slot) -> Child:
         return _Task(self, runner, slot)
 
     def close(self) -> None:
+        self.stop = None
         for part in (self.client, self.cluster):
             if part is not None:
                 part.close()
@@ -90,19 +105,20 @@ class DaskExecutor:
 class _Task:
     """One target's model half on the cluster, seen from the runner: it ends when its future does, which wakes
     the runner through a pipe (the runner waits on pipes and processes, not futures). The worker's child has
-    the time limit; nothing here kills it but an interruption, which cancels the task."""
+    the time limit; nothing here kills it but an interruption, which cancels the task and sets the run's stop event."""
 
     deadline = None
 
     def __init__(self, executor: DaskExecutor, runner: Runner, slot: Slot) -> None:
-        assert executor.client is not None
+        assert executor.client is not None and executor.stop is not None
+        self.executor = executor
         self.runner = runner
         self.slot = slot
         self.reader, self.writer = multiprocessing.Pipe(duplex=False)
         shipped = dataclasses.replace(slot, results=[], read=[])  # the source results and reads stay here
         self.future: Future = executor.client.submit(
             _audit_on_worker, shipped, runner.engine.options, runner.timeout, runner.show_output is not None, executor.children,
-            key=f"audit-{uuid.uuid4().hex}", pure=False,
+            executor.stop.name, key=f"audit-{uuid.uuid4().hex}", pure=False,
         )
         self.future.add_done_callback(self._wake)
 
@@ -121,6 +137,8 @@ class _Task:
         """Nothing comes before the end: the worker's runner gathers the child's messages and output."""
 
     def kill(self, timed_out: bool = False) -> None:
+        """The run was interrupted: cancel this task, and stop the children of all running ones."""
+        self.executor.interrupt()
         self.future.cancel()
 
     def finish(self) -> None:
@@ -154,9 +172,9 @@ def _failure(exc: BaseException) -> str:
     return f"could not be audited on the Dask cluster: {type(exc).__name__}: {first_line(exc)}"
 
 
-def _audit_on_worker(slot: Slot, options: Options, timeout: float, shown: bool, children: int) -> Slot:
+def _audit_on_worker(slot: Slot, options: Options, timeout: float, shown: bool, children: int, stop: str) -> Slot:
     """What a worker runs for one target: the local runner's model half, once the worker is fit for it."""
-    from distributed import get_worker
+    from distributed import Event, get_worker
 
     if multiprocessing.current_process().daemon:
         raise WorkerUnfit(f"the Dask worker {get_worker().address} is a daemonic process, which may not start the process a target is "
@@ -164,4 +182,4 @@ def _audit_on_worker(slot: Slot, options: Options, timeout: float, shown: bool, 
     if not os.path.isdir(slot.cwd):
         raise WorkerUnfit(f"the working directory {slot.cwd} is not on the Dask worker {get_worker().address}: workers need the "
                           "targets at the same paths (a shared file system)")
-    return audit_models_here(slot, options, timeout, shown, children)
+    return audit_models_here(slot, options, timeout, shown, children, stopped=Event(stop).is_set)
