@@ -161,7 +161,7 @@ class Engine:
 
     def audit_models(self, target: Target) -> Iterator[TargetResult]:
         """Import, build and audit the target's models, one result at a time (each as soon as it is done)."""
-        from auditor.loading.models import BuildFailure, Skipped
+        from auditor.loading.models import BuildFailure, Skipped, blocks_left
 
         if target.kind is Kind.PROGRAM:
             yield self._guarded(target.text, lambda: self._audit_program(target))
@@ -183,6 +183,9 @@ class Engine:
                 result = self._guarded(item.label, lambda model=item: self.audit_loaded(model))
                 result.model_class = item.model_class
                 yield result
+                if result.status != "ok":  # what it holds is covered by nothing now: each named, not dropped
+                    for block in blocks_left(item):
+                        yield TargetResult(target=block.label, status="skipped", reason=block.reason, model_class=block.model_class)
 
     # --- source files -----------------------------------------------------------------------------------------
     def _audit_file(self, target: Target) -> tuple[list[TargetResult], bool]:

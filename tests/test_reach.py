@@ -277,6 +277,71 @@ def test_a_class_its_own_file_renames_is_named_not_dropped(tmp_path):
     assert report.classes()["not_audited"] == 1
 
 
+def test_the_parts_of_a_model_whose_audit_failed_are_named_not_dropped(tmp_path):
+    """Seq2Seq is built (its encoder with it) but its forward fails on every input: the encoder, which only it
+    covered, is not audited, and says so with a command."""
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "seq.py").write_text("import torch.nn as nn\n\n\nclass Encoder(nn.Module):\n    def __init__(self, vocab):\n"
+                                     "        super().__init__()\n        self.emb = nn.Embedding(vocab, 8)\n\n    def forward(self, src):\n"
+                                     "        return self.emb(src)\n\n\nclass Seq2Seq(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                                     "        self.encoder = Encoder(50)\n\n    def forward(self, src):\n"
+                                     "        raise RuntimeError('reads a data file the audit does not have')\n")
+    report = run(tmp_path)
+    found = {r.target.rsplit("/", 1)[-1]: r for r in report.results}
+    assert found["seq.py:Seq2Seq"].status == "error"
+    encoder = found["seq.py:Encoder"]
+    assert encoder.status == "skipped" and encoder.model_class.line == 4
+    assert encoder.reason == (f"not audited: part of {tmp_path}/seq.py:Seq2Seq, whose audit did not complete; "
+                              f"audit it with `audit {tmp_path}/seq.py:Encoder --kwargs '{{\"vocab\": ...}}'`")
+    assert report.classes() == {"defined": 2, "audited": 0, "covered": 0, "not_audited": 2}
+
+BASES = """import torch.nn as nn
+
+
+class NNBase(nn.Module):
+    def __init__(self, recurrent, recurrent_input_size, hidden_size):
+        super().__init__()
+        self._hidden_size = hidden_size
+        if recurrent:
+            self.gru = nn.GRU(recurrent_input_size, hidden_size)
+
+
+class MLPBase(NNBase):
+    def __init__(self, num_inputs, hidden_size=64):
+        super().__init__(False, num_inputs, hidden_size)
+        self.actor = nn.Sequential(nn.Linear(num_inputs, hidden_size), nn.Tanh(), nn.Linear(hidden_size, hidden_size), nn.Tanh())
+
+    def forward(self, inputs):
+        return self.actor(inputs)
+"""
+
+
+def test_a_base_class_is_covered_by_the_audited_model_derived_from_it(tmp_path):
+    """a2c's NNBase: its constructor and methods run inside MLPBase, which is audited."""
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "nets.py").write_text(BASES)
+    report = run(tmp_path)
+    [mlp] = [r for r in report.results if r.target.endswith(":MLPBase")]
+    assert classes(mlp) == ["MLPBase", "NNBase"]
+    assert report.classes() == {"defined": 2, "audited": 1, "covered": 1, "not_audited": 0}
+    assert not report.skipped
+
+
+def test_a_helper_the_constructor_imports_is_judged_by_its_code_not_its_name(tmp_path):
+    """`from utils import init` (a2c's weight initializer) is building; `from utils import save` that writes is not."""
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "utils.py").write_text("def init(module, weight_init):\n    weight_init(module.weight)\n    return module\n\n\n"
+                                       "def save(module):\n    open('weights.txt', 'w').write(str(module))\n    return module\n")
+    (tmp_path / "nets.py").write_text("import torch.nn as nn\n\nfrom utils import init, save\n\n\nclass Net(nn.Module):\n"
+                                      "    def __init__(self):\n        super().__init__()\n        self.fc = init(nn.Linear(4, 2), nn.init.orthogonal_)\n\n"
+                                      "    def forward(self, x):\n        return self.fc(x)\n\n\nclass Saved(Net):\n    def __init__(self):\n"
+                                      "        super().__init__()\n        save(self.fc)\n")
+    found = {r.target.rsplit("/", 1)[-1]: r for r in run(tmp_path).results}
+    assert found["nets.py:Net"].status == "ok"
+    assert found["nets.py:Saved"].status == "skipped"
+    assert found["nets.py:Saved"].reason.startswith("not built: its constructor would run `save(...)` (`open(")
+    assert not (tmp_path / "weights.txt").exists()
+
 def test_packages_that_are_not_installed_are_stood_in_for_until_a_model_needs_them(tmp_path):
     """`import wandb` at the top of a model file: the models that do not use it are audited; one whose forward
     does is not audited, saying what to install; an import guard's fallback is kept."""

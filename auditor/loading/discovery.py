@@ -168,17 +168,16 @@ def block_plan(cls: type, plan: FilePlan | None, where: str) -> tuple[bool, Clas
 def user_classes(model: nn.Module, plan: FilePlan | None) -> list[ClassRecord]:
     """The user classes a model holds, its own first: classes defined outside torch, the tool, installed
     packages and the standard library."""
-    records: list[ClassRecord] = []
-    seen: set[type] = set()
+    return [record for cls in module_classes(model) if (record := class_record(cls, plan)) is not None]
+
+
+def module_classes(model: nn.Module) -> list[type]:
+    """The classes of a model's modules, its own first, each followed by the nn.Module classes it derives from
+    (`NNBase` under `MLPBase`: its constructor and methods ran as part of it); each once."""
+    found: dict[type, None] = {}
     for module in model.modules():
-        cls = type(module)
-        if cls in seen:
-            continue
-        seen.add(cls)
-        record = class_record(cls, plan)
-        if record is not None:
-            records.append(record)
-    return records
+        found.update((cls, None) for cls in type(module).__mro__ if issubclass(cls, nn.Module))
+    return list(found)
 
 
 def class_record(cls: type, plan: FilePlan | None) -> ClassRecord | None:

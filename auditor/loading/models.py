@@ -308,6 +308,20 @@ class ModelLoader:
         return LoadedModel(where, model, self.sites.for_model(model), None, list(target.inputs), origin=origin)
 
 
+def blocks_left(loaded: LoadedModel) -> list[Skipped]:
+    """The user classes a model holds (its own excepted), as not audited: its audit did not complete, so they
+    are covered by nothing (unless another result of the run covers them: `findings.settle_provisional`)."""
+    left: list[Skipped] = []
+    for cls in discovery.module_classes(loaded.model):
+        record = discovery.class_record(cls, loaded.file_plan)
+        if record is None or record == loaded.model_class or record not in loaded.classes:
+            continue
+        where = record.key[0]
+        command = discovery.needs_arguments(cls, cls.__name__, missing_arguments(cls, {}), where).split("; ", 1)[-1]
+        left.append(Skipped(f"{where}:{cls.__name__}", f"not audited: part of {loaded.label}, whose audit did not complete; {command}", record))
+    return left
+
+
 def _inside(name: str) -> bool:
     """Whether a name in a manifest is an entry of its folder: not the folder itself (`.`), not above it, no path."""
     return name not in ("", ".", "..") and Path(name).name == name and "\\" not in name

@@ -385,8 +385,21 @@ class Planner:
 
     def _hazards(self, module: ModuleReading) -> Callable[[str], Any]:
         if module.path not in self._checkers:
-            self._checkers[module.path] = constructor_hazards(module.tree)
+            self._checkers[module.path] = constructor_hazards(module.tree, lambda name: self._imported_hazard(module, name))
         return self._checkers[module.path]
+
+    def _imported_hazard(self, module: ModuleReading, name: str) -> tuple[bool, Any]:
+        """Whether `name` is a function `module` imports from another file of the repository, and what calling
+        it would do beyond building."""
+        imported = module.imports.get(name)
+        if imported is None or imported[2] is None:
+            return False, None
+        source, level, member = imported
+        path = self.repository.locate(module.path, source.split(".") if source else [], level)
+        other = self.reader.module(path) if path is not None else None
+        if other is None or member not in other.functions:
+            return False, None
+        return True, self._hazards(other)(member)
 
     def _plan_factory(self, module: ModuleReading, node: ast.FunctionDef | ast.AsyncFunctionDef) -> ClassPlan:
         key = (str(module.path), node.name)

@@ -89,13 +89,18 @@ def import_hazard(tree: ast.Module) -> Hazard | None:
     return _Checker(tree).statements(tree.body)
 
 
-def constructor_hazards(tree: ast.Module) -> Callable[[str], Hazard | None]:
-    """For a class of the file, what building it would do that a declaration does not (downloading weights,
-    writing files, starting processes; reading a text config is building): its `__init__` and the methods it
-    calls on `self`."""
+Elsewhere = Callable[[str], "tuple[bool, Hazard | None]"]  # an imported name -> (a function of the repository?, its hazard)
+
+
+def constructor_hazards(tree: ast.Module, elsewhere: Elsewhere | None = None) -> Callable[[str], Hazard | None]:
+    """For a class (or function) of the file, what building it (calling it) would do that a declaration does not
+    (downloading weights, writing files, starting processes; reading a text config is building): its `__init__`
+    and the methods it calls on `self`. `elsewhere` checks the functions it imports from the repository's other
+    files by their code, not their names (a2c's `from utils import init` initializes weights)."""
     checker = _Checker(tree)
     checker.constructors = True
-    return lambda name: checker.body_hazard(name) if name in checker.classes else None
+    checker.elsewhere = elsewhere
+    return lambda name: checker.body_hazard(name) if name in checker.classes or name in checker.functions else None
 
 
 def module_statements(body: Iterable[ast.stmt]) -> Iterator[ast.stmt]:
@@ -172,6 +177,7 @@ class _Checker:
         self._bodies: dict[str, Hazard | None] = {}
         self.constructors = False  # checking constructors a plan builds (download flags turned off), not an import
         self.controlled: set[str] = set()  # download flags that are parameters of the function being checked
+        self.elsewhere: Elsewhere | None = None  # constructors: the repository's functions this file imports
 
     # --- statements the import runs -------------------------------------------------------------------------
     def statements(self, body: Iterable[ast.stmt]) -> Hazard | None:
@@ -240,6 +246,10 @@ class _Checker:
     def call(self, call: ast.Call) -> Hazard | None:
         if self.constructors and _only_reads(call, self.aliases, self.local):
             return None  # a constructor reading its config file builds the model it describes
+        if self.elsewhere is not None and isinstance(call.func, ast.Name) and call.func.id not in self.functions and call.func.id not in self.classes:
+            local, inner = self.elsewhere(call.func.id)
+            if local:  # the repository's own function: what its code does, not what its name suggests
+                return Hazard(call.lineno, f"`{call.func.id}(...)` ({inner.what} at line {inner.line} of its file)") if inner is not None else None
         if _is_hazard(call, self.aliases, self.local, self.controlled):
             return Hazard(call.lineno, f"`{_source(call.func)}(...)`")
         name = call.func.id if isinstance(call.func, ast.Name) else None
