@@ -65,33 +65,39 @@ if where.endswith(".py"):
     spec.loader.exec_module(module)
 else:
     module = importlib.import_module(where)
-model = getattr(module, name)(**{kwargs!r}).train()
+model = getattr(module, name)(**{kwargs!r})
 inputs = make_inputs([parse_spec({spec!r})], model)
-primary_output(model(*inputs)).float().square().mean().backward()
+{run}
 """
+TRAINING_STEP = "primary_output(model.train()(*inputs)).float().square().mean().backward()"
+FORWARD = "with torch.no_grad():\n    model.eval()(*inputs)"
 
 
-def compare(name: str, repeat: int, env: dict[str, str] | None = None) -> dict:
-    label, target, kwargs, spec = CASES[name]
-    plain_command = [sys.executable, "-c", PLAIN.format(target=target, kwargs=kwargs, spec=spec)]
-    audit_command = [sys.executable, "-m", "auditor", target, "--input", spec, "--probe", "--format", "json", "--device", "cpu", "--no-cache"]
+def compare(case: tuple[str, str, dict, str], repeat: int, env: dict[str, str] | None = None, *, probe: bool = True) -> dict:
+    """`audit` (with `--probe`: against a training step; without: against an eval forward) and the plain
+    process, in alternating pairs; medians and ratios, the probes' own time, the capture method used."""
+    label, target, kwargs, spec = case
+    plain_command = [sys.executable, "-c", PLAIN.format(target=target, kwargs=kwargs, spec=spec, run=TRAINING_STEP if probe else FORWARD)]
+    audit_command = [sys.executable, "-m", "auditor", target, "--input", spec, "--format", "json", "--device", "cpu", "--no-cache"]
+    audit_command += ["--probe"] if probe else []
     if kwargs:
         audit_command += ["--kwargs", json.dumps(kwargs)]
     runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}  # is-audit -> (wall, cpu) per pair
-    probes = []
+    probes, methods = [], set()
     for index in range(repeat):
         order = [plain_command, audit_command] if index % 2 == 0 else [audit_command, plain_command]
         for command in order:
             measured = measure(command, env=env).audited()
             runs[command is audit_command].append((measured.wall, measured.cpu))
             if command is audit_command:
-                [result] = [r for r in json.loads(measured.stdout)["results"] if r.get("probes")]
-                probes.append(result["probes"]["seconds"])
+                [result] = [r for r in json.loads(measured.stdout)["results"] if r.get("capture")]
+                methods.add(result["capture"]["method"])
+                probes.append(result["probes"]["seconds"] if probe else 0.0)
     pairs = list(zip(runs[False], runs[True]))
     wall_ratios = [audit[0] / plain[0] for plain, audit in pairs]
     cpu_ratios = [audit[1] / plain[1] for plain, audit in pairs]
     return {
-        "label": label, "input": spec, "probes": statistics.median(probes),
+        "label": label, "input": spec, "probes": statistics.median(probes), "method": "/".join(sorted(methods)),
         "plain": statistics.median(w for w, _ in runs[False]), "audit": statistics.median(w for w, _ in runs[True]),
         "plain_cpu": statistics.median(c for _, c in runs[False]), "audit_cpu": statistics.median(c for _, c in runs[True]),
         "wall_ratio": statistics.median(wall_ratios), "wall_spread": (min(wall_ratios), max(wall_ratios)),
@@ -99,10 +105,9 @@ def compare(name: str, repeat: int, env: dict[str, str] | None = None) -> dict:
     }
 
 
-def available(name: str) -> bool:
+def available(target: str) -> bool:
     import importlib.util
 
-    target = CASES[name][1]
     library = next((lib for key, lib in LIBRARY.items() if key in target), None)
     return library is None or importlib.util.find_spec(library) is not None
 
@@ -117,9 +122,9 @@ def main() -> None:
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     env = {**os.environ, **WITHOUT_BF16} if args.without_bf16_instructions else None
-    names = [n for n in (args.only or CASES) if available(n)]
+    names = [n for n in (args.only or CASES) if available(CASES[n][1])]
     load_before = os.getloadavg()
-    rows = [compare(name, args.repeat, env) for name in names]
+    rows = [compare(CASES[name], args.repeat, env) for name in names]
     load_after = os.getloadavg()
     threads = args.threads or f"torch's default ({os.cpu_count()} cores)"
     cpu = "; as without bfloat16 instructions (AVX2)" if args.without_bf16_instructions else ""
