@@ -186,6 +186,40 @@ def test_lightning_clean_model_trains_as_without_the_callback(pl, tmp_path: Path
     assert float(rows[0]["audit/grad_norm/fc1"]) > 0 and float(rows[0]["audit/warning"]) == 0
 
 
+def test_lightning_module_whose_forward_takes_the_dict_batch_is_audited_on_it(pl, tmp_path: Path) -> None:
+    """`forward(self, batch)` reading `batch["features"]`: the dict batch is the one argument, not split by key."""
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    from auditor.integrations.lightning import AuditCallback, AuditFailed
+
+    class DictClassifier(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 32)
+            self.drop = nn.Dropout(0.3)
+            self.act = nn.ReLU()
+            self.out = nn.Linear(32, 3)
+
+        def forward(self, batch):
+            return self.out(self.act(self.drop(self.fc(batch["features"]))))
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self(batch), batch["labels"])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    rows = [{"features": torch.randn(8), "labels": torch.tensor(i % 3)} for i in range(32)]
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[AuditCallback(fail_on="warning")])
+    with pytest.raises(AuditFailed) as raised:
+        trainer.fit(DictClassifier(), DataLoader(rows, batch_size=8))
+    [result] = raised.value.report.results
+    assert [f.code for f in result.findings] == ["DRO001"]
+    assert [(r.name, r.spec) for r in result.capture.inputs] == [("batch", "dict")]
+
+
 # --- Hugging Face Trainer ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hf():
