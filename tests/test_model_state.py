@@ -70,3 +70,37 @@ def test_auditing_without_inputs_leaves_the_global_random_streams_alone():
     torch.manual_seed(0)
     auditor.audit(model)
     assert torch.equal(torch.rand(3), expected)
+
+
+class RecordsStageOutputs(nn.Module):
+    """Hugging Face's output recording: forward hooks installed on the first call, the model marked as hooked,
+    and a head over every recorded stage output (SegFormer's decode head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stages = nn.ModuleList([nn.Linear(4, 6), nn.Linear(6, 8)])
+        self.heads = nn.ModuleList([nn.Linear(6, 2), nn.Linear(8, 2)])
+
+    def forward(self, x):
+        if not getattr(self, "hooked", False):
+            for stage in self.stages:
+                stage.register_forward_hook(lambda module, args, out: self.recorded.append(out))
+            self.hooked = True
+        self.recorded = []
+        for stage in self.stages:
+            x = stage(x).relu()
+        return sum(head(h) for head, h in zip(self.heads, self.recorded))
+
+
+def test_hooks_a_forward_registers_are_undone_with_its_mark():
+    """Put back without its hooks, the mark 'hooked' went away and the hooks stayed: the next call installed
+    them again and recorded every stage twice (the head then met a stage output of the wrong width)."""
+    model = RecordsStageOutputs()
+    x = torch.randn(3, 4)
+    with restored(model):
+        model(x)
+    assert not hasattr(model, "hooked") and not any(stage._forward_hooks for stage in model.stages)
+    expected = model(x)
+    report = auditor.audit(model)
+    assert [r.status for r in report.results] == ["ok"], [r.error for r in report.results]
+    assert torch.equal(model(x), expected) and len(model.recorded) == 2
