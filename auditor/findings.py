@@ -45,6 +45,7 @@ class Finding:
     line: int | None = None
     fixable: bool = False
     hint: str | None = None  # the imperative fix title shown to people; not part of the JSON record
+    unsafe_fix: bool = False  # its fix in the user's file changes what the model computes (--unsafe-fixes); people's formats only
     key: str | None = None  # what tells it apart from the rule's other findings in one module (baseline fingerprints)
     # Findings of one rule along one chain of layers share a group: people's formats show them as one finding
     # naming the layers. Not part of the JSON record (JSON and SARIF keep every finding).
@@ -59,6 +60,7 @@ class Finding:
         record.pop("key")
         record.pop("group")
         record.pop("call")
+        record.pop("unsafe_fix")
         record["severity"] = str(self.severity)
         return record
 

@@ -95,10 +95,12 @@ class Rule:
         line: int | None = None,
         fixable: bool | None = None,
         key: str | None = None,
+        unsafe_fix: bool | None = None,
     ) -> Finding:
         """Build a finding of this rule, located at a graph node or at an explicit file and line. `key` tells
         findings of this rule in one module apart for baselines (default: for a functional op, the op and what
-        it reads), so it must not depend on line numbers or measured values."""
+        it reads), so it must not depend on line numbers or measured values. `unsafe_fix` (default: the rule's
+        `fix_safety` is "unsafe") says this finding's fix needs --unsafe-fixes, for a rule whose safety varies."""
         if at is not None:
             module = at.module if module is None else module
             file = at.file if file is None else file
@@ -114,6 +116,7 @@ class Rule:
             line=line,
             fixable=self.fixable if fixable is None else fixable,
             hint=self.fix_title,
+            unsafe_fix=self.fix_safety == "unsafe" if unsafe_fix is None else unsafe_fix,
             key=key if key is not None else call_key(at),
         )
 

@@ -85,13 +85,13 @@ class DropoutBeforeActivation(Rule):
                     f"{dropout.label()} feeds {written.label()} (a hand-written activation); apply dropout after "
                     "the activation (the order changes the function: dropped units go through the non-linearity, "
                     "and the 1/(1-p) scaling of the kept units is distorted)",
-                    at=dropout,
+                    at=dropout, unsafe_fix=True,
                 )
                 continue
             for activation in [a for a in ctx.graph.successors(dropout) if ops.is_activation(a.op)]:
                 yield self.finding(
                     f"{dropout.label()} feeds {activation.label()}; apply dropout after the activation ({_effect(activation)})",
-                    at=dropout,
+                    at=dropout, unsafe_fix=activation.op not in _SAME_EITHER_WAY,
                 )
 
     def fix_plan(self, ctx: PlanContext, dropout: Node) -> list[Node]:

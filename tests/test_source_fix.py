@@ -103,6 +103,20 @@ def test_without_unsafe_fixes_only_the_safe_ones_are_applied(tmp_path):
     assert "Fixed 1 finding in 1 file" in result.stdout
 
 
+def test_the_audit_says_which_findings_need_unsafe_fixes(tmp_path):
+    """Before any --fix, as ruff: the ReLU's dropout says `--fix`, the Tanh's and GELU's `--fix --unsafe-fixes`, and
+    the summary counts them apart; `--fix` then applies exactly the one it promised."""
+    path = tmp_path / "model.py"
+    shutil.copy(GOLDEN / "dro001_sequential" / "before.py", path)
+    result = invoke(str(path), "--no-cache")
+    helps = {line.split("] ")[0].rsplit("[", 1)[1]: next_line for line, next_line in zip(result.stdout.splitlines(), result.stdout.splitlines()[1:])
+             if " DRO001 [" in line}
+    assert helps["mid.1"].endswith("(fixable with --fix)")
+    assert helps["body.1"].endswith("(fixable with --fix --unsafe-fixes)") and helps["named.drop"].endswith("(fixable with --fix --unsafe-fixes)")
+    assert "1 fixable with `audit --fix` (2 more with `--unsafe-fixes`)." in result.stdout
+    assert "Fixed 1 finding in 1 file" in invoke(str(path), "--fix").stdout
+
+
 def test_an_edit_after_which_the_model_no_longer_builds_is_rolled_back(tmp_path):
     path = tmp_path / "model.py"
     shutil.copy(GOLDEN / "rollback_bias_init.py", path)

@@ -75,7 +75,7 @@ def test_a_user_suite_fails_on_the_faulty_model_only(pytester: pytest.Pytester) 
         re.escape("E       AssertionError: Classifier has 1 audit finding at or above warning:"),
         r"E       Classifier  fx, \d+ nodes",
         re.escape(f"E         models.py:{dropout_line} warning DRO001 [drop] Dropout `drop` feeds Tanh `act`; apply dropout after the activation ("),
-        re.escape("E             help: Move the dropout after the activation (fixable with --fix)"),
+        re.escape("E             help: Move the dropout after the activation (fixable with --fix --unsafe-fixes)"),
     ], consecutive=True)
     assert "auditor/testing.py" not in result.stdout.str()  # the traceback ends at the user's assert_clean line
 

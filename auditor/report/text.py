@@ -170,7 +170,7 @@ def finding_text(finding: Finding, group: Group | None = None) -> Text:
     if group is not None and group.others:
         line.append(f"\n      {group.others_text()}", style="dim")
     if finding.hint:
-        fix_note = " (fixable with --fix)" if finding.fixable else ""
+        fix_note = f" (fixable with {_fix_option(finding)})" if finding.fixable else ""
         line.append(f"\n      help: {finding.hint}{fix_note}", style="dim")
     return line
 
@@ -235,9 +235,12 @@ def summary_line(report: Report) -> Text:
         text.append(f" ({_plural(failed, 'target')} failed)", style=STYLE[Severity.ERROR])
     if skipped:
         text.append(_skipped_note(skipped), style="yellow")
-    fixable = sum(1 for f in report.findings if f.fixable)
-    if fixable:
-        text.append(f"; {fixable} fixable with `audit --fix`", style="dim")
+    options = [_fix_option(f) for f in report.findings if f.fixable]
+    safe, unsafe = options.count("--fix"), options.count("--fix --unsafe-fixes")
+    if safe:
+        text.append(f"; {safe} fixable with `audit --fix`" + (f" ({unsafe} more with `--unsafe-fixes`)" if unsafe else ""), style="dim")
+    elif unsafe:
+        text.append(f"; {unsafe} fixable with `audit --fix --unsafe-fixes`", style="dim")
     if hidden:
         text.append(f"; {hidden} hidden by the baseline", style="dim")
     text.append(".")
@@ -273,3 +276,9 @@ def _plural(count: int, noun: str, plural: str | None = None) -> str:
     if plural is not None:
         return f"{count} {noun if count == 1 else plural}"
     return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith(("x", "s")) else "s")
+
+
+def _fix_option(finding: Finding) -> str:
+    """What applies a fixable finding's fix, as ruff says: `--fix` for a safe fix, `--fix --unsafe-fixes` for one
+    that changes what the model or script computes."""
+    return "--fix --unsafe-fixes" if finding.unsafe_fix else "--fix"

@@ -120,7 +120,7 @@ class _Session:
                 if not edit.safe and not self.options.unsafe:
                     if finding not in self.unsafe:
                         self.unsafe.add(finding)
-                        self._note(edit.target, f"{edit.finding}: its fix changes what the model computes ({edit.action}); rerun with --unsafe-fixes to apply it")
+                        self._note(edit.target, f"{edit.finding}: its fix changes what the model or script computes ({edit.action}); rerun with --unsafe-fixes to apply it")
                     continue
                 self.tried.add(finding)
                 by_key.setdefault(edit.key, _Group([])).edits.append(edit)
