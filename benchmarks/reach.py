@@ -41,7 +41,7 @@ def census(root: Path) -> set[tuple[str, str]]:
     while changed:
         changed = False
         for file, name, bases in classes:
-            if (file, name) not in found and any(b in BASES or (b.endswith("Module") and b[:1].isupper()) or b in names for b in bases):
+            if (file, name) not in found and any(_is_module_base(b, names) for b in bases):
                 found.add((file, name))
                 names.add(name)
                 changed = True
@@ -67,9 +67,19 @@ def _sources(root: Path):
 
 
 def _base_name(node: ast.expr) -> str:
+    """The base as written, dotted (`nn.Module`, `torch.distributions.Categorical`)."""
     while isinstance(node, ast.Subscript):
         node = node.value
-    return node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else ""
+    return ast.unparse(node) if isinstance(node, (ast.Attribute, ast.Name)) else ""
+
+
+def _is_module_base(base: str, names: set[str]) -> bool:
+    """A module base class, or one of the repository's module classes (by name; a torch class of the same name,
+    `torch.distributions.Categorical` beside the user's `Categorical` module, is not one)."""
+    last = base.rsplit(".", 1)[-1]
+    if last in BASES or (last.endswith("Module") and last[:1].isupper()):
+        return True
+    return last in names and not base.startswith(("torch.", "nn.", "F."))
 
 
 def measure(root: Path, timeout: float) -> dict[str, object]:
