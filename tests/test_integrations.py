@@ -32,18 +32,21 @@ def pl():
     return pytest.importorskip("lightning.pytorch")
 
 
-def lightning_module(pl, faulty: bool):
-    class Classifier(pl.LightningModule):
-        def __init__(self) -> None:
+try:  # a module-level class: ddp_spawn's workers unpickle the model by its class's import path
+    import lightning.pytorch as _lightning
+
+    class Classifier(_lightning.LightningModule):
+        def __init__(self, faulty: bool = True) -> None:
             super().__init__()
             self.fc1 = nn.Linear(8, 32)
             self.drop = nn.Dropout(0.3)
             self.act = nn.Tanh()
             self.fc2 = nn.Linear(32, 3)
+            self.faulty = faulty
 
         def forward(self, x):
             h = self.fc1(x)
-            h = self.act(self.drop(h)) if faulty else self.drop(self.act(h))
+            h = self.act(self.drop(h)) if self.faulty else self.drop(self.act(h))
             return self.fc2(h)
 
         def training_step(self, batch, batch_idx):
@@ -52,11 +55,19 @@ def lightning_module(pl, faulty: bool):
             self.log("train_loss", loss)
             return loss
 
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self(x), y)
+
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
+except ImportError:
+    pass
 
+
+def lightning_module(pl, faulty: bool):
     torch.manual_seed(0)
-    return Classifier()
+    return Classifier(faulty)
 
 
 def fit(pl, model, callbacks, tmp_path: Path, precision: str = "32-true"):
@@ -90,36 +101,6 @@ def test_lightning_fit_stops_on_dropout_before_activation(pl, tmp_path: Path) ->
     assert [f.code for f in raised.value.report.findings] == ["DRO001"]
 
 
-try:  # a module-level class: ddp_spawn's workers unpickle the model by its class's import path
-    import lightning.pytorch as _lightning
-
-    class SpawnedClassifier(_lightning.LightningModule):
-        """A dropout before its Tanh (DRO001), trained by processes Lightning spawns."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc1 = nn.Linear(8, 32)
-            self.drop = nn.Dropout(0.3)
-            self.act = nn.Tanh()
-            self.fc2 = nn.Linear(32, 3)
-
-        def forward(self, x):
-            return self.fc2(self.act(self.drop(self.fc1(x))))
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return F.cross_entropy(self(x), y)
-
-        def validation_step(self, batch, batch_idx):
-            x, y = batch
-            return F.cross_entropy(self(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-except ImportError:
-    pass
-
-
 def test_lightning_ddp_spawn_audits_on_rank_zero_and_raises_audit_failed_where_fit_was_called(pl, tmp_path: Path) -> None:
     """Under ddp_spawn the audit runs in the processes Lightning starts: rank 0 audits, every rank raises, and
     the process that called fit gets AuditFailed (not torch's ProcessRaisedException) and the report."""
@@ -136,8 +117,8 @@ def test_lightning_ddp_spawn_audits_on_rank_zero_and_raises_audit_failed_where_f
     )
     torch.manual_seed(0)
     with pytest.raises(AuditFailed) as raised:
-        trainer.fit(SpawnedClassifier(), DataLoader(data, batch_size=8))
-    assert str(raised.value).startswith("SpawnedClassifier has 1 audit finding at or above warning:")
+        trainer.fit(Classifier(), DataLoader(data, batch_size=8))
+    assert str(raised.value).startswith("Classifier has 1 audit finding at or above warning:")
     assert "warning DRO001 [drop] Dropout `drop` feeds Tanh `act`" in str(raised.value)
     assert [f.code for f in raised.value.report.findings] == ["DRO001"]
     assert callback.report is not None and [f.code for f in callback.report.findings] == ["DRO001"]
@@ -152,7 +133,7 @@ def test_lightning_validate_alone_says_once_that_nothing_was_audited(pl, tmp_pat
     callback = AuditCallback()
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[callback], default_root_dir=str(tmp_path))
-    model = SpawnedClassifier()
+    model = Classifier()
     trainer.validate(model, DataLoader(data, batch_size=8))
     trainer.validate(model, DataLoader(data, batch_size=8))
     err = capsys.readouterr().err
