@@ -101,6 +101,19 @@ def test_values_the_data_decides_are_guessed_and_said_so():
     assert build.source.endswith("gcn/train.py:13; guessed nfeat=64, nclass=10")
 
 
+
+def test_a_padding_index_the_vocabulary_decides_is_guessed(tmp_path):
+    """`Decoder(len(TRG.vocab), 32, TRG.vocab.stoi[TRG.pad_token])`: both come from the data, both are guessed."""
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "net.py").write_text("import torch.nn as nn\n\n\nclass Decoder(nn.Module):\n"
+                                     "    def __init__(self, output_dim, emb_dim, trg_pad_idx):\n        super().__init__()\n"
+                                     "        self.emb = nn.Embedding(output_dim, emb_dim, padding_idx=trg_pad_idx)\n"
+                                     "        self.out = nn.Linear(emb_dim, output_dim)\n\n    def forward(self, trg):\n        return self.out(self.emb(trg))\n")
+    (tmp_path / "train.py").write_text("from net import Decoder\nfrom data import TRG\n\nmodel = Decoder(len(TRG.vocab), 32, TRG.vocab.stoi[TRG.pad_token])\n")
+    decoder = {r.target.rsplit("/", 1)[-1]: r for r in run(tmp_path).results}["net.py:Decoder"]
+    assert decoder.status == "ok"
+    assert decoder.built == f"built as in {tmp_path}/train.py:4; guessed output_dim=64, trg_pad_idx=1"
+
 # --- wrappers, guesses, what cannot be built -------------------------------------------------------------------
 def test_wrappers_are_built_around_a_model_of_the_repository():
     report = run(REPOS / "wrapper")
