@@ -1,12 +1,15 @@
-"""How many of the faults `--fix --out` fixes today does `--fix` fix in the user's own file?
+"""How many of the faults `--fix --out` fixes (and of the training-script faults with a source fix) does `--fix` fix in
+the user's own file?
 
     python benchmarks/source_fix.py            # markdown table on stdout, one row per fixture
     python benchmarks/source_fix.py --json     # the same as data
+    python benchmarks/source_fix.py --group training   # one folder of fixtures
 
-Every fixture of tests/fixtures/seeded and tests/fixtures/rules (and tests/fixtures/fix, reported apart) is configured
+Every fixture of tests/fixtures/seeded, rules, fix and training (each reported apart) is configured
 as a target with the inputs its header names, in one `[tool.auditor]` configuration per run. First
 `audit --fix --out TMP --format json` on the fixtures: the faults a fixed copy fixes are the `fixes[]` of its
-results (code and module, counted). Then `audit --fix --unsafe-fixes --format json` on copies of the files: a fault
+results (code and module, counted), and those of a training script the findings of rules with a source fix
+(CLP001, TRN001, TRN002). Then `audit --fix --unsafe-fixes --format json` on copies of the files: a fault
 counts as fixed in the source when that run lists a fix of it and its re-audit (the findings it reports, after the
 edits were proven) has no finding of that code on that module left. A fixture counts when all of its faults do. The
 edit's size is the number of lines its unified diff adds and removes.
@@ -29,9 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from auditor.rule import all_rules  # noqa: E402
 from support import fixture_header  # noqa: E402
 
-GROUPS = ("seeded", "rules", "fix")
+GROUPS = ("seeded", "rules", "fix", "training")
+# Training-script rules: `--fix --out` has nothing to copy for them, so their faults are their findings.
+SCRIPT_FIXED = frozenset(r.code for r in all_rules() if r.scope == "source" and getattr(r, "source_fix", None) is not None)
 
 
 def audit(config: Path, *args: str) -> list[dict]:
@@ -64,8 +70,9 @@ def counted(results: list[dict], path: Path, key: str) -> Counter[tuple[str, str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--group", action="append", choices=GROUPS, help="a folder of tests/fixtures (default: all)")
     args = parser.parse_args()
-    paths = [p for group in GROUPS for p in sorted((ROOT / "tests" / "fixtures" / group).glob("*.py"))]
+    paths = [p for group in args.group or GROUPS for p in sorted((ROOT / "tests" / "fixtures" / group).glob("*.py"))]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -80,7 +87,7 @@ def main() -> None:
         (root / "copies" / "config").mkdir()
         in_place = audit(configure(list(copies.values()), root / "copies" / "config"), "--fix", "--unsafe-fixes")
         for path in paths:
-            wanted = counted(fixed_copy, path, "fixes")
+            wanted = counted(fixed_copy, path, "fixes") + Counter({k: n for k, n in counted(fixed_copy, path, "findings").items() if k[0] in SCRIPT_FIXED})
             if not wanted:
                 continue
             copy = copies[path]

@@ -13,7 +13,7 @@ import stat
 import pytest
 from typer.testing import CliRunner
 
-from auditor.cli import audit_app
+from auditor.cli import audit_app, rules_app
 from auditor.findings import Finding, Severity, TargetResult
 from auditor.options import FixOptions
 from auditor.sourcefix import ops as O
@@ -115,6 +115,16 @@ def test_the_audit_says_which_findings_need_unsafe_fixes(tmp_path):
     assert helps["body.1"].endswith("(fixable with --fix --unsafe-fixes)") and helps["named.drop"].endswith("(fixable with --fix --unsafe-fixes)")
     assert "1 fixable with `audit --fix` (2 more with `--unsafe-fixes`)." in result.stdout
     assert "Fixed 1 finding in 1 file" in invoke(str(path), "--fix").stdout
+
+
+def test_audit_rules_and_each_rule_page_say_how_safe_each_fix_is():
+    """The `fix` column of `audit rules` and the facts of `audit explain` (with its "Fix safety" section)."""
+    listing = runner.invoke(rules_app, ["rules"], env={"COLUMNS": "250"}).stdout.splitlines()
+    column = {line.split()[0]: line.split()[3] for line in listing if line.split()[:1] in (["NRM002"], ["NRM001"], ["DRO001"])}
+    assert column == {"NRM002": "safe", "NRM001": "unsafe", "DRO001": "sometimes"}
+    for code, fact in (("NRM002", "fixable: yes, safe fix"), ("INI001", "fixable: yes, unsafe fix"), ("DRO001", "fixable: yes, safe or unsafe")):
+        page = runner.invoke(rules_app, ["explain", code]).stdout
+        assert fact in page and "## Fix safety" in page, code
 
 
 def test_an_edit_after_which_the_model_no_longer_builds_is_rolled_back(tmp_path):
