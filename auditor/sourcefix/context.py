@@ -24,6 +24,7 @@ import libcst as cst
 
 from auditor.findings import Finding
 from auditor.fixing.plan import PlanContext
+from auditor.fixing.rewrite import CannotFix
 from auditor.graph import Node
 from auditor.sourcefix import ops as O
 from auditor.sourcefix.change import Change, record
@@ -140,11 +141,25 @@ class EditContext(Moves, Inits, PlanContext):
         return chosen
 
     def created_alongside(self, qualname: str) -> list[str]:
-        """Every module of the model created by the same line as `qualname`, of the same class (itself included):
-        a loop, a helper called several times, a class instantiated more than once."""
+        """Every module of the model created by the same call as `qualname`, of the same class (itself included):
+        a loop, a helper called several times, a class instantiated more than once. Of a line with several calls of
+        that class (`nn.Sequential(nn.Linear(10, 32), ..., nn.Linear(32, 2))`), those at the same entry."""
         module = self.submodule(qualname)
         site = self.graph.sites.get(qualname)
-        return [q for q, s in self.graph.sites.items() if s == site and type(self.submodule(q)) is type(module)]
+        same_line = [q for q, s in self.graph.sites.items() if s == site and type(self.submodule(q)) is type(module)]
+        if len(same_line) < 2 or site is None:
+            return same_line
+        file = self.source(site[0])
+        if sum(1 for c in file.calls_at(site[1]) if method_name(c) == type(module).__name__ and file.line_of(c) == site[1]) < 2:
+            return same_line
+        _, call = self.creation(qualname)
+        return [q for q in same_line if self._created_by(q) is call]
+
+    def _created_by(self, qualname: str) -> cst.Call | None:
+        try:
+            return self.creation(qualname)[1]
+        except CannotFix:
+            return None
 
     def forward_call(self, node: Node) -> Located:
         """The call in a forward method that runs `node`: a module call (`self.drop(x)`, `self.fcs[0](x)`), a
