@@ -104,3 +104,29 @@ def test_hooks_a_forward_registers_are_undone_with_its_mark():
     report = auditor.audit(model)
     assert [r.status for r in report.results] == ["ok"], [r.error for r in report.results]
     assert torch.equal(model(x), expected) and len(model.recorded) == 2
+
+
+class DemandsTargetsInTraining(nn.Module):
+    """torchvision's detection models: fx and export cannot capture the forward (control flow on values), and in
+    training mode it demands targets."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        torch._assert(not self.training, "targets should not be none when in training mode")
+        y = self.bn(self.conv(x)).relu()
+        return y * 2 if y.sum() > 0 else y
+
+
+def test_attempts_after_a_failed_one_still_run_in_eval_mode():
+    """Putting a failed attempt's traces back also put back the training flag saved before eval mode: the hooks
+    capture of Faster R-CNN then ran in training mode (and a BatchNorm would update its running statistics)."""
+    model = DemandsTargetsInTraining().train()
+    running = model.bn.running_mean.clone()
+    [result] = auditor.audit(model, torch.randn(2, 3, 8, 8)).results
+    assert result.status == "ok", result.error
+    assert result.capture.method == "hooks"
+    assert model.training and torch.equal(model.bn.running_mean, running)

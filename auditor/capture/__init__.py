@@ -41,8 +41,10 @@ def capture(model: nn.Module, inputs: tuple[Any, ...], sites: dict[str, Site], m
     # On meta an eager pass has no values to read (a Hugging Face padding check), so it settles nothing: export,
     # whose traced forward skips such checks, still gets its try.
     settles = not any(t.is_meta for t in iter_tensors(inputs))
-    state = ModuleState(model)  # a failed attempt must not leave its traces (a Proxy, a fake tensor) for the next
     with eval_mode(model), quiet_torch(), inert_autocast():
+        # A failed attempt must not leave its traces (a Proxy, a fake tensor) for the next; taken in eval mode,
+        # so that putting them back does not put the next attempt in training mode.
+        state = ModuleState(model)
         for method in methods:
             if method == "export" and forward_failed is not None and settles:
                 continue  # export runs the same forward symbolically; only a real eager pass can settle it
