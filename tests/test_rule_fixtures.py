@@ -70,3 +70,12 @@ def test_a_module_called_twice_names_the_call_of_each_finding(method: str) -> No
     assert "Mish" in findings[0].message and f":{mish_call}; `drop` is called 2 times" in findings[0].message
     assert "ReLU" in findings[1].message and f":{relu_call}; `drop` is called 2 times" in findings[1].message
     assert len(grouped(findings)) == 2
+
+
+def test_missing_activation_names_the_module_file_and_line_of_the_first_layer() -> None:
+    """ACT001 points at the layer that lacks its activation, not at the one after it."""
+    path = FIXTURES / "rules" / "act001_sequential.py"
+    findings = [f for r in run(path, select=["ACT001"]).results for f in r.findings]
+    assert sorted((f.code, f.module, Path(f.file).name, f.line) for f in findings) == [
+        ("ACT001", "classifier.3", path.name, 21), ("ACT001", "features.0", path.name, 11),
+    ]
