@@ -84,7 +84,7 @@ def test_skipped_models_are_reported_in_every_format_and_never_as_passed(tmp_pat
 
 def test_summary_counts_skipped_next_to_audited_models():
     text = cli(str(DISCOVERY / "helpers.py")).stdout
-    assert text.rstrip().endswith("3 models skipped, not audited (listed above).")
+    assert "; 3 models skipped, not audited (listed above)" in text.rstrip().splitlines()[-1]
     assert "Not audited (3):" in text
 
 

@@ -88,7 +88,7 @@ def test_point_clouds_are_read_through_the_transpose_before_the_first_conv(targe
     ("positions.py:GPT", "int64:2,32", "from Embedding(100, 16) and pos_emb[32]"),  # added whole: exactly 32
     ("positions.py:LookedUpPositions", "int64:2,16", "from Embedding(100, 16) and wpe[32]"),  # any length up to 32
     ("positions.py:ViT", "2,3,24,24", "from Conv2d(3, 16) and pos_embed[10]"),  # 3x3 patches and a class token
-    ("positions.py:Unnamed", "int64:2,8", "from Embedding(100, 16), resized to fit a tensor of the model's own [1, 8, 16]"),
+    ("positions.py:Unnamed", "int64:2,8", "from Embedding(100, 16), resized to fit `p` [1, 8, 16]"),
 ])
 def test_a_sequence_length_comes_from_the_table_it_meets(target, expected, source):
     result = audited(target)
@@ -108,7 +108,7 @@ def test_a_table_no_guess_fits_is_never_reported_as_a_residual_mismatch():
     assert result.status == "ok" and not result.findings
     [note] = [n for n in result.capture.notes if n.startswith("guess: ")]
     assert note.startswith("guess: RES001 at ") and "positions.py:" in note
-    assert "not reported: the guessed input does not fit a tensor of the model's own [1, 16, 8]" in note
+    assert "not reported: the guessed input does not fit `p` [1, 16, 8]" in note
 
 
 def test_a_finding_another_accepted_guess_does_not_show_is_left_out_and_the_real_one_kept():
