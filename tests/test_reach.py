@@ -114,6 +114,27 @@ def test_a_padding_index_the_vocabulary_decides_is_guessed(tmp_path):
     assert decoder.status == "ok"
     assert decoder.built == f"built as in {tmp_path}/train.py:4; guessed output_dim=64, trg_pad_idx=1"
 
+
+def test_a_wrappers_call_site_beats_a_model_guessed_for_it(tmp_path):
+    """`Seq2Seq(enc, dec)` with enc and dec built from vocabulary sizes the data decides: three sizes guessed
+    in the repository's own parts say more than two whole models guessed for `encoder` and `decoder`."""
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    (tmp_path / "net.py").write_text(
+        "import torch.nn as nn\n\n\nclass Encoder(nn.Module):\n    def __init__(self, input_dim, emb_dim):\n        super().__init__()\n"
+        "        self.emb = nn.Embedding(input_dim, emb_dim)\n\n    def forward(self, src):\n        return self.emb(src)\n\n\n"
+        "class Decoder(nn.Module):\n    def __init__(self, output_dim, emb_dim, trg_pad_idx):\n        super().__init__()\n"
+        "        self.emb = nn.Embedding(output_dim, emb_dim, padding_idx=trg_pad_idx)\n        self.out = nn.Linear(emb_dim, output_dim)\n\n"
+        "    def forward(self, trg, memory):\n        return self.out(self.emb(trg) + memory.mean(1, keepdim=True))\n\n\n"
+        "class Seq2Seq(nn.Module):\n    def __init__(self, encoder, decoder):\n        super().__init__()\n"
+        "        self.encoder = encoder\n        self.decoder = decoder\n\n"
+        "    def forward(self, src, trg):\n        return self.decoder(trg, self.encoder(src))\n")
+    (tmp_path / "train.py").write_text("from net import Decoder, Encoder, Seq2Seq\nfrom data import SRC, TRG\n\n"
+                                       "enc = Encoder(len(SRC.vocab), 32)\ndec = Decoder(len(TRG.vocab), 32, TRG.vocab.stoi[TRG.pad_token])\n"
+                                       "model = Seq2Seq(enc, dec)\n")
+    build = Planner(Repository(tmp_path, Project())).file_plan(tmp_path / "net.py").classes["Seq2Seq"].build
+    assert build.source == (f"built as in {tmp_path}/train.py:6; guessed input_dim=64 (Encoder), output_dim=64 (Decoder), "
+                            "trg_pad_idx=1 (Decoder)")
+
 # --- wrappers, guesses, what cannot be built -------------------------------------------------------------------
 def test_wrappers_are_built_around_a_model_of_the_repository():
     report = run(REPOS / "wrapper")

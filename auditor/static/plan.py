@@ -467,13 +467,20 @@ class Planner:
                 if best is None or len(build.guessed) < best[0]:
                     best = (len(build.guessed), build)
             fallback, missing = self._from_defaults(ref, parameters)
-            if best is not None and (fallback is None or len(best[1].guessed) <= len(fallback.guessed)):
+            if best is not None and (fallback is None or len(best[1].guessed) <= len(fallback.guessed) or self._guesses_a_model(fallback)):
                 return best[1], None
             if fallback is not None:
                 return fallback, None
             return None, "needs constructor arguments: " + ", ".join(missing)
         finally:
             self._building.discard(key)
+
+    def _guesses_a_model(self, build: Build) -> bool:
+        """Whether a build fills a module parameter with a model of its own choosing: any call of the
+        repository's, however many of its sizes it guesses, says more about what the class wraps."""
+        guessed = {g.split("=", 1)[0] for g in build.guessed}
+        return any(name in guessed and isinstance(value, Call) and (value.func.path or "", value.func.name) in self._models
+                   for name, value in build.kwargs)
 
     def _as_called(self, sites: list[CallSite]) -> tuple[Build | None, str | None]:
         """A class whose constructor is its library base's: only a call that resolves says how to build it."""
@@ -503,7 +510,7 @@ class Planner:
         if filled is None:
             return None
         kwargs, guessed, configured = filled
-        if not self._importable(kwargs):
+        if not self._importable(kwargs, ref.path):
             return None
         where = self.repository.where(site.file, site.line) if site.args or site.kwargs else None  # `Net()`: its defaults
         offline = self._offline(parameters, kwargs)
@@ -514,7 +521,7 @@ class Planner:
         if filled is None:
             return None, self._unguessable(ref, parameters)
         kwargs, guessed, configured = filled
-        if not self._importable(kwargs):
+        if not self._importable(kwargs, ref.path):
             return None, [p.name for p in parameters if p.required]
         offline = self._offline(parameters, kwargs)
         return Build(kwargs=tuple(kwargs.items()), guessed=tuple(guessed), configured=tuple(configured), offline=offline), []
@@ -662,11 +669,14 @@ class Planner:
             fallback = fallback or call
         return fallback
 
-    def _importable(self, value: Any) -> bool:
-        """Every repository file a value refers to may be imported (a script's classes are not built)."""
+    def _importable(self, value: Any, owner: str | None = None) -> bool:
+        """Every repository file a value refers to may be imported (a script's classes are not built; a
+        notebook's only by the notebook itself, `owner`)."""
         for ref in _refs(value):
             if ref.path is not None and Path(ref.path).suffix == ".py" and self.repository.project.import_blocker(Path(ref.path)) is not None:
                 return False
+            if ref.path is not None and Path(ref.path).suffix == ".ipynb" and owner is not None and ref.path != owner:
+                return False  # another notebook's class: nothing imports it
         return True
 
 
