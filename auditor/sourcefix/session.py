@@ -149,6 +149,10 @@ class _Session:
             original = Path(path).read_bytes()
             accepted: list[_Group] = []
             for group in candidates:
+                if _renames(group) & {name for g in accepted for name in _renames(g)}:
+                    for edit in group.edits:  # two reorders of one container: each declares its renames alone
+                        self.tried.discard(edit.identity)  # so this one waits for the next round, re-planned
+                    continue
                 try:
                     apply_ops(original, [op for g in [*accepted, group] for op in g.first.ops])
                 except EditError as exc:
@@ -269,6 +273,11 @@ def _by_target(groups: list[_Group]) -> dict[str, list[tuple[_Group, SourceEdit]
         for edit in group.edits:
             found[edit.target].append((group, edit))
     return found
+
+
+def _renames(group: _Group) -> set[tuple[str, str]]:
+    """The modules the group's edits rename, per target (a reordered nn.Sequential renumbers its entries)."""
+    return {(edit.target, name) for edit in group.edits for name, _ in edit.renamed}
 
 
 def _unexplained_parameters(old: TargetResult, new: TargetResult, edits: list[SourceEdit]) -> str | None:
