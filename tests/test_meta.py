@@ -279,3 +279,31 @@ def test_a_forward_that_reads_values_only_when_not_traced_is_exported_on_meta():
     _on_meta(meta)
     assert [r.capture.method for r in model_results(meta)] == ["export"]
     assert _findings(meta) == _findings(run(target)) != []
+
+
+def test_a_40_gb_layer_is_built_on_meta_from_the_start():
+    """`Linear(100000, 100000)` needs 40 GB: with --meta, and over the budget without it, every weight is made on
+    meta by the factory call itself (no tensor is ever real), and the init record still knows how it is drawn."""
+    from auditor.loading.importing import import_file
+    from auditor.loading.meta import MetaBuilder, WeightPolicy
+
+    huge = import_file(MODELS / "huge.py")
+    for policy in (WeightPolicy(meta=True), WeightPolicy(max_memory=2**30)):
+        builder = MetaBuilder(policy)
+        model = builder.build(huge.Huge)
+        weights = builder.weights_of(model)
+        assert weights.on_meta and weights.size == (100_000 * 100_000 + 100_000 + 100_000 * 30_000) * 4
+        assert all(p.is_meta for p in model.parameters())
+        std, _ = weights.inits.init_of(model.fc.weight).std_mean()
+        assert std == pytest.approx(1 / (3 * 100_000) ** 0.5)  # kaiming_uniform_(a=sqrt(5)), recorded
+        assert weights.inits.init_of(model.table).std_mean() == pytest.approx((0.02, 0.0))
+    result = invoke("--format", "json", "--meta", f"{MODELS / 'huge.py'}:Huge", "--input", "2,100000")
+    assert result.exit_code == 0, result.output
+    [audited] = json.loads(result.stdout)["results"]
+    assert audited["status"] == "ok" and "audited on meta, without weights: --meta" in audited["capture"]["notes"]
+
+
+def test_a_build_with_weights_stops_before_it_allocates_past_the_budget():
+    [result] = model_results(run(f"{MODELS / 'huge.py'}:ReadsItsWeights", max_memory=2**28))
+    assert result.status == "error"
+    assert "its weights exceed the 256 MiB budget (more than 1.5 GiB) and it cannot be built on meta" in result.error

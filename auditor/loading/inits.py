@@ -35,6 +35,11 @@ from auditor.locations import first_user_site
 Piece = tuple[int, int, Dist]  # rows [start, end) and how they were last written
 
 _EMPTY_FACTORIES = frozenset({"empty", "empty_like", "new_empty", "empty_strided"})
+# Factories of a tensor of a given shape, whose values `_drawn` knows: one too large to measure is made on meta
+FACTORIES = _EMPTY_FACTORIES | frozenset({
+    "zeros", "ones", "full", "rand", "randn", "zeros_like", "ones_like", "full_like", "rand_like", "randn_like",
+    "new_zeros", "new_ones", "new_full",
+})
 _NOT_WRITES = frozenset({"requires_grad_", "share_memory_", "detach_", "rename_", "retain_grad"})
 _MEASURABLE = 1 << 24  # entries of a real tensor copied into a parameter that are measured on the spot, at most
 _DEVICE_MOVES = frozenset({"to", "cpu", "cuda"})
@@ -234,6 +239,14 @@ class InitRecorder(TorchFunctionMode):
 
     def _on_meta(self, param: nn.Parameter) -> nn.Parameter:
         """The parameter on meta, tracked from what its values were (measured now) or that it had none."""
+        made = self._tracked.get(_key(param))
+        if made is not None:  # its tensor was made on meta by a factory (too large to be real): what it drew
+            tracked = self._track(param, unknown(""))
+            if made.rows == tracked.rows:
+                tracked.pieces = list(made.pieces)
+            else:
+                tracked.forget("a reshaped view of a tensor made while the model was built")
+            return param
         copied = self._converted.get(_key(param))
         if copied is not None:
             first = unknown("")  # replaced by the pieces of the parameter it copies, below
@@ -261,6 +274,10 @@ class InitRecorder(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
+        if name in FACTORIES:
+            large = self._large_on_meta(func, name, args, kwargs)
+            if large is not None:
+                return large
         if name in _PUBLIC_INITS and inspect.isfunction(func):  # an nn.init function torch dispatches whole (or a
             # library's wrapper of one put in its place, as transformers does while it initializes)
             arguments = _bound(func, args, kwargs)
@@ -290,6 +307,17 @@ class InitRecorder(TorchFunctionMode):
         if target is not None:
             self._uninitialized.discard(_key(target))
         return result
+
+    def _large_on_meta(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """A tensor too large to measure (a 40 GB `Linear(100000, 100000)` weight) is made on meta from the
+        start: never real, not even for a moment. It is tracked with what its factory draws. None: made as
+        usual (small tensors stay real, so `__init__` code that reads them, as timm's `linspace(...).item()`
+        does, still runs; a whole build under `torch.device("meta")` would break it)."""
+        shaped = factory_on_meta(func, args, kwargs)
+        if shaped is None or shaped.numel() <= _MEASURABLE:
+            return None
+        self._track(shaped, _drawn(name, args, kwargs, f"torch.{name} at {_site()}"))
+        return shaped
 
     def _note_made(self, result: torch.Tensor, name: str, args: tuple[Any, ...]) -> None:
         """Remember tensors made empty (never measured as values) and copies or conversions of a parameter."""
@@ -401,6 +429,31 @@ def recorded_writes(tensors: Sequence[torch.Tensor], write: Callable[[], Any]) -
     with recorder:
         write()
     return [Recorded(t.pieces, t.row_size) if all(d.known for _, _, d in t.pieces) else None for t in tracked]
+
+
+def factory_on_meta(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """What a tensor factory call (`FACTORIES`) makes, made on meta instead: its shape and dtype at no cost.
+    None when the call cannot be made so (an `out=` tensor, a generator)."""
+    if "out" in kwargs:
+        return None
+    try:
+        shaped = func(*args, **{**kwargs, "device": "meta"})
+    except (TypeError, RuntimeError, ValueError):
+        return None
+    return shaped if isinstance(shaped, torch.Tensor) else None
+
+
+def _drawn(factory: str, args: tuple[Any, ...], kwargs: dict[str, Any], how: str) -> Dist:
+    """What a tensor factory fills its tensor with."""
+    kind = factory.removeprefix("new_").removesuffix("_like")
+    if kind in ("empty", "empty_strided"):
+        return Dist("uninitialized", how=f"never initialized (created empty by {how} and not written)")
+    if kind in ("zeros", "ones"):
+        return Dist("constant", (0.0 if kind == "zeros" else 1.0,), how=how)
+    if kind == "full":
+        value = _scalar(kwargs.get("fill_value", args[-1] if len(args) > 1 else None))
+        return Dist("constant", (value,), how=how) if value is not None else unknown(how)
+    return Dist("uniform" if kind == "rand" else "normal", (0.0, 1.0), how=how)
 
 
 def _after(dist: Dist, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], how: str, view: torch.Tensor, recorder: InitRecorder) -> Dist:

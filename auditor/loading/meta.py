@@ -20,9 +20,10 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 from torch.nn.parameter import is_lazy
+from torch.overrides import TorchFunctionMode
 
 from auditor.errors import first_line
-from auditor.loading.inits import InitRecord, InitRecorder
+from auditor.loading.inits import FACTORIES, InitRecord, InitRecorder, factory_on_meta
 from auditor.memory import default_budget, format_size
 
 
@@ -165,26 +166,45 @@ class OverBudget(Exception):
     """A build with real weights went over the budget (its size could not be measured on meta first)."""
 
 
+class _FactoryWatch(TorchFunctionMode):
+    """Calls `over(size)` before a tensor factory allocates `size` bytes."""
+
+    def __init__(self, over: Callable[[int], None]) -> None:
+        super().__init__()
+        self.over = over
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in FACTORIES:
+            shaped = factory_on_meta(func, args, kwargs)
+            if shaped is not None:
+                self.over(shaped.numel() * shaped.element_size())
+        return func(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def _stopped_above(budget: int, why: str) -> Iterator[None]:
-    """Stop a build with real weights once the tensors it registered exceed `budget`: before the init that
-    would fill them, so a model too big for memory fails fast instead of exhausting it. `why`: why its size
-    could not be measured on meta first."""
+    """Stop a build with real weights once the tensors it registered exceed `budget`, or before a tensor that
+    would take them past it is allocated: before the init that would fill them, so a model too big for memory
+    fails fast instead of exhausting it. `why`: why its size could not be measured on meta first."""
     from torch.nn.modules.module import register_module_buffer_registration_hook as on_buffer
     from torch.nn.modules.module import register_module_parameter_registration_hook as on_parameter
 
     sizes: dict[int, int] = {}
 
-    def count(module: nn.Module, name: str, tensor: torch.Tensor | None) -> None:
-        if tensor is not None and not is_lazy(tensor):
-            sizes[id(tensor)] = tensor.numel() * tensor.element_size()
-        if sum(sizes.values()) > budget:
+    def over(extra: int) -> None:
+        if sum(sizes.values()) + extra > budget:
             raise OverBudget(
-                f"its weights exceed the {format_size(budget)} budget (more than {format_size(sum(sizes.values()))}) "
+                f"its weights exceed the {format_size(budget)} budget (more than {format_size(sum(sizes.values()) + extra)}) "
                 f"and {why}; raise --max-memory to build it with weights"
             )
 
-    with on_parameter(count), on_buffer(count):
+    def count(module: nn.Module, name: str, tensor: torch.Tensor | None) -> None:
+        if tensor is not None and not is_lazy(tensor):
+            sizes[id(tensor)] = tensor.numel() * tensor.element_size()
+        over(0)
+
+    with on_parameter(count), on_buffer(count), _FactoryWatch(over):
         yield
 
 
