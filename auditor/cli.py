@@ -84,7 +84,7 @@ def audit(
     clip_norm: Annotated[Optional[float], typer.Option("--clip-norm", help="With --probe: the gradient-clipping threshold to evaluate.", show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="With --probe: write the per-layer chart to this PNG (needs matplotlib).", show_default=False)] = None,
     capture_method: Annotated[Optional[str], typer.Option("--capture", help="Force one capture method: fx, export or hooks (default: the first that works, in that order).", show_default=False)] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled models (.pt/.pth), which runs any code they contain.")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled models (.pt/.pth) and the pickled parts of .pt2 programs, which runs any code they contain.")] = False,
     meta: Annotated[bool, typer.Option("--meta", help="Audit the structure without materializing weights (meta device; init rules read the recorded init calls).")] = False,
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Audit models whose weights exceed SIZE (e.g. 8GiB, 500MB) on meta. Default: 1/8 of available memory.", show_default=False)] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Audit this many targets at once (each in a process of its own either way); output stays in target order. With --executor dask and no --scheduler: the local cluster's worker count. [default: 1]", show_default=False)] = None,

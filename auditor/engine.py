@@ -388,7 +388,9 @@ class Engine:
         assert target.path is not None
         self.progress("loading")
         try:
-            graph = load_program(str(target.path))
+            graph = load_program(str(target.path), trust_pickle=self.options.trust_pickle)
+        except TargetError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a broken or foreign file
             raise TargetError(f"{target.text}: not a loadable torch.export program: {first_line(exc)}") from exc
         result = TargetResult(target=target.text, capture=CaptureInfo(graph.method, len(graph), list(graph.notes)))

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from auditor.errors import TargetError
+from auditor.manifest import FIXED_MANIFEST, problem
 
 if TYPE_CHECKING:
     from auditor.static.plan import FilePlan
 
-FIXED_MANIFEST = "auditor-fixed.json"  # marks a folder written by --fix
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 _DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
@@ -25,7 +25,7 @@ class Kind(enum.Enum):
     FILE_MEMBER = "file-member"  # path/model.py:NAME
     MODULE_MEMBER = "module-member"  # package.module:NAME
     PROGRAM = "program"  # path/program.pt2
-    FIXED = "fixed"  # a folder written by --fix
+    FIXED = "fixed"  # a folder written by --fix, still as written (auditor.manifest)
     PICKLE = "pickle"  # a pickled model: refused unless --trust-pickle
     CONFIG = "config"  # path/config.json: a Hugging Face model config, built without downloading anything
 
@@ -63,10 +63,12 @@ def parse_target(text: str, *, exclude: list[str] | None = None, base: Path | No
         return [Target(Kind.MODULE_MEMBER, raw, module=location, name=member)]
     if not path.exists():
         raise TargetError(f"{location}: no such file or directory")
+    if not path.is_dir() and not path.is_file():
+        raise TargetError(f"{location}: not a regular file (a FIFO, socket or device is never read)")
     if path.is_dir():
         if member is not None:
             raise TargetError(f"{raw}: a directory takes no ':NAME'")
-        if (path / FIXED_MANIFEST).is_file():
+        if (path / FIXED_MANIFEST).is_file() and problem(path) is None:  # else an ordinary folder: its manifest is not trusted
             return [Target(Kind.FIXED, raw, path=path)]
         return [Target(Kind.FILE, str(p), path=p) for p in python_files(path, exclude or [])]
     suffix = path.suffix.lower()
@@ -84,9 +86,9 @@ def parse_target(text: str, *, exclude: list[str] | None = None, base: Path | No
 
 
 def python_files(folder: Path, exclude: list[str]) -> list[Path]:
-    """Every *.py and *.ipynb below `folder`, skipping hidden folders (`.ipynb_checkpoints` too) and excluded
-    names, in a stable order. A folder that cannot be read (mode 000) is listed as well: reading it fails as this
-    target's error, never a silent miss."""
+    """Every *.py and *.ipynb regular file below `folder` (never a FIFO, socket or device so named), skipping
+    hidden folders (`.ipynb_checkpoints` too) and excluded names, in a stable order. A folder that cannot be read
+    (mode 000) is listed as well: reading it fails as this target's error, never a silent miss."""
     found: list[Path] = []
 
     def excluded(name: str) -> bool:
@@ -94,5 +96,6 @@ def python_files(folder: Path, exclude: list[str]) -> list[Path]:
 
     for root, folders, files in os.walk(folder, onerror=lambda error: found.append(Path(error.filename))):
         folders[:] = [name for name in folders if not name.startswith(".") and not excluded(name)]
-        found.extend(Path(root, name) for name in files if name.endswith((".py", ".ipynb")) and not excluded(name))
+        found.extend(Path(root, name) for name in files
+                     if name.endswith((".py", ".ipynb")) and not excluded(name) and Path(root, name).is_file())
     return sorted(found)

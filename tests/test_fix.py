@@ -132,11 +132,26 @@ def test_force_replaces_only_an_earlier_fix_output(tmp_path):
     refused = invoke(target, "--fix", "--out", str(out))
     assert refused.exit_code == 2 and "an earlier --fix output); pass --force" in refused.stderr
     written = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    (out / "model.py").write_text("stale")
+    assert run(out).results[0].status == "ok"  # audited as a fixed folder: its code imported (a __pycache__ is no edit)
     forced = invoke(target, "--fix", "--out", str(out), "--force")
     assert forced.exit_code == 0, forced.output
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}.keys() == written.keys()
-    assert (out / "model.py").read_text() != "stale"
+
+
+@pytest.mark.parametrize("edited", ["model.py", "weights.pt"])
+def test_force_refuses_an_output_whose_files_were_edited(tmp_path, edited):
+    """--force replaces only what is still as --fix wrote it (the manifest's sha256 of each file): an edit
+    made since is someone's work."""
+    target = str(FIXTURES / "rules" / "dro001_modules.py")
+    out = tmp_path / "out"
+    assert invoke(target, "--fix", "--out", str(out)).exit_code == 0
+    with (out / edited).open("ab") as handle:
+        handle.write(b"\n# mine\n")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    refused = invoke(target, "--fix", "--out", str(out), "--force")
+    assert refused.exit_code == 2 and refused.stderr.strip().splitlines() == [
+        f"audit: error: --out {out}: has files changed since --fix wrote them ({edited}); --fix never replaces it (choose a new folder)"]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize(
@@ -608,3 +623,19 @@ def test_skip_concat_option_is_checked_and_reaches_the_api():
     fixed, report = auditor.fix(net, x, skip_concat="crop")
     assert [f.code for f in report.results[0].fixes] == ["RES004"] * 3
     assert eval_out(fixed, x).shape == (1, 2, 16, 16)
+
+
+def test_a_run_that_loses_the_race_for_out_removes_its_staging_folder(tmp_path):
+    """Two runs staged the same --out: the second to commit finds it taken, fails in one line, and leaves no
+    staging folder behind."""
+    from auditor.errors import TargetError
+    from auditor.fixing.writer import OutputFolder
+
+    out = tmp_path / "out"
+    first, second = OutputFolder(out), OutputFolder(out)
+    for folder in (first.stage("a.py:Net"), second.stage("b.py:Net")):
+        (folder / "model.py").write_text("x = 1\n")
+    assert first.commit()
+    with pytest.raises(TargetError, match="never replaces it"):  # the first run's output is no --fix folder here
+        second.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -27,7 +27,7 @@ from torch.overrides import TorchFunctionMode
 from auditor.capture.common import Site, call_node, describe_value, is_leaf, iter_tensors, module_node, op_of_module
 from auditor.capture.forward import Attempt, Recovery, is_recoverable, run_recovering, step_over
 from auditor.graph import INPUT, OUTPUT, PARAM, AuditGraph, Node, ops
-from auditor.locations import first_user_site
+from auditor.locations import display_path, first_user_site
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 # What torch says when operands do not fit together ("Attempting to broadcast a dimension...", "The size of
@@ -156,9 +156,13 @@ class _SteppingOver(TorchFunctionMode):
         return self.lengths.get(id(tensor), 0)
 
 
-def load_program(path: str) -> AuditGraph:
-    """A saved ExportedProgram; no live module, so weights come from its state_dict."""
-    program = torch.export.load(path)
+def load_program(path: str, *, trust_pickle: bool = False) -> AuditGraph:
+    """A saved ExportedProgram; no live module, so weights come from its state_dict. Its pickled parts are
+    refused without `trust_pickle` (`auditor.loading.pickles`)."""
+    from auditor.loading.pickles import unpickling_refused
+
+    with contextlib.nullcontext() if trust_pickle else unpickling_refused(display_path(path)):
+        program = torch.export.load(path)
     return convert_program(program, None, {})
 
 

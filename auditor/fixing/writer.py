@@ -9,14 +9,15 @@ A fixed model is a folder (written by `save.py`):
                          without weights, every buffer whose values the build computed
     config.json          the Hugging Face config the model is built from (a config.json target torch.fx cannot trace)
     inputs.pt            the example inputs the audit ran it on (tensors only; omitted when large)
-    auditor-fixed.json   the manifest `audit DIR` loads: {"format", "module", "factory", "target", "kind", ...}
+    auditor-fixed.json   the manifest `audit DIR` loads: {"format", "module", "factory", "target", "kind", "files", ...}
     FIXES.md             what changed (code, module, before => after, safety) and what remains
 
 `--out` is written through a staging folder next to it and renamed into place at the end, so a failure leaves
 no half-written output. With one fixed model, `--out` is that model's folder; with several, `--out` holds one
-folder per model and a manifest listing them. The manifest is also the marker of a folder --fix wrote: it lists
-every file written there, and `--force` replaces an existing `--out` only when it is such a folder with nothing
-else in it (`foreign` says why not otherwise); any other folder or file is never replaced.
+folder per model and a manifest listing them. The manifest is also the marker of a folder --fix wrote: it records
+the sha256 of every file written there (`auditor.manifest`), and `--force` replaces an existing `--out` only when
+it is such a folder whose files are all still as written, with nothing else in it (`manifest.problem` says
+why not otherwise); any other folder or file is never replaced.
 """
 
 from __future__ import annotations
@@ -34,9 +35,8 @@ from typing import Any
 from auditor import __version__
 from auditor.errors import TargetError
 from auditor.findings import AppliedFix
-from auditor.targets import FIXED_MANIFEST
+from auditor.manifest import FIXED_MANIFEST, FORMAT, manifest_files, problem
 
-FORMAT = 2  # 2: the manifest lists the files written ("files"), the marker --force checks
 INPUTS_LIMIT = 32 * 2**20  # bytes of example inputs worth keeping next to the model
 
 
@@ -87,7 +87,8 @@ def save_inputs(folder: Path, inputs: tuple[Any, ...]) -> bool:
 
 
 def write_manifest(folder: Path, contents: FolderContents, extra: dict[str, Any] | None = None) -> None:
-    """The manifest `audit DIR` loads, written last: it lists every file in the folder (the --force marker)."""
+    """The manifest `audit DIR` loads, written last: the sha256 of every file in the folder (the marker of an
+    intact --fix output, which `audit DIR` and `--force` check)."""
     manifest = {
         "format": FORMAT,
         "tool": f"auditor {__version__}",
@@ -99,7 +100,7 @@ def write_manifest(folder: Path, contents: FolderContents, extra: dict[str, Any]
         "fixes": [f.to_json() for f in contents.fixes],
         "weights_carried": contents.without_weights is None,
         **(extra or {}),
-        "files": sorted({p.name for p in folder.iterdir()} | {FIXED_MANIFEST}),
+        "files": manifest_files(folder),
     }
     (folder / FIXED_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
@@ -144,7 +145,13 @@ def fixes_markdown(contents: FolderContents) -> str:
 
 
 def write_fixes(folder: Path, contents: FolderContents) -> None:
+    """FIXES.md; written again once the re-audit says what remains, and then the manifest records it again."""
     (folder / "FIXES.md").write_text(fixes_markdown(contents), encoding="utf-8")
+    manifest = folder / FIXED_MANIFEST
+    if manifest.exists():
+        recorded = json.loads(manifest.read_text(encoding="utf-8"))
+        recorded["files"] = manifest_files(folder)
+        manifest.write_text(json.dumps(recorded, indent=2) + "\n", encoding="utf-8")
 
 
 # --- the atomic --out ----------------------------------------------------------------------------------------
@@ -182,18 +189,22 @@ class OutputFolder:
         self._staged = {k: v for k, v in self._staged.items() if v != folder}
 
     def commit(self) -> dict[Path, Path]:
-        """Move what was staged to `--out`; returns staged folder -> final folder. Nothing staged: nothing."""
-        if self._staging is None or not self._staged:
+        """Move what was staged to `--out`; returns staged folder -> final folder. Nothing staged: nothing. The
+        staging area is gone afterwards whatever happens (another run may have taken `--out` meanwhile)."""
+        try:
+            if self._staging is None or not self._staged:
+                return {}
+            self.check()
+            return self._move_into_place(self._staging)
+        finally:
             self.cleanup()
-            return {}
-        self.check()
-        staging = self._staging
+
+    def _move_into_place(self, staging: Path) -> dict[Path, Path]:
         if len(self._staged) == 1:
             (staged,) = self._staged.values()
             source, final = staged, {staged: self.out}
         else:
-            top = {"format": FORMAT, "tool": f"auditor {__version__}", "models": sorted(self._staged),
-                   "files": sorted([*self._staged, FIXED_MANIFEST])}
+            top = {"format": FORMAT, "tool": f"auditor {__version__}", "models": sorted(self._staged), "files": {}}
             (staging / FIXED_MANIFEST).write_text(json.dumps(top, indent=2) + "\n", encoding="utf-8")
             source, final = staging, {v: self.out / k for k, v in self._staged.items()}
         old: Path | None = None
@@ -209,7 +220,6 @@ class OutputFolder:
         finally:
             if old is not None:
                 shutil.rmtree(old.parent, ignore_errors=True)
-            self.cleanup()
         return final
 
     def cleanup(self) -> None:
@@ -228,34 +238,11 @@ def check_replaceable(out: Path, force: bool) -> None:
     """Refuse (TargetError, one line) an existing `--out` unless `force` and it is an earlier --fix output."""
     if not (out.exists() or out.is_symlink()):
         return
-    reason = foreign(out)
+    reason = problem(out)
     if reason is not None:
         raise TargetError(f"--out {out}: {reason}; --fix never replaces it (choose a new folder)")
     if not force:
         raise TargetError(f"--out {out}: already exists (an earlier --fix output); pass --force to replace it")
-
-
-def foreign(path: Path) -> str | None:
-    """None when `path` is a folder an earlier --fix wrote and holds nothing else, else what is wrong."""
-    if path.is_symlink() or not path.is_dir():
-        return "is a symbolic link" if path.is_symlink() else "is not a folder"
-    try:
-        manifest = json.loads((path / FIXED_MANIFEST).read_text(encoding="utf-8"))
-        written = set(manifest["files"])
-        models = list(manifest.get("models", []))
-        if not str(manifest.get("tool", "")).startswith("auditor "):
-            raise ValueError
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"exists and was not written by --fix (no {FIXED_MANIFEST} marker listing its files)"
-    extra = sorted(p.name for p in path.iterdir() if p.name not in written)
-    if extra:
-        shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
-        return f"holds files --fix did not write ({shown})"
-    for model in models:
-        inner = foreign(path / str(model))
-        if inner is not None:
-            return f"its folder {model} {inner}"
-    return None
 
 
 def folder_name(label: str) -> str:

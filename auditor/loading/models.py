@@ -8,7 +8,6 @@ audit (it needs constructor arguments, it is a loss or a parameter-free helper),
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +27,10 @@ from auditor.loading.plans import call_planned
 from auditor.loading.sites import CreationSites, Site
 from auditor.loading.wrappers import unwrap
 from auditor.locations import display_path
+from auditor.manifest import FIXED_MANIFEST, model_entry
 from auditor.specs import CallHint
 from auditor.static.plan import ClassPlan, FilePlan
-from auditor.targets import FIXED_MANIFEST, Kind, Target
+from auditor.targets import Kind, Target
 
 
 @dataclass
@@ -245,30 +245,23 @@ class ModelLoader:
 
     # --- saved models -----------------------------------------------------------------------------------------
     def _load_fixed(self, target: Target, inside: bool = False) -> list[LoadedModel]:
-        """A folder written by `--fix`: its manifest names the module and factory (one model), or lists the
-        model folders inside it (several, `inside` each of which is one model). Inputs: --input, else the
-        manifest's, else the folder's `example_inputs()` (the inputs the audit used). A manifest that says
-        anything else is this target's error."""
+        """A folder written by `--fix` (its manifest checked intact when the target was parsed): the manifest
+        names the module and factory (one model), or the model folders inside it (several, `inside` each of which
+        is one model). Inputs: --input, else the manifest's, else the folder's `example_inputs()` (the inputs the
+        audit used)."""
         assert target.path is not None
         where = display_path(str(target.path))
         try:
-            manifest = json.loads((target.path / FIXED_MANIFEST).read_text(encoding="utf-8"))
+            entry = model_entry(target.path)
         except (OSError, ValueError) as exc:
             raise TargetError(f"{where}: unreadable {FIXED_MANIFEST}: {first_line(exc)}") from exc
-        if not isinstance(manifest, dict):
-            raise TargetError(f"{where}: malformed {FIXED_MANIFEST}: not a JSON object")
-        if "models" in manifest and not inside:
-            models = manifest["models"]
-            if not isinstance(models, list) or not all(isinstance(m, str) and _inside(m) for m in models):
-                raise TargetError(f"{where}: malformed {FIXED_MANIFEST}: 'models' must name folders inside it")
-            return [m for name in models
+        if "models" in entry:
+            if inside:
+                raise TargetError(f"{where}: malformed {FIXED_MANIFEST}: a model folder lists models of its own")
+            return [m for name in entry["models"]
                     for m in self._load_fixed(Target(Kind.FIXED, str(target.path / name), path=target.path / name, inputs=list(target.inputs)), inside=True)]
-        module, factory, inputs = manifest.get("module"), manifest.get("factory"), manifest.get("inputs", [])
-        if not (isinstance(module, str) and _inside(module) and isinstance(factory, str) and factory.isidentifier()):
-            raise TargetError(f"{where}: {FIXED_MANIFEST} names no module of the folder and factory")
-        if not (isinstance(inputs, list) and all(isinstance(spec, str) for spec in inputs)):
-            raise TargetError(f"{where}: malformed {FIXED_MANIFEST}: 'inputs' must be a list of input specs")
-        member = Target(Kind.FILE_MEMBER, target.text, path=target.path / module, name=factory, inputs=list(target.inputs) or inputs)
+        member = Target(Kind.FILE_MEMBER, target.text, path=target.path / entry["module"], name=entry["factory"],
+                        inputs=list(target.inputs) or list(entry["inputs"]))
         loaded = self.load(member)[0]
         loaded.label = where
         return [loaded]
@@ -320,11 +313,6 @@ def blocks_left(loaded: LoadedModel) -> list[Skipped]:
         command = discovery.needs_arguments(cls, cls.__name__, missing_arguments(cls, {}), where).split("; ", 1)[-1]
         left.append(Skipped(f"{where}:{cls.__name__}", f"not audited: part of {loaded.label}, whose audit did not complete; {command}", record))
     return left
-
-
-def _inside(name: str) -> bool:
-    """Whether a name in a manifest is an entry of its folder: not the folder itself (`.`), not above it, no path."""
-    return name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
 
 
 def _origin(namespace: ModuleType, name: str, kwargs: dict[str, Any], by_file: bool = True) -> dict[str, Any]:

@@ -5,11 +5,13 @@ importing it (with the local modules its import runs) is safe. Each file is read
 from __future__ import annotations
 
 import ast
+import io
 import tokenize
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from auditor.files import open_regular
 from auditor.static.safety import Hazard, import_hazard, module_statements
 
 # Packages that import torch themselves: a file importing one of them may build a model.
@@ -22,9 +24,14 @@ TORCH_PACKAGES = frozenset({
 
 
 def read_source(path: Path) -> str:
-    """The text of a Python file as Python itself reads it: a PEP 263 coding line or a UTF-8 BOM decides."""
-    with tokenize.open(path) as handle:
-        return handle.read()
+    """The text of a Python file as Python itself reads it: a PEP 263 coding line or a UTF-8 BOM decides. Only
+    a regular file is read (OSError otherwise)."""
+    with open_regular(path) as handle:
+        data = io.BytesIO(handle.read())
+    data.name = str(path)  # named in an unknown encoding's message, as tokenize.open names it
+    encoding, _ = tokenize.detect_encoding(data.readline)
+    data.seek(0)
+    return io.TextIOWrapper(data, encoding, newline=None).read()
 
 
 @dataclass
