@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
 
@@ -36,6 +38,7 @@ def main() -> None:
     argv = sys.argv[1:]
     app = rules_app if argv and argv[0] in ("rules", "explain") else audit_app
     ensure_stdout()
+    _exit_on_termination()
     try:
         app(args=argv, prog_name="audit")
     except (UsageError, StdoutClosed) as exc:  # a bad rule pack, or a report with nowhere to go
@@ -52,6 +55,25 @@ def _say(line: str) -> None:
     """One line on stderr, if there is a stderr (`2>&-` closes it)."""
     if sys.stderr is not None:
         sys.stderr.write(printable(line) + "\n")
+
+
+def _exit_on_termination() -> None:
+    """SIGTERM and SIGHUP end the command as Ctrl-C does: through its cleanup (children and what they started
+    are ended, `--out`'s staging folder and multiprocessing's temporary folder removed), exiting 128 + the
+    signal's number. A handler someone else installed is left alone; a second signal during the cleanup is
+    ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    names = [name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+
+    def terminate(number: int, frame: Any) -> NoReturn:
+        for name in names:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+        raise SystemExit(128 + number)
+
+    for name in names:
+        if signal.getsignal(getattr(signal, name)) is signal.SIG_DFL:
+            signal.signal(getattr(signal, name), terminate)
 
 
 def _version(value: bool) -> None:

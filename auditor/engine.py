@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from auditor.config import TargetConfig
     from auditor.fixing.writer import OutputFolder
     from auditor.graph import AuditGraph
+    from auditor.guard import Guard
     from auditor.loading.models import LoadedModel, ModelLoader
     from auditor.static.plan import FilePlan
 
@@ -42,9 +43,11 @@ Progress = Callable[[str], None]  # told what the engine starts: "importing", "b
 class Engine:
     """Runs targets one after another; the model loader (and torch) is created on first need."""
 
-    def __init__(self, options: Options, progress: Progress | None = None, output: OutputFolder | None = None) -> None:
+    def __init__(self, options: Options, progress: Progress | None = None, output: OutputFolder | None = None,
+                 guard: Guard | None = None) -> None:
         self.options = options
         self.progress = progress or (lambda _: None)
+        self.guard = guard  # what the user's code was refused in this process (auditor.guard), if it is guarded
         self._loader: ModelLoader | None = None
         self._output = output  # --fix --out: the staged folders, moved into place by commit_fixes (default: made on first need)
         self._staged: list[tuple[TargetResult, Path]] = []
@@ -169,23 +172,46 @@ class Engine:
         label = target_label(target)
         loaded: list[LoadedModel | Skipped | BuildFailure] = []
         failure = self._guarded(label, lambda: loaded.extend(self.loader.load(_with_options(target, self.options))))
+        if self.guard is not None and self.guard.refusals:  # refused while imported or built: nothing of it is audited
+            yield from self._not_audited(target, [])
+            return
         if failure is not None:
             yield failure
             return
-        for item in loaded:
+        for index, item in enumerate(loaded):
             if isinstance(item, Skipped):
-                yield TargetResult(target=item.label, status="skipped", reason=item.reason, model_class=item.model_class)
+                result = TargetResult(target=item.label, status="skipped", reason=item.reason)
             elif isinstance(item, BuildFailure):
-                failure = _error(item.label, str(item.error), item.error, self.options)
-                failure.model_class = item.model_class
-                yield failure
+                result = _error(item.label, str(item.error), item.error, self.options)
             else:
                 result = self._guarded(item.label, lambda model=item: self.audit_loaded(model))
-                result.model_class = item.model_class
-                yield result
-                if result.status != "ok":  # what it holds is covered by nothing now: each named, not dropped
-                    for block in blocks_left(item):
-                        yield TargetResult(target=block.label, status="skipped", reason=block.reason, model_class=block.model_class)
+            if self.guard is not None and self.guard.refusals:  # refused while it ran: neither it nor the rest
+                yield from self._not_audited(target, loaded[index:])
+                return
+            result.model_class = item.model_class
+            yield result
+            if not isinstance(item, (Skipped, BuildFailure)) and result.status != "ok":  # what it holds is covered by nothing now
+                for block in blocks_left(item):
+                    yield TargetResult(target=block.label, status="skipped", reason=block.reason, model_class=block.model_class)
+
+    def _not_audited(self, target: Target, rest: list[LoadedModel | Skipped | BuildFailure]) -> Iterator[TargetResult]:
+        """The skipped results of a target whose code the guard refused something: the models of `rest`, or
+        (refused while discovering them) every model its source declares."""
+        assert self.guard is not None
+        refused = f"its code {self.guard.refusals[0]}"
+        label = target_label(target)
+        if rest:
+            for item in rest:
+                yield TargetResult(target=item.label, status="skipped", model_class=item.model_class,
+                                   reason=f"not audited: {refused}; `audit {item.label}` audits it on purpose")
+            return
+        tree = self.project.facts(target.path).tree if target.kind is Kind.FILE and target.path is not None else None
+        if tree is None:
+            yield TargetResult(target=label, status="skipped",
+                               reason=f"not audited: {refused}; `audit FILE.py:NAME` audits a model of it on purpose")
+            return
+        assert target.path is not None
+        yield from self._unimported(label, refused, tree, target.plan or self.plan_of(target.path), prefix="not audited")
 
     # --- source files -----------------------------------------------------------------------------------------
     def _audit_file(self, target: Target) -> tuple[list[TargetResult], bool]:
@@ -234,18 +260,24 @@ class Engine:
         plan = self.plan_of(target.path)
         blocker = self.project.import_blocker(target.path)
         if blocker is not None:  # a script: read, not run
-            classes = {name: entry.line for name, entry in plan.classes.items() if entry.model} if plan is not None else {}
-            skipped = [TargetResult(target=name, status="skipped", reason=reason,
-                                    model_class=ClassRecord(name.rsplit(":", 1)[-1], *plan.where(line)) if line and plan is not None else None)
-                       for name, reason, line in not_imported(label, blocker, tree, classes)]
-            if plan is not None:
-                named = {r.target for r in skipped}
-                skipped += [TargetResult(target=f"{label}:{name}", status="skipped", model_class=ClassRecord(name, *plan.where(line)),
-                                         reason=f"not imported: {blocker}; and defined {scope}, which no audit runs")
-                            for name, (line, scope) in plan.nested.items() if f"{label}:{name}" not in named]
-            return [source, *skipped], False
+            return [source, *self._unimported(label, blocker, tree, plan)], False
         target.plan = plan
         return [source], True
+
+    @staticmethod
+    def _unimported(label: str, blocker: str, tree: ast.Module, plan: FilePlan | None, prefix: str = "not imported") -> list[TargetResult]:
+        """Each model of a file whose code does not run (`blocker` says why), skipped with the command that
+        audits it on purpose: its candidates and model classes, and those defined where no import reaches."""
+        classes = {name: entry.line for name, entry in plan.classes.items() if entry.model} if plan is not None else {}
+        skipped = [TargetResult(target=name, status="skipped", reason=reason,
+                                model_class=ClassRecord(name.rsplit(":", 1)[-1], *plan.where(line)) if line and plan is not None else None)
+                   for name, reason, line in not_imported(label, blocker, tree, classes, prefix)]
+        if plan is not None:
+            named = {r.target for r in skipped}
+            skipped += [TargetResult(target=f"{label}:{name}", status="skipped", model_class=ClassRecord(name, *plan.where(line)),
+                                     reason=f"{prefix}: {blocker}; and defined {scope}, which no audit runs")
+                        for name, (line, scope) in plan.nested.items() if f"{label}:{name}" not in named]
+        return skipped
 
     def _audit_notebook(self, target: Target) -> tuple[list[TargetResult], bool]:
         """A notebook: source checks over all its code cells; its declaring cells' models, as a file's."""

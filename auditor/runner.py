@@ -34,8 +34,10 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -45,6 +47,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
+from auditor import reaping
 from auditor.engine import Engine, target_label
 from auditor.findings import TargetResult, settle_provisional
 from auditor.options import Options
@@ -182,6 +185,7 @@ class Runner:
             for child in running:  # interrupted: nothing of the user's code may outlive the run
                 child.kill()
                 child.close()
+            self.processes.end_strays(set())
         self._show_in_order(slots)
 
     def _begin(self, target: Target) -> Slot:
@@ -229,6 +233,7 @@ class Runner:
             if child.ended:
                 child.finish()
                 running.remove(child)
+                self.processes.end_strays({c.process.pid for c in running})
 
     def _show_in_order(self, slots: list[Slot]) -> None:
         while self._shown < len(slots) and slots[self._shown].done:
@@ -244,9 +249,10 @@ def _tool_failure(result: TargetResult) -> bool:
 
 
 def preload(options: Options, children: int) -> list[str]:
-    """What the fork server imports once for every child: the worker (torch, the engine, fx and hooks captures,
-    the rules), and what this run's options and size say its children will need."""
-    modules = ["auditor.worker"]
+    """What the fork server imports once for every child: `auditor.server` (which makes it the keeper of what
+    targets leave running, then imports the worker: torch, the engine, fx and hooks captures, the rules), and
+    what this run's options and size say its children will need."""
+    modules = ["auditor.server"]
     if options.probe:
         modules.append("auditor.probes")
     if options.fix is not None:
@@ -284,6 +290,13 @@ class Processes:
             self.context: Any = multiprocessing.get_context("forkserver")
         else:  # pragma: no cover - Windows
             self.context = multiprocessing.get_context("spawn")
+        self.server: int | None = None  # the fork server's pid
+
+    def end_strays(self, live: set[int]) -> None:
+        """End what targets left running: the fork server's children other than the `live` audit children
+        (orphans it adopted, `auditor.reaping`), and everything below them."""
+        if self.server is not None:
+            reaping.end_strays(self.server, live)
 
     def prepare(self, options: Options, children: int) -> None:
         self._start_server(preload(options, children))
@@ -307,6 +320,7 @@ class Processes:
         path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
         with _PROCESS_STATE, _environment(PYTHONPATH=path, PYTHONSAFEPATH="1"), _sigint_ignored():
             forkserver.ensure_running()
+        self.server = getattr(forkserver._forkserver, "_forkserver_pid", None)
 
 
 _PROCESS_STATE = threading.Lock()  # held while the environment or `__main__` is changed to start a process
@@ -326,9 +340,10 @@ class _Child:
         self.captured = _CapturedOutput()
         self.channel, child_channel = context.Pipe()
         self.reader, writer = context.Pipe(duplex=False)
+        self.scratch = tempfile.mkdtemp(prefix="auditor-")  # the child's temporary folder, removed when it ends
         self.process = context.Process(
             target=_child_main, name=f"audit {slot.label}",
-            args=(slot.target, runner.engine.options, child_channel, writer, dict(os.environ), slot.cwd),
+            args=(slot.target, runner.engine.options, child_channel, writer, dict(os.environ), slot.cwd, self.scratch),
         )
         try:
             with _PROCESS_STATE, _main_module_hidden():
@@ -461,6 +476,7 @@ class _Child:
             end.close()
         with contextlib.suppress(ValueError):
             self.process.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 class _CapturedOutput:

@@ -102,14 +102,21 @@ def test_fix_with_jobs_stages_in_children_and_commits_one_out_folder(tmp_path):
     assert all(f["code"] == "DRO001" for r in fixed.values() for f in r["fixes"])
 
 
-def _start_hanging(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], Path]:
+def _start_hanging(tmp_path: Path, *args: str, model: str = "hangs_in_forward.py", env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], Path]:
     """`audit` with a model whose forward never returns; returns once that forward runs (it writes its pid)."""
     marker = tmp_path / "pid"
-    command = [sys.executable, "-m", "auditor", "--timeout", "0", *args, f"{HERE / 'hangs_in_forward.py'}:Net"]
-    process = subprocess.Popen(command, env={**os.environ, "AUDITOR_TEST_MARKER": str(marker)},
+    command = [sys.executable, "-m", "auditor", "--timeout", "0", *args, f"{HERE / model}:Net"]
+    process = subprocess.Popen(command, env={**os.environ, "AUDITOR_TEST_MARKER": str(marker), **(env or {})},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: marker.exists() and marker.read_text() != "")
     return process, marker
+
+
+def _left_behind(pids_file: Path) -> list[int]:
+    """The processes `leaves_processes.py` started that still run (zombies count as ended)."""
+    pids = [int(p) for p in pids_file.read_text().split()]
+    assert len(pids) == 2
+    return [pid for pid in pids if alive(pid) and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
 
 
 def test_ctrl_c_kills_the_children_and_leaves_no_staging_folder(tmp_path):
@@ -120,6 +127,37 @@ def test_ctrl_c_kills_the_children_and_leaves_no_staging_folder(tmp_path):
     assert process.returncode != 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pid"]
     wait_for(lambda: not alive(int(marker.read_text())), seconds=10)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="subreapers are Linux's")
+def test_no_process_a_target_started_outlives_it_even_in_a_session_of_its_own(tmp_path):
+    pids = tmp_path / "pids"
+    done = cli("--format", "json", f"{HERE / 'leaves_processes.py'}:Net", f"{HERE / 'holds_a_thread.py'}:Net", CLEAN.as_posix(),
+               env={"AUDITOR_TEST_PIDS": str(pids)}, timeout=100)  # a held run would take the whole --timeout (300 s)
+    assert done.returncode == 0, done.stderr
+    assert {r["status"] for r in _results(done.stdout).values()} == {"ok"}
+    wait_for(lambda: not _left_behind(pids), seconds=10)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="subreapers are Linux's")
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda n: signal.Signals(n).name)
+def test_a_signal_ends_the_run_with_its_cleanup(tmp_path, number):
+    """Ctrl-C, SIGTERM and SIGHUP during --fix: the children and everything they started end, and neither the
+    staging folder nor multiprocessing's temporary folder is left."""
+    temporary, work = tmp_path / "tmp", tmp_path / "work"
+    temporary.mkdir()
+    work.mkdir()
+    pids = tmp_path / "pids"
+    process, marker = _start_hanging(work, "--fix", "--out", str(work / "out"), "--jobs", "2", NOISY, model="leaves_processes.py",
+                                     env={"AUDITOR_TEST_PIDS": str(pids), "TMPDIR": str(temporary)})
+    wait_for(lambda: any(p.name.startswith(".out.auditor-") and any(p.iterdir()) for p in work.iterdir()))  # Net staged
+    process.send_signal(number)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + number, stderr
+    assert "Traceback" not in stderr
+    assert sorted(p.name for p in work.iterdir()) == ["pid"]
+    assert list(temporary.iterdir()) == []  # no pymp-* folder
+    wait_for(lambda: not alive(int(marker.read_text())) and not _left_behind(pids), seconds=10)
 
 
 def test_a_killed_parent_takes_its_children_with_it(tmp_path):

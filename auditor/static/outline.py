@@ -152,21 +152,23 @@ class Outline:
         return found
 
 
-def not_imported(label: str, blocker: str, tree: ast.Module, classes: dict[str, int] | None = None) -> list[tuple[str, str, int | None]]:
-    """(target, reason, class line or None) for each model of a file that is not imported (its candidates, and
-    every model class it defines: `classes`, name -> line), with the command that audits it on purpose; the
-    file itself when no model is declared in it (it may build one it imports)."""
+def not_imported(label: str, blocker: str, tree: ast.Module, classes: dict[str, int] | None = None,
+                 prefix: str = "not imported") -> list[tuple[str, str, int | None]]:
+    """(target, reason, class line or None) for each model of a file that is not imported (or, with another
+    `prefix`, whose import was stopped): its candidates, and every model class it defines (`classes`, name ->
+    line), with the command that audits it on purpose; the file itself when no model is declared in it (it may
+    build one it imports)."""
     outline = Outline(tree)
     candidates = outline.static_candidates()
     known = {c.name for c in candidates}
     candidates += [StaticCandidate(name, line, tuple(outline.init_required(name))) for name, line in (classes or {}).items() if name not in known]
     if not candidates:
-        return [(label, f"not imported: {blocker}; no model is defined in it (`audit {label}:NAME` imports it on purpose to audit one it builds)", None)]
+        return [(label, f"{prefix}: {blocker}; no model is defined in it (`audit {label}:NAME` imports it on purpose to audit one it builds)", None)]
     found = []
     for candidate in sorted(candidates, key=lambda c: c.line):
         arguments = " --kwargs '{" + ", ".join(f'"{n}": ...' for n in candidate.required) + "}'" if candidate.required else ""
         line = candidate.line if candidate.name in outline.classes else None
-        found.append((f"{label}:{candidate.name}", f"not imported: {blocker}; `audit {label}:{candidate.name}{arguments}` imports it on purpose", line))
+        found.append((f"{label}:{candidate.name}", f"{prefix}: {blocker}; `audit {label}:{candidate.name}{arguments}` imports it on purpose", line))
     return found
 
 
