@@ -108,7 +108,7 @@ def _start_hanging(tmp_path: Path, *args: str, model: str = "hangs_in_forward.py
     command = [sys.executable, "-m", "auditor", "--timeout", "0", *args, f"{HERE / model}:Net"]
     process = subprocess.Popen(command, env={**os.environ, "AUDITOR_TEST_MARKER": str(marker), **(env or {})},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: marker.exists() and marker.read_text() != "")
+    wait_for(lambda: marker.exists() and marker.read_text() != "", seconds=180)  # a ceiling: fork server, build, inputs on a busy machine
     return process, marker
 
 
@@ -150,7 +150,7 @@ def test_a_signal_ends_the_run_with_its_cleanup(tmp_path, number):
     pids = tmp_path / "pids"
     process, marker = _start_hanging(work, "--fix", "--out", str(work / "out"), "--jobs", "2", NOISY, model="leaves_processes.py",
                                      env={"AUDITOR_TEST_PIDS": str(pids), "TMPDIR": str(temporary)})
-    wait_for(lambda: any(p.name.startswith(".out.auditor-") and any(p.iterdir()) for p in work.iterdir()))  # Net staged
+    wait_for(lambda: any(p.name.startswith(".out.auditor-") and any(p.iterdir()) for p in work.iterdir()), seconds=180)  # Net staged
     process.send_signal(number)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + number, stderr
