@@ -234,6 +234,34 @@ def test_a_target_whose_child_did_not_complete_is_not_stored(project: Path) -> N
     assert not list((project / ".audit_cache").rglob("*.json"))
 
 
+def test_a_guard_refusal_is_kept_as_not_audited_and_never_answers_for_a_named_model(project: Path, tmp_path: Path,
+                                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole file whose import writes a file is refused by the guard: the entry keeps "not audited" (a warm run
+    says it again without running anything), `file.py:Net` (consent) is a target of its own and is audited, and
+    once the side effect is gone the file is audited again and passes."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv("AUDITOR_TEST_MARKERS", str(markers))
+    writes = project / "models" / "writes.py"
+    writes.write_text((FIXTURES / "guard" / "io_open.py").read_text())
+    cold = audited(writes)
+    assert cold[0] == [str(writes)]
+    refused = {r["target"]: r for r in cold[1]}[f"{writes}:Net"]
+    assert refused["status"] == "skipped" and refused["reason"].startswith(f"not audited: its code writes {markers}/io_open at import")
+    assert audited(writes) == ([], cold[1])
+    assert not (markers / "io_open").exists()
+
+    started, results = audited(f"{writes}:Net")
+    assert started == [f"{writes}:Net"]
+    assert [r["status"] for r in results] == ["ok"]
+    assert (markers / "io_open").exists()
+
+    writes.write_text(writes.read_text().replace('log = io.open(os.path.join(os.environ["AUDITOR_TEST_MARKERS"], "io_open"), "w")', "log = None"))
+    started, results = audited(writes)
+    assert started == [str(writes)]
+    assert {r["target"]: r["status"] for r in results}[f"{writes}:Net"] == "ok"
+
+
 def test_where_the_cache_goes(project: Path, tmp_path: Path) -> None:
     plain = str(project / "models" / "util.py")  # its source checks are stored too, and need no torch
     assert cli(plain, "--no-cache").returncode == 0
