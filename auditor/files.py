@@ -19,3 +19,9 @@ def open_regular(path: Path, *, follow_links: bool = True) -> BinaryIO:
         os.close(fd)
         raise OSError(f"{path}: not a regular file")
     return os.fdopen(fd, "rb")
+
+
+def read_text(path: Path) -> str:
+    """The text of a regular file, undecodable bytes replaced (OSError for anything else)."""
+    with open_regular(path) as handle:
+        return handle.read().decode("utf-8", errors="replace")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import site
+import stat
 import sys
 import sysconfig
 import threading
@@ -46,6 +47,7 @@ from auditor.locations import display_path
 from auditor.reaping import descendants
 
 _TOOL_DIRS = (os.path.dirname(os.path.abspath(__file__)) + os.sep,)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 # torch.cuda entry points that reach the driver (the first one a model makes initializes CUDA)
 CUDA_QUERIES = (
@@ -227,8 +229,23 @@ def _shown(path: Any) -> str:
 def _open(guard: Guard, args: tuple[Any, ...], frame: FrameType) -> str | None:
     path, mode, flags = args[0], args[1], args[2]
     writes = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & _WRITE_FLAGS)
-    real = guard.outside(frame, path) if writes else None
+    if not writes:
+        return _waits(path, flags)
+    real = guard.outside(frame, path)
     return f"writes {real}" if real is not None else None
+
+
+def _waits(path: Any, flags: Any) -> str | None:
+    """Opening a FIFO waits for a writer, forever when none comes (`import helper` of a FIFO named helper.py):
+    refused whoever asks, unless it is opened without blocking."""
+    if isinstance(path, int) or (isinstance(flags, int) and flags & _NONBLOCK):
+        return None
+    try:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            return None
+    except (OSError, TypeError, ValueError):
+        return None
+    return f"reads the FIFO {_shown(path)}, which waits for a writer"
 
 
 def _path_change(verb: str, index: int = 0, dir_fd: int | None = None) -> Handler:

@@ -7,6 +7,7 @@ with what it did and where, and no marker may exist after the run."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 from pathlib import Path
@@ -24,7 +25,7 @@ FILES = sorted(p for p in HERE.glob("*.py"))
 EXPECTED = {
     "annotation_call": {"Net": "starts a process (touch {markers}/annotation_call) at import (line 6)"},
     "builtins_exec": {"Net": "writes {markers}/builtins_exec at import (line 7)"},
-    "constructor_downloads": {"Net": "opens http://127.0.0.1:{port}/weights.pt in Net.__init__ (line 12)"},
+    "constructor_downloads": {"Net": "opens http://127.0.0.1:{port}/weights.pt in Net.__init__ (line 15)"},
     "constructor_queries_cuda": {"Net": "queries the CUDA device (torch.cuda.get_device_properties) in Net.__init__ (line 9)"},
     "dataclass_post_init": {"Net": "writes {markers}/dataclass_post_init in Config.__post_init__ (line 13)"},
     "delete_subscript": {"Net": "starts a process (touch {markers}/delete_subscript) at import (line 7)"},
@@ -34,7 +35,7 @@ EXPECTED = {
     "import_in_init": {"Net": "writes {markers}/import_in_init at import ({shown}/_helpers/in_init.py:4)"},
     "importlib_import": {"Net": "writes {markers}/importlib_import at import ({shown}/_helpers/side_effect.py:3)"},
     "inherited_init": {"Net": "writes {markers}/inherited_init in Logged.__init__ (line 9)"},
-    "init_subclass": {"Net": "starts a process (touch {markers}/init_subclass) in Base.__init_subclass__ (line 10)"},
+    "init_subclass": {name: "starts a process (touch {markers}/init_subclass) in Base.__init_subclass__ (line 10)" for name in ("Base", "Net")},
     "io_open": {"Net": "writes {markers}/io_open at import (line 7)"},
     "local_decorator": {"Net": "starts a process (touch {markers}/local_decorator) in registered (line 9)"},
     "map_os_system": {"Net": "starts a process (touch {markers}/map_os_system) at import (line 6)"},
@@ -57,10 +58,12 @@ EXPECTED = {
     "forward_writes": {"Clean": None, "Logging": "writes {markers}/forward_writes in Logging.forward (line 22)"},
     "kills_the_parent": {"Net": "sends a signal to process {parent} in effect (line 10)"},
     "link_out_of_tmp": {"Net": "writes {markers}/link_out_of_tmp in effect (line 11)"},
+    "opens_a_browser": {"Net": "opens a web browser (https://example.org/docs) in Net.__init__ (line 15)"},
     "new_session_process": {"Net": "starts a process (touch {markers}/new_session_process) in effect (line 9)"},
     "posixsubprocess_direct": {"Net": "starts a process in Unaudited._execute_child (line 16)"},
     "pty_spawn": {"Net": "forks the process at import (line 7)"},
     "queries_cuda_at_import": {"Net": "queries the CUDA device (torch.cuda.is_available) at import (line 5)"},
+    "reads_a_fifo": {"Net": "reads the FIFO {markers}/reads_a_fifo.fifo, which waits for a writer in Net.__init__ (line 11)"},
     "socket_connect": {"Net": "looks up the network address of 127.0.0.1 in effect (line 9)"},
     "sqlite_file": {"Net": "opens the database {markers}/sqlite_file at import (line 7)"},
     "swallows_the_refusal": {"Net": "writes {markers}/swallows_the_refusal in effect (line 9)"},
@@ -74,6 +77,7 @@ def audited(tmp_path_factory):
     listening where the network fixtures connect."""
     markers = tmp_path_factory.mktemp("markers")
     (markers / "deletes_a_file.victim").write_text("keep me")
+    os.mkfifo(markers / "reads_a_fifo.fifo")
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
@@ -108,7 +112,7 @@ def test_the_guard_refuses_and_reports(audited, stem):
         assert re.sub(r"process \d+", "process PID", result["reason"]) == f"not audited: its code {what}; `audit {label}:{name}` " + (
             "audits it on purpose" if stem == "forward_writes" else "imports it on purpose")
     left = sorted(p.name for p in markers.iterdir() if p.name.startswith(stem))
-    assert left == (["deletes_a_file.victim"] if stem == "deletes_a_file" else [])
+    assert left == {"deletes_a_file": ["deletes_a_file.victim"], "reads_a_fifo": ["reads_a_fifo.fifo"]}.get(stem, [])
     assert not any(r["status"] == "error" for r in results.values()), done.stdout
 
 

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Iterator
 
 from auditor.errors import TargetError, first_line
+from auditor.files import read_text
 from auditor.locations import display_path, first_user_site
 
 
@@ -91,7 +92,7 @@ def _package_root(path: Path) -> tuple[Path, str]:
 def _relative_depth(path: Path) -> int:
     """How many folders up the file's relative imports reach (`from ..a import b`: 2), from its text."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = read_text(path)
     except OSError:
         return 0
     levels = [len(m.group(1)) for m in _RELATIVE_IMPORT.finditer(text)]

@@ -16,8 +16,11 @@ from __future__ import annotations
 import ast
 import builtins
 import bisect
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from auditor.files import open_regular
 
 NOTEBOOKS_EXTRA = "pip install nbformat  (or: pip install 'auditor[notebooks]')"
 _FOREIGN_CELL_MAGICS = ("%%bash", "%%sh", "%%script", "%%html", "%%javascript", "%%js", "%%latex", "%%markdown",
@@ -72,7 +75,8 @@ def read_notebook(path: Path) -> NotebookCode:
     except ImportError:
         raise NotebookUnreadable(f"reading notebooks needs nbformat: {NOTEBOOKS_EXTRA}") from None
     try:
-        notebook = nbformat.read(str(path), as_version=4)
+        with open_regular(path) as handle:  # never a FIFO so named
+            notebook = nbformat.read(io.TextIOWrapper(handle, encoding="utf-8"), as_version=4)
     except Exception as exc:  # noqa: BLE001 - not JSON, not a notebook, an unknown version
         raise NotebookUnreadable(f"not a readable notebook: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     lines: list[str] = []

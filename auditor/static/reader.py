@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from auditor.files import read_text
 from auditor.specs import DTYPE_NAMES
 from auditor.static.values import ALLOWED_LIBRARY_PREFIXES, Call, Namespace, Ref, Unknown, is_known
 
@@ -767,7 +768,7 @@ class RepositoryReader:
             self.configs[candidate] = (status.st_size, status.st_mtime_ns)
             try:
                 if candidate.is_file() and status.st_size <= MAX_CONFIG_BYTES:
-                    return _File(candidate, candidate.read_text(encoding="utf-8", errors="replace"))
+                    return _File(candidate, read_text(candidate))
             except OSError:
                 pass
         return Unknown(f"open({path!r})")

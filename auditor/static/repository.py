@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from auditor.files import read_text
 from auditor.static.project import Project, local_module, read_source, search_roots
 from auditor.static.reader import RepositoryReader
 
@@ -69,7 +70,7 @@ class Repository:
     def _text(self, path: Path) -> str | None:
         if path not in self._texts:
             try:
-                self._texts[path] = path.read_text(encoding="utf-8", errors="replace") if path.stat().st_size < 2_000_000 else None
+                self._texts[path] = read_text(path) if path.stat().st_size < 2_000_000 else None
             except OSError:
                 self._texts[path] = None
         return self._texts[path]
@@ -135,11 +136,12 @@ class Repository:
 
 
 def repository_files(root: Path) -> list[Path]:
-    """The Python files and notebooks below a root, nearest first, without hidden, build and environment folders."""
+    """The Python files and notebooks below a root (regular files: never a FIFO so named), nearest first, without
+    hidden, build and environment folders."""
     found: list[Path] = []
     for folder, folders, names in os.walk(root):
         folders[:] = sorted(f for f in folders if not (f.startswith(".") or f in _SKIPPED_FOLDERS or f.endswith(".egg-info")))
-        found.extend(Path(folder, name) for name in sorted(names) if name.endswith((".py", ".ipynb")))
+        found.extend(Path(folder, name) for name in sorted(names) if name.endswith((".py", ".ipynb")) and Path(folder, name).is_file())
         if len(found) > MAX_FILES * 2:
             break
     found.sort(key=lambda p: (len(p.relative_to(root).parts), str(p)))
