@@ -185,7 +185,6 @@ class Runner:
             for child in running:  # interrupted: nothing of the user's code may outlive the run
                 child.kill()
                 child.close()
-            self.processes.end_strays(set())
         self._show_in_order(slots)
 
     def _begin(self, target: Target) -> Slot:
@@ -233,7 +232,6 @@ class Runner:
             if child.ended:
                 child.finish()
                 running.remove(child)
-                self.processes.end_strays({c.process.pid for c in running})
 
     def _show_in_order(self, slots: list[Slot]) -> None:
         while self._shown < len(slots) and slots[self._shown].done:
@@ -292,17 +290,18 @@ class Processes:
             self.context = multiprocessing.get_context("spawn")
         self.server: int | None = None  # the fork server's pid
 
-    def end_strays(self, live: set[int]) -> None:
-        """End what targets left running: the fork server's children other than the `live` audit children
-        (orphans it adopted, `auditor.reaping`), and everything below them."""
-        if self.server is not None:
-            reaping.end_strays(self.server, live)
+    def end_strays(self) -> None:
+        """End what targets left running: the fork server's children other than the live audit children (the
+        orphans it adopted, `auditor.reaping`), and everything below them."""
+        with _PROCESS_STATE:
+            if self.server is not None:
+                reaping.end_strays(self.server, set(_LIVE))
 
     def prepare(self, options: Options, children: int) -> None:
         self._start_server(preload(options, children))
 
     def start(self, runner: Runner, slot: Slot) -> Child:
-        return _Child(runner, slot, self.context)
+        return _Child(runner, slot, self)
 
     def close(self) -> None:
         """Nothing to free: the fork server serves this process for its lifetime."""
@@ -324,13 +323,16 @@ class Processes:
 
 
 _PROCESS_STATE = threading.Lock()  # held while the environment or `__main__` is changed to start a process
+_LIVE: set[int] = set()  # the audit children of this process's fork server now running, whichever runner's
 
 
 class _Child:
     """One target's child process, seen from the parent: its channel, its output, its phase and deadline."""
 
-    def __init__(self, runner: Runner, slot: Slot, context: Any) -> None:
+    def __init__(self, runner: Runner, slot: Slot, processes: Processes) -> None:
         self.runner = runner
+        self.processes = processes
+        context = processes.context
         self.slot = slot
         self.phase = "starting"
         self.completed = False  # the child said "done"
@@ -348,6 +350,7 @@ class _Child:
         try:
             with _PROCESS_STATE, _main_module_hidden():
                 self.process.start()
+                _LIVE.add(self.process.pid)
         finally:
             child_channel.close()
             writer.close()
@@ -471,7 +474,10 @@ class _Child:
         return f"exited with status {code} while {self.phase}"
 
     def close(self) -> None:
-        self._kill_group()  # what the user's code left running
+        self._kill_group()  # what the user's code left running in its group
+        with _PROCESS_STATE:
+            _LIVE.discard(self.process.pid)
+        self.processes.end_strays()  # and what it left elsewhere (a session of its own, a double fork)
         for end in (self.channel, self.reader):
             end.close()
         with contextlib.suppress(ValueError):
