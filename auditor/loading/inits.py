@@ -316,7 +316,7 @@ class InitRecorder(TorchFunctionMode):
         shaped = factory_on_meta(func, args, kwargs)
         if shaped is None or shaped.numel() <= _MEASURABLE:
             return None
-        self._track(shaped, _drawn(name, args, kwargs, f"torch.{name} at {_site()}"))
+        self._track(shaped, _drawn(name, args, kwargs, f"torch.{name} at {_text(_where())}"))
         return shaped
 
     def _note_made(self, result: torch.Tensor, name: str, args: tuple[Any, ...]) -> None:
