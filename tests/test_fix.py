@@ -205,7 +205,7 @@ def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fix_run, "save_tensors", broken)
     out = tmp_path / "new" / "parents" / "out"
-    (result,) = model_results(run(RESNET, fix=FixOptions(out=out)))
+    result = {r.target.rsplit(":", 1)[1]: r for r in model_results(run(RESNET, fix=FixOptions(out=out)))}["Net"]
     assert result.status == "error" and "disk full" in (result.error or "")
     assert result.findings  # the audit's findings are still reported
     assert list(tmp_path.iterdir()) == []
@@ -388,6 +388,8 @@ def test_rule_fixtures_are_fixed_or_explained(path, tmp_path):
     report = run(path, capture=(method,), inputs=header.get("input", []), select=header.get("select", ["ALL"]),
                  fix=FixOptions(out=tmp_path / "out"))
     for result in model_results(report):
+        if result.status == "skipped" and "whose audit did not complete" in (result.reason or ""):
+            continue  # a part of a model whose fix failed (below): listed as not audited, with its command
         if result.status != "ok":  # a crash no fix applies to: nothing is written, and the error says why
             assert "--fix failed" in (result.error or "") and "not fixed" in (result.error or ""), result.error
             continue
