@@ -89,7 +89,7 @@ GUESS_NOTE = "guess: "  # starts the notes about what a guessed input decided (s
 @dataclass(frozen=True)
 class InputRecord:
     """One forward argument the model was audited with (JSON `capture.inputs[]`). `spec` is in --input's
-    grammar (`int64:2,32`; "None" for an optional argument left at None); `source` says where it came from:
+    grammar (`int64:2,32`, a plain value `=0`; "None" for an optional argument left at None); `source` says where it came from:
     `--input`, `example_inputs()`, `example_input_array`, `the caller's inputs`, or, for a guess, what it was
     read from (`from Embedding(1000, 64) and pos_emb[32]`)."""
 

@@ -1,15 +1,19 @@
 """Input specs, parsed without torch, so a malformed or impossible --input fails before anything loads.
 
-    SPEC   := TENSOR | GROUP ("," GROUP)*      one forward argument: a tensor, or a tuple of groups
-    GROUP  := "(" SPEC ")"                     one item of a tuple
-    TENSOR := [DTYPE ":"] D0 ("," D)*          e.g. 2,3,224,224  long:2,128  bfloat16:1,16
+    SPEC   := TENSOR | SCALAR | GROUP ("," GROUP)*   one forward argument: a tensor, a plain value, or a tuple of groups
+    GROUP  := "(" SPEC ")"                          one item of a tuple
+    TENSOR := [DTYPE ":"] D0 ("," D)*               e.g. 2,3,224,224  long:2,128  bfloat16:1,16
+    SCALAR := "=" PYTHON-LITERAL                    e.g. =0  =0.5  =True  =None  ='greedy': the value itself, no tensor
 
 So `--input long:16,2 --input "(2,2,32),(2,2,32)"` feeds an LSTM language model's `forward(input, (h0, c0))`,
-and `"((1,4),(1,4)),(long:2)"` a tuple whose first item is itself a pair.
+and `"((1,4),(1,4)),(long:2)"` a tuple whose first item is itself a pair. A scalar starts with `=` because a bare
+number is already a tensor (`5` is a float32 vector of 5): `--input long:2,16 --input long:2,16 --input =0` feeds a
+seq2seq model's `forward(src, trg, teacher_forcing_ratio)` as `model(src, trg, 0)` does.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 from dataclasses import dataclass
@@ -60,7 +64,23 @@ class TupleSpec:
         return sum(item.nbytes for item in self.items)
 
 
-Spec = Union[InputSpec, TupleSpec]
+@dataclass(frozen=True)
+class ScalarSpec:
+    """A plain Python value fed as it is (`teacher_forcing_ratio=0`): an int, float, bool, str or None."""
+
+    value: Union[int, float, bool, str, None]
+
+    def __str__(self) -> str:
+        return f"={self.value!r}"
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+
+Spec = Union[InputSpec, TupleSpec, ScalarSpec]
+SCALAR_TYPES = (int, float, bool, str, type(None))
+LEFT_AT = "left at"  # the source of an optional argument not passed (left at its default): no guess, not shown as one
 
 
 @dataclass(frozen=True)
@@ -70,7 +90,7 @@ class ArgumentHint:
     --input's grammar."""
 
     text: str
-    spec: str | None = None
+    spec: str | None = None  # a plain value's is a scalar spec: `=0`, `=0.5`, `='greedy'`
 
 
 @dataclass(frozen=True)
@@ -87,7 +107,9 @@ class CallHint:
 def parse_spec(text: str, limit: int | None = None) -> Spec:
     """One --input. Malformed specs, and inputs larger than `limit` bytes (default: this machine's memory),
     are usage errors."""
-    compact = text.strip().replace(" ", "")
+    compact = text.strip()
+    if not compact.startswith("="):  # a string value keeps its spaces
+        compact = compact.replace(" ", "")
     spec = _parse(compact, text, 0)
     limit = memory_bytes() if limit is None else limit
     if limit and spec.nbytes > limit:
@@ -97,6 +119,8 @@ def parse_spec(text: str, limit: int | None = None) -> Spec:
 
 
 def _parse(text: str, original: str, depth: int) -> Spec:
+    if text.startswith("="):
+        return _scalar(text[1:], original)
     if text.startswith("("):
         if depth >= MAX_NESTING:
             raise UsageError(f"--input {quoted(original)}: tuples nested more than {MAX_NESTING} levels deep")
@@ -116,6 +140,17 @@ def _parse(text: str, original: str, depth: int) -> Spec:
     if any(d == 0 for d in shape):
         raise UsageError(f"--input {quoted(original)}: dimensions must be positive")
     return InputSpec(DTYPE_NAMES[dtype], shape)
+
+
+def _scalar(text: str, original: str) -> ScalarSpec:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        pass
+    else:
+        if isinstance(value, SCALAR_TYPES):
+            return ScalarSpec(value)
+    raise UsageError(f"--input {quoted(original)}: a plain value is written =LITERAL, such as =0, =0.5, =True, =None or ='greedy'")
 
 
 def _groups(text: str, original: str) -> list[str]:
@@ -149,6 +184,8 @@ def readable(spec: Spec | None) -> str:
         return "None"
     if isinstance(spec, TupleSpec):
         return "(" + ", ".join(readable(item) for item in spec.items) + ")"
+    if isinstance(spec, ScalarSpec):
+        return str(spec)
     dtype = "long" if spec.dtype == "int64" else spec.dtype
     return f"{dtype} {'x'.join(str(d) for d in spec.shape)}"
 
@@ -159,6 +196,12 @@ def readable_text(text: str) -> str:
         return readable(_parse(text.replace(" ", ""), text, 0))
     except UsageError:
         return text
+
+
+def argument_text(name: str, spec: str) -> str:
+    """An argument and a spec written in --input's grammar, as people read them: `x long 2x32`, `ratio=0`."""
+    shown = readable_text(spec)
+    return f"{name}{shown}" if shown.startswith("=") else f"{name} {shown}"
 
 
 def memory_bytes() -> int:

@@ -9,7 +9,7 @@ import torch.nn as nn
 from auditor.errors import TargetError, UsageError
 from auditor.loading.guesses import infer_candidates
 from auditor.loading.inputs import make_inputs
-from auditor.specs import InputSpec, TupleSpec, parse_spec
+from auditor.specs import InputSpec, ScalarSpec, TupleSpec, parse_spec
 from support import FIXTURES, cli, model_results, run
 
 MODELS = FIXTURES / "models"
@@ -26,6 +26,33 @@ MODELS = FIXTURES / "models"
 )
 def test_parse_spec(text, spec):
     assert parse_spec(text) == spec
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("=0", 0), ("=0.5", 0.5), ("=-1", -1), ("=True", True), ("=None", None), ("='greedy search'", "greedy search")],
+)
+def test_a_plain_value_is_written_after_an_equals_sign_and_prints_back(text, value):
+    spec = parse_spec(text)
+    assert spec == ScalarSpec(value) and type(spec.value) is type(value)
+    assert parse_spec(str(spec)) == spec
+    assert parse_spec("5") == InputSpec("float32", (5,))  # a bare number stays a tensor, as the contract has it
+
+
+@pytest.mark.parametrize("text", ["=", "=[1]", "=x", "=1+"])
+def test_a_plain_value_that_is_no_python_literal_says_how_to_write_one(text):
+    with pytest.raises(UsageError, match="a plain value is written =LITERAL"):
+        parse_spec(text)
+
+
+def test_a_plain_value_given_with_input_reaches_the_forward_as_it_is(tmp_path):
+    """`--input 2,4 --input =0.25` feeds `forward(x, ratio)` the float 0.25, not a tensor."""
+    (tmp_path / "net.py").write_text("import torch.nn as nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                                     "        self.fc = nn.Linear(4, 4)\n\n    def forward(self, x, ratio):\n"
+                                     "        assert type(ratio) is float\n        return self.fc(x) * ratio\n")
+    [result] = run(f"{tmp_path / 'net.py'}:Net", inputs=["2,4", "=0.25"]).results
+    assert result.status == "ok", result.error
+    assert [(r.name, r.spec) for r in result.capture.inputs] == [("x", "2,4"), ("ratio", "=0.25")]
 
 
 @pytest.mark.parametrize("text", ["", "2,,3", "2x3", "complex:2,3", "float32:", "2,0,3", "long:-1"])

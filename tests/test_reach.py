@@ -206,6 +206,25 @@ def test_the_repositorys_call_of_a_model_is_where_its_input_guess_starts(tmp_pat
     [record] = net.capture.inputs
     assert (record.name, record.spec, record.source) == ("x", "2,3,20,20", f"as {tmp_path}/train.py:5 makes it")
 
+def test_a_plain_value_the_repositorys_call_passes_reaches_the_forward_as_it_is():
+    """`model(src, trg, 0, mode="greedy")` in train.py: the teacher-forcing ratio is the int 0 and the mode the
+    string (a tensor ratio fails `random.random() < ratio`); `length_scale`, left out, keeps its default 1.0
+    (the forward asserts the types). The instance train.py builds is fed the same way."""
+    report = run(REPOS / "seq2seq")
+    found = results(report)
+    for target in ("seq2seq/model.py:Seq2Seq", "seq2seq/train.py:model"):
+        result = found[target]
+        assert result.status == "ok", result.error
+        records = {r.name: (r.spec, r.source) for r in result.capture.inputs}
+        site = "as tests/fixtures/repos/seq2seq/train.py:10"
+        assert records == {"src": ("int64:7,4", f"{site} makes it"), "trg": ("int64:9,4", f"{site} makes it"),
+                           "teacher_forcing_ratio": ("=0", f"{site} passes it"), "length_scale": ("=1.0", "left at its default"),
+                           "mode": ("='greedy'", f"{site} passes it")}
+    shown = cli(str(REPOS / "seq2seq" / "model.py")).stdout
+    assert "teacher_forcing_ratio=0 as " in shown and "train.py:10 passes it" in shown and "mode='greedy'" in shown
+    assert "length_scale" not in shown  # not a guess: its own default
+
+
 # --- where models live -----------------------------------------------------------------------------------------
 def test_notebook_models_are_audited_without_running_data_or_training_cells():
     """The data cell opens a file that does not exist and the training cell loops: neither runs."""

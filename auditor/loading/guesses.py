@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from auditor.errors import TargetError, UsageError
 from auditor.loading.consumers import Forward, Table, Use, layer_label, read_forward
-from auditor.specs import ArgumentHint, CallHint, InputSpec, Spec, TupleSpec, parse_spec, readable
+from auditor.specs import ArgumentHint, CallHint, InputSpec, LEFT_AT, SCALAR_TYPES, ScalarSpec, Spec, TupleSpec, argument_text, parse_spec
 
 BATCH = 2
 SEQUENCE = 16
@@ -68,7 +68,8 @@ class Candidate:
 
     def described(self) -> str:
         """`idx long 2x32 from Embedding(1000, 64) and pos_emb[32]; t long 2 as a timestep, by its name`."""
-        return "; ".join(f"{name} {readable(p.spec)} {p.source}" for name, p in zip(self.names, self.proposals) if p.spec is not None)
+        return "; ".join(f"{argument_text(name, str(p.spec))} {p.source}" for name, p in zip(self.names, self.proposals)
+                         if not p.source.startswith(LEFT_AT))
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class Argument:
     name: str
     index: int  # position among the forward's positional parameters
     annotation: Any
-    left_out: bool = False  # an optional parameter passed as None, before one that is fed
+    left_out: bool = False  # an optional parameter not passed, before one that is fed: left at its default
+    default: Any = None
     hint: ArgumentHint | None = None  # what the repository's call passes for it
 
     @property
@@ -165,6 +167,9 @@ def guesses(model: nn.Module, call: CallHint | None = None) -> Guesses:
     for argument in arguments:
         found = guesser.options(argument, arguments)
         given = _given(argument, call, every=all(a.left_out or (a.hint is not None and a.hint.spec) for a in arguments))
+        if given is not None and isinstance(given.spec, ScalarSpec):  # a plain value is what it is: no alternative
+            options[argument.name] = Options((given,), given=given)
+            continue
         if given is not None:
             found = Options((given, *found.fixed), found.after, found.derive, given) if found is not None else Options((given,))
         if found is None:
@@ -182,7 +187,7 @@ def fed_arguments(model: nn.Module, call: CallHint | None = None) -> list[Argume
     """The forward arguments to feed (`left_out`: passed as None): the required positional ones, and those the
     repository's call passes. When every one is optional (Hugging Face's `forward(input_ids=None,
     attention_mask=None, ...)`), the first, and a decoder's input when there is one (`decoder_input_ids`: an
-    encoder-decoder needs both). Optional ones before the last fed one are left at None."""
+    encoder-decoder needs both). Optional ones before the last fed one are left at their defaults."""
     try:
         parameters = inspect.signature(model.forward).parameters.values()
     except (TypeError, ValueError):
@@ -190,7 +195,8 @@ def fed_arguments(model: nn.Module, call: CallHint | None = None) -> list[Argume
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     annotations = _type_hints(model)
     passed = _bound(call, [p.name for p in positional])
-    arguments = [Argument(p.name, i, annotations.get(p.name, p.annotation), hint=passed.get(p.name)) for i, p in enumerate(positional)]
+    arguments = [Argument(p.name, i, annotations.get(p.name, p.annotation), hint=passed.get(p.name), default=p.default)
+                 for i, p in enumerate(positional)]
     fed = [a for a, p in zip(arguments, positional) if p.default is p.empty or (a.hint is not None and a.hint.text != "None")]
     if not fed and arguments:
         decoder = next((a for a in arguments[1:] if a.name in _DECODER_INPUTS), None)
@@ -210,6 +216,8 @@ def _given(argument: Argument, call: CallHint | None, every: bool) -> Proposal |
         spec = parse_spec(argument.hint.spec)
     except UsageError:
         return None
+    if isinstance(spec, ScalarSpec):
+        return Proposal(spec, f"as {call.site} passes it")
     if every or not isinstance(spec, InputSpec) or spec.shape[0] == BATCH:
         return Proposal(spec, f"as {call.site} makes it")
     return Proposal(InputSpec(spec.dtype, (BATCH, *spec.shape[1:])), f"as {call.site} makes it, with a batch of {BATCH}")
@@ -240,8 +248,10 @@ class _Guesser:
     # --- per argument ---------------------------------------------------------------------------------------
     def options(self, argument: Argument, arguments: list[Argument]) -> Options | None:
         name, role, first = argument.name, argument.role, arguments[0]
-        if argument.left_out:
-            return Options((Proposal(None, "left at None"),))
+        if argument.left_out:  # its default: a number or a flag as it is (`teacher_forcing_ratio=0.5`), else None
+            if argument.hint is None and isinstance(argument.default, SCALAR_TYPES) and argument.default is not None:
+                return Options((Proposal(ScalarSpec(argument.default), f"{LEFT_AT} its default"),))
+            return Options((Proposal(None, f"{LEFT_AT} None"),))
         if argument.index > 0 and LENGTHS.match(role):
             return _fixed([Proposal(InputSpec("int64", (BATCH,)), "as valid lengths of the sequences, by its name")])
         if argument is not first and _MASKS.search(role):

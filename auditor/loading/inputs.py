@@ -19,7 +19,7 @@ import torch.nn as nn
 from auditor.errors import TargetError, first_line
 from auditor.findings import InputRecord
 from auditor.loading.guesses import LENGTHS
-from auditor.specs import InputSpec, Spec, TupleSpec
+from auditor.specs import SCALAR_TYPES, InputSpec, ScalarSpec, Spec, TupleSpec
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _MASK = re.compile(r"mask")
@@ -44,6 +44,8 @@ def make_inputs(specs: list[Spec | None], model: nn.Module, seed: int = 0) -> tu
 def _make(spec: Spec, model: nn.Module, generator: torch.Generator, name: str) -> Any:
     if isinstance(spec, TupleSpec):
         return tuple(_make(item, model, generator, name) for item in spec.items)
+    if isinstance(spec, ScalarSpec):
+        return spec.value
     dtype = getattr(torch, spec.dtype)
     if _MASK.search(name):  # every position kept: ones, or for a padding mask (True = padded) no padding
         return torch.zeros(spec.shape, dtype=dtype) if _PADDING_MASK.search(name) else torch.ones(spec.shape, dtype=dtype)
@@ -146,12 +148,14 @@ def records(model: nn.Module, values: tuple[Any, ...], source: str) -> list[Inpu
 
 
 def spec_of(value: Any) -> str:
-    """A value in --input's grammar where it has one (`int64:2,32`, `(1,2,32),(1,2,32)`), else its type."""
+    """A value in --input's grammar where it has one (`int64:2,32`, `(1,2,32),(1,2,32)`, `=0.5`), else its type."""
     spec = _spec(value)
     return str(spec) if spec is not None else "None" if value is None else type(value).__name__
 
 
 def _spec(value: Any) -> Spec | None:
+    if isinstance(value, SCALAR_TYPES) and value is not None:
+        return ScalarSpec(value)
     if isinstance(value, torch.Tensor):
         return InputSpec(str(value.dtype).removeprefix("torch."), tuple(value.shape)) if value.dim() else None
     if isinstance(value, (tuple, list)) and value:

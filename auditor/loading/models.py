@@ -190,7 +190,7 @@ class ModelLoader:
             results.append(LoadedModel(
                 label, model, self.sites.for_model(model), namespace, origin=origin, built=item.built,
                 classes=discovery.user_classes(model, plan), model_class=discovery.class_record(type(model), plan),
-                call=item.plan.call if item.plan is not None else None, file_plan=plan))
+                call=item.plan.call if item.plan is not None else _instance_call(model, plan), file_plan=plan))
         return results
 
     def _build(self, candidate: discovery.Candidate, where: str) -> nn.Module:
@@ -320,6 +320,20 @@ def _origin(namespace: ModuleType, name: str, kwargs: dict[str, Any], by_file: b
     (a path target), else its importable module (`package.module:NAME`)."""
     path = getattr(namespace, "__file__", None) if by_file else None
     return {"file": str(Path(path).resolve()) if path else None, "module": namespace.__name__, "name": name, "kwargs": kwargs}
+
+
+def _instance_call(model: nn.Module, plan: FilePlan | None) -> CallHint | None:
+    """The repository's call of a module-level instance (`model = Seq2Seq(...)` in train.py): its class's, read
+    from the repository file that defines the class."""
+    try:
+        path = Path(inspect.getsourcefile(type(model)) or "").resolve()
+    except TypeError:  # a class of no file
+        return None
+    if plan is None or not plan.root or not path.is_relative_to(Path(plan.root).resolve()):
+        return None
+    owner = plan if path == Path(plan.path).resolve() else plan_alone(path)
+    entry = owner.plan_for(type(model).__name__) if owner is not None else None
+    return entry.call if entry is not None else None
 
 
 def plan_alone(path: Path) -> FilePlan | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from auditor.specs import ArgumentHint, CallHint
+from auditor.specs import SCALAR_TYPES, ArgumentHint, CallHint, ScalarSpec
 from auditor.static.reader import Argument, CallSite, External, ModuleReading, _Frame, plan_value
 from auditor.static.repository import Repository, repository_files, signature
 from auditor.static.safety import DOWNLOAD_FLAGS, constructor_hazards, is_main_guard, module_statements
@@ -212,6 +212,8 @@ def call_hint(calls: tuple[CallSite, ...], where: Callable[[str, int], str]) -> 
     best = max(shown, key=lambda c: sum(tensor_spec(a.value) is not None for a in (*c.args, *(a for _, a in c.kwargs))))
 
     def hint(argument: Argument) -> ArgumentHint:
+        if isinstance(argument.value, SCALAR_TYPES):  # `model(src, trg, 0)`: the value itself, no tensor
+            return ArgumentHint(argument.text, str(ScalarSpec(argument.value)))
         return ArgumentHint(argument.text, tensor_spec(argument.value))
 
     return CallHint(where(best.file, best.line), tuple(hint(a) for a in best.args), tuple((k, hint(a)) for k, a in best.kwargs))
