@@ -256,3 +256,25 @@ def test_every_argument_departs_from_its_first_proposal_early_in_the_candidates(
     candidates = [str(c) for c in infer_candidates(EncoderDecoder())]
     assert candidates[0] == "int64:2,16 int64:2,16 bool:2,16 bool:2,16"
     assert "int64:2,128 int64:2,16 bool:2,128 bool:2,128" in candidates[:6]  # the first argument varied, its masks follow
+
+
+def test_an_argument_named_src_len_holds_valid_lengths():
+    """bentrevett's packed-padded seq2seq: `forward(src, src_len, trg)` packs `src` by `src_len`."""
+
+    class Packed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(50, 8)
+            self.rnn = nn.GRU(8, 8)
+
+        def forward(self, src, src_len):
+            packed = nn.utils.rnn.pack_padded_sequence(self.embed(src), src_len.cpu())
+            return self.rnn(packed)[1]
+
+    from auditor.loading.guesses import guesses
+    from auditor.specs import InputSpec
+
+    first = guesses(Packed()).candidates[0]
+    assert first.proposals[1].spec == InputSpec("int64", (2,)) and "valid lengths" in first.proposals[1].source
+    [result] = auditor.audit(Packed()).results
+    assert result.status == "ok", result.error

@@ -29,7 +29,7 @@ from auditor.specs import ArgumentHint, CallHint, InputSpec, LEFT_AT, SCALAR_TYP
 BATCH = 2
 SEQUENCE = 16
 MAX_CANDIDATES = 24
-LENGTHS = re.compile(r"^(?:\w+_)?(?:lengths?|lens|seq_lens?|seq_lengths?|num_tokens)$")
+LENGTHS = re.compile(r"^(?:\w+_)?(?:lengths?|lens?|seq_lens?|seq_lengths?|num_tokens)$")
 STATES = ("hidden", "hx", "h0", "h_0", "c0", "c_0", "hc", "h_c", "state", "states", "hidden_state", "init_state", "initial_state")
 _TIMESTEPS = re.compile(r"^(?:t|ts|time|times|timesteps?|time_?steps?|diffusion_steps?|steps?|noise_levels?|sigmas?|t_?in)$")
 _FLOAT_TIMES = re.compile(r"^(?:sigmas?|noise_levels?)$")
