@@ -318,10 +318,28 @@ class Processes:
         self.context.set_forkserver_preload(modules)
         path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
         with _PROCESS_STATE, _environment(PYTHONPATH=path, PYTHONSAFEPATH="1"), _sigint_ignored():
+            _short_socket_folder()
             forkserver.ensure_running()
         self.server = getattr(forkserver._forkserver, "_forkserver_pid", None)
 
 
+def _short_socket_folder() -> None:
+    """The fork server listens on a socket in multiprocessing's `pymp-*` folder under TMPDIR, and a socket's path
+    holds at most 107 bytes: a deep TMPDIR (pytest's tmp_path, a CI runner's work folder) ended every run in
+    'internal error: AF_UNIX path too long'. There, that folder is made under /tmp instead (it is removed the
+    same way when the run ends)."""
+    from multiprocessing import util
+
+    if len(os.fsencode(tempfile.gettempdir())) <= _LONGEST_SOCKET_PARENT or not os.access("/tmp", os.W_OK):
+        return
+    saved, tempfile.tempdir = tempfile.tempdir, "/tmp"
+    try:
+        util.get_temp_dir()  # made now, and kept for this process's life
+    finally:
+        tempfile.tempdir = saved
+
+
+_LONGEST_SOCKET_PARENT = 70  # + "/pymp-XXXXXXXX/listener-XXXXXXXX" (33 bytes) stays under AF_UNIX's 107
 _PROCESS_STATE = threading.Lock()  # held while the environment or `__main__` is changed to start a process
 _LIVE: set[int] = set()  # the audit children of this process's fork server now running, whichever runner's
 

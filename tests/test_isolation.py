@@ -160,6 +160,16 @@ def test_a_signal_ends_the_run_with_its_cleanup(tmp_path, number):
     wait_for(lambda: not alive(int(marker.read_text())) and not _left_behind(pids), seconds=10)
 
 
+def test_a_deep_temporary_folder_still_runs_the_fork_server(tmp_path):
+    """The fork server's socket lives under TMPDIR, and a socket path holds 107 bytes: a deep TMPDIR ended the
+    run in 'internal error: AF_UNIX path too long'."""
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    done = cli("--jobs", "2", "--no-cache", f"{NOISY}", CLEAN.as_posix(), env={"TMPDIR": str(deep)})
+    assert done.returncode == 0, done.stderr
+    assert "internal error" not in done.stderr and "Found 0 errors, 1 warning" in done.stdout
+
+
 def test_a_killed_parent_takes_its_children_with_it(tmp_path):
     process, marker = _start_hanging(tmp_path)
     process.kill()
