@@ -48,10 +48,19 @@ def run(*targets: str | Path, **overrides: Any) -> Report:
 
 
 def _forget_user_modules(before: set[str]) -> None:
+    """Modules from the fixtures or a test's temporary folder, never the tool's or an installed package's, even
+    when the checkout itself lies in the temporary folder (a clone under /tmp: forgetting torch's submodules
+    there re-imported them over the live extension, and the next test crashed)."""
+    import auditor
+    import auditor_rules
+
     roots = (os.path.realpath(FIXTURES), os.path.realpath(tempfile.gettempdir()))
+    kept = tuple(os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, os.path.dirname(auditor.__file__),
+                                                          os.path.dirname(auditor_rules.__file__)))
     for name in set(sys.modules) - before:
-        path = getattr(sys.modules[name], "__file__", None) or ""
-        if name.startswith("_auditor_notebook_") or os.path.realpath(path).startswith(roots):
+        file = getattr(sys.modules[name], "__file__", None)  # None for an extension's submodules (torch._C._dynamo)
+        path = os.path.realpath(file) if file else ""
+        if name.startswith("_auditor_notebook_") or (path and path.startswith(roots) and not path.startswith(kept)):
             del sys.modules[name]
 
 
