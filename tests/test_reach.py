@@ -206,10 +206,12 @@ def test_the_repositorys_call_of_a_model_is_where_its_input_guess_starts(tmp_pat
     [record] = net.capture.inputs
     assert (record.name, record.spec, record.source) == ("x", "2,3,20,20", f"as {tmp_path}/train.py:5 makes it")
 
-def test_a_plain_value_the_repositorys_call_passes_reaches_the_forward_as_it_is():
+def test_a_plain_value_the_repositorys_call_passes_reaches_the_forward_as_it_is(monkeypatch):
     """`model(src, trg, 0, mode="greedy")` in train.py: the teacher-forcing ratio is the int 0 and the mode the
     string (a tensor ratio fails `random.random() < ratio`); `length_scale`, left out, keeps its default 1.0
     (the forward asserts the types). The instance train.py builds is fed the same way."""
+    for name in ("model", "train"):  # another fixture's model.py or train.py, imported in-process by an earlier
+        monkeypatch.delitem(sys.modules, name, raising=False)  # test in this worker, must not answer `from model import`
     report = run(REPOS / "seq2seq")
     found = results(report)
     for target in ("seq2seq/model.py:Seq2Seq", "seq2seq/train.py:model"):
