@@ -222,7 +222,7 @@ def _read_local_module(importer: str, module: str, level: int) -> tuple[str, Any
     from auditor.locations import display_path
     from auditor.static.project import module_file, read_source
 
-    path = module_file(Path(importer), module, level)
+    path = module_file(Path(importer).resolve(), module.split(".") if module else [], level)
     if path is None:
         return None
     try:

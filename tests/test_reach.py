@@ -503,3 +503,40 @@ def test_what_reading_resolves(tmp_path, script, expected):
     (tmp_path / "main.py").write_text(script)
     build = Planner(Repository(tmp_path, Project())).file_plan(tmp_path / "net.py").classes["Net"].build
     assert dict(build.kwargs) == expected and build.site is not None and not build.guessed
+
+
+def test_a_local_import_resolves_alike_for_the_reach_and_the_source_rules(tmp_path, monkeypatch):
+    """One lookup (`module_file`) answers both: the reach (`Repository.locate`) also looks below the root, where
+    scripts run from, and never answers with a file outside it; a source rule's relative path is read from the
+    working directory."""
+    from auditor.rule import SourceContext
+    from auditor.static.project import module_file
+
+    outer = tmp_path / "outer.py"
+    root = tmp_path / "repo"
+    for name in ("requirements.txt", "models/__init__.py", "models/nets.py", "scripts/train.py",
+                 "pkg/__init__.py", "pkg/b.py", "pkg/sub/__init__.py", "pkg/sub/a.py"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("x = 1\n")
+    outer.write_text("x = 1\n")
+    a, train = root / "pkg/sub/a.py", root / "scripts/train.py"
+    assert module_file(a, ["b"], level=2) == root / "pkg/b.py"  # from ..b import x
+    assert module_file(a, [], level=2) == root / "pkg/__init__.py"  # from .. import b
+    assert module_file(a, ["pkg", "b"]) == root / "pkg/b.py"  # import pkg.b, from the top of its package
+    assert module_file(a, ["torch"]) is None and module_file(a, []) is None
+    assert module_file(train, ["models", "nets"]) is None  # not beside the script
+    assert module_file(train, ["models", "nets"], roots=[root]) == root / "models/nets.py"
+    assert module_file(a, ["outer"], level=4) == outer
+
+    repository = Repository(root, Project())
+    assert repository.locate(train, ["models", "nets"], 0) == root / "models/nets.py"
+    assert repository.locate(a, [], 2) == root / "pkg/__init__.py"
+    assert repository.locate(a, ["outer"], 4) is None  # outside the repository
+
+    monkeypatch.chdir(root)
+    context = SourceContext(path="pkg/sub/a.py", text="", tree=None, settings={})
+    assert context.local_module("b", level=2)[0] == str(Path("pkg/b.py"))
+    assert context.local_module("", level=2)[0] == str(Path("pkg/__init__.py"))
+    assert context.local_module("models.nets")[0] == str(Path("models/nets.py"))  # the top of a.py's package
+    script = SourceContext(path="scripts/train.py", text="", tree=None, settings={})
+    assert script.local_module("models.nets") is None  # a script's imports start beside it, as Python's do

@@ -10,6 +10,7 @@ import tokenize
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Sequence
 
 from auditor.files import open_regular
 from auditor.static.safety import Hazard, import_hazard, module_statements
@@ -111,10 +112,7 @@ def _read_facts(path: Path, tree: ast.Module | None) -> FileFacts:
                 facts.imports_torch |= module[0] in TORCH_PACKAGES
                 bases = roots
             else:
-                base = path.parent
-                for _ in range(statement.level - 1):
-                    base = base.parent
-                bases = [base]
+                bases = [_package_folder(path, statement.level)]
             found = local_module(module, bases) if module else []
             for alias in statement.names:  # `from pkg import submodule`
                 found.extend(local_module([*module, alias.name], bases, parents=False))
@@ -123,22 +121,31 @@ def _read_facts(path: Path, tree: ast.Module | None) -> FileFacts:
     return facts
 
 
-def module_file(importer: Path, module: str, level: int = 0) -> Path | None:
-    """The user's own file that `from <module> import ...` (with `level` leading dots) reads in `importer`:
-    `models.py` or `models/__init__.py` next to it or at the top of its package; None for an installed package."""
-    parts = module.split(".") if module else []
+def module_file(importer: Path, parts: list[str], level: int = 0, roots: Sequence[Path] = ()) -> Path | None:
+    """The user's own file that `import a.b` (`parts` a, b; level 0) or `from ..a import b` (level 2) names in
+    `importer` (an absolute path): `a/b.py` or `a/b/__init__.py` next to it, at the top of its package or, for an
+    absolute import, below one of `roots`; the package's `__init__.py` for `from .. import b`. None for an
+    installed package."""
     if level:
-        base = importer.resolve().parent
-        for _ in range(level - 1):
-            base = base.parent
-        bases = [base]
+        package = _package_folder(importer, level)
+        if not parts:
+            init = package / "__init__.py"
+            return init.resolve() if init.is_file() else None
+        bases = [package]
+    elif parts:
+        bases = list(dict.fromkeys([*search_roots(importer), *roots]))
     else:
-        bases = search_roots(importer.resolve())
-    if not parts:
-        init = bases[0] / "__init__.py"
-        return init if init.is_file() else None
+        return None
     found = local_module(parts, bases)
     return found[-1] if found else None
+
+
+def _package_folder(importer: Path, level: int) -> Path:
+    """The folder a relative import with `level` leading dots starts from."""
+    folder = importer.parent
+    for _ in range(level - 1):
+        folder = folder.parent
+    return folder
 
 
 def search_roots(path: Path) -> list[Path]:

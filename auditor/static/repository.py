@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from auditor.files import read_text
-from auditor.static.project import Project, local_module, read_source, search_roots
+from auditor.static.project import Project, module_file, read_source
 from auditor.static.reader import RepositoryReader
 
 MARKERS = (".git", "pyproject.toml", "setup.py", "setup.cfg", "requirements.txt")
@@ -95,29 +95,14 @@ class Repository:
             return None
 
     def locate(self, importer: Path, parts: list[str], level: int) -> Path | None:
-        """The local file `import a.b` (level 0) or `from ..a import b` (level 2) names, from `importer`;
-        None when it is not one of the repository's files (an installed package)."""
+        """The local file `import a.b` (level 0) or `from ..a import b` (level 2) names, from `importer`, an
+        absolute import also from the root (scripts run there); None when it is not one of the repository's files
+        (an installed package). Asked once per folder."""
         key = (importer.parent, tuple(parts), level)
         if key not in self._located:
-            self._located[key] = self._locate(importer, parts, level)
+            found = module_file(importer, parts, level, roots=[self.root])
+            self._located[key] = found if found is not None and _inside(found, self.root) else None
         return self._located[key]
-
-    def _locate(self, importer: Path, parts: list[str], level: int) -> Path | None:
-        if level:
-            base = importer.parent
-            for _ in range(level - 1):
-                base = base.parent
-            if not parts:
-                init = (base / "__init__.py").resolve()
-                return init if init.is_file() and _inside(init, self.root) else None
-            bases = [base]
-        else:
-            if not parts:
-                return None
-            bases = [*search_roots(importer), self.root]
-        files = local_module(parts, bases)
-        found = files[-1] if files else None
-        return found if found is not None and _inside(found, self.root) else None
 
     def label(self, path: Path | str) -> str:
         """How results name a file: relative to the working directory when inside it."""
