@@ -103,12 +103,8 @@ def fix(
     engine = Engine(options)
     loaded = live_model(model, example_inputs)
     loaded.origin = _class_origin(model)
-    try:
+    with engine.committing_fixes():
         result = engine.audit_loaded(loaded)
-    except BaseException:
-        engine.discard_fixes()
-        raise
-    engine.commit_fixes()
     if result.status != "ok":
         raise TargetError(result.error or "fix failed")
     return FixResult(engine.last_fixed, Report([result]), result.fixed_path)

@@ -49,7 +49,7 @@ class Engine:
         self.progress = progress or (lambda _: None)
         self.guard = guard  # what the user's code was refused in this process (auditor.guard), if it is guarded
         self._loader: ModelLoader | None = None
-        self._output = output  # --fix --out: the staged folders, moved into place by commit_fixes (default: made on first need)
+        self._output = output  # --fix --out: the staged folders, moved into place by committing_fixes (default: made on first need)
         self._staged: list[tuple[TargetResult, Path]] = []
         self.last_fixed: Any = None  # the last fixed model (auditor.fix returns it)
         self.project = Project()  # what the files' sources say about importing them, read once per run
@@ -70,14 +70,10 @@ class Engine:
         """Every target in this process, one after another."""
         targets = list(targets)
         results: list[TargetResult] = []
-        try:
+        with self.committing_fixes():
             self.prepare(targets)
             for target in targets:
                 results.extend(self.audit_target(target))
-        except BaseException:
-            self.discard_fixes()
-            raise
-        self.commit_fixes()
         return settle_provisional(results)
 
     def prepare(self, targets: list[Target]) -> None:
@@ -388,7 +384,18 @@ class Engine:
             self._output = OutputFolder(self.options.fix.out, force=self.options.fix.force)
         return self._output
 
-    def commit_fixes(self) -> None:
+    @contextlib.contextmanager
+    def committing_fixes(self) -> Iterator[None]:
+        """Around a run: the fixed models it staged for --out move into place when it ends, and are removed
+        when it fails or is interrupted."""
+        try:
+            yield
+        except BaseException:
+            self._discard_fixes()
+            raise
+        self._commit_fixes()
+
+    def _commit_fixes(self) -> None:
         """Move the staged fixed models to --out in one step and record where each went."""
         if self._output is None:
             return
@@ -409,7 +416,7 @@ class Engine:
         with this engine's own."""
         self._staged.append((result, folder))
 
-    def discard_fixes(self) -> None:
+    def _discard_fixes(self) -> None:
         if self._output is not None:
             self._output.cleanup()
         self._staged = []

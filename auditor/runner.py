@@ -85,12 +85,8 @@ def run_targets(
     engine = Engine(options, output=output)
     runner = Runner(engine, output, executor=executor or Processes(jobs), timeout=timeout, progress=progress or (lambda _: None),
                     show_output=show_output, cache=cache if options.fix is None else None)
-    try:
+    with engine.committing_fixes():
         results = runner.run(targets)
-    except BaseException:
-        engine.discard_fixes()
-        raise
-    engine.commit_fixes()
     return settle_provisional(results)
 
 
