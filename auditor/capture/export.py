@@ -74,11 +74,8 @@ def _fresh_dropout_inputs() -> Iterator[None]:
             return tuple(a.view_as(a) if isinstance(a, torch.Tensor) else a for a in args)
         return None
 
-    handle = nn.modules.module.register_module_forward_pre_hook(hook)
-    try:
+    with nn.modules.module.register_module_forward_pre_hook(hook):  # the handle removes the hook on leaving
         yield
-    finally:
-        handle.remove()
 
 
 @contextlib.contextmanager

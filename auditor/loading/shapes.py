@@ -40,11 +40,8 @@ def time_budget(seconds: float) -> Iterator[None]:
         if time.perf_counter() > deadline:
             raise OverBudget
 
-    handle = nn.modules.module.register_module_forward_pre_hook(check)
-    try:
+    with nn.modules.module.register_module_forward_pre_hook(check):  # the handle removes the hook on leaving
         yield
-    finally:
-        handle.remove()
 
 
 @dataclass(frozen=True)
