@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
 import torch.nn as nn
 
 from auditor.graph import CALL, MODULE, Node, ops
+
+if TYPE_CHECKING:
+    import torch.fx as fx
 
 Site = tuple[str, int]
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -28,6 +31,16 @@ def is_leaf(module: nn.Module) -> bool:
 def op_of_module(module: nn.Module) -> str | None:
     names = [cls.__name__ for cls in type(module).__mro__ if cls.__module__.startswith(("torch.nn.", "torch.ao.nn."))]
     return ops.op_for_module_class(names)
+
+
+def owner(n: fx.Node) -> str:
+    """The module whose forward made this traced call: the innermost entry of its nn_module_stack ("" for the
+    root), as fx and export record it."""
+    stack = n.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    qualname, _ = list(stack.values())[-1]
+    return str(qualname)
 
 
 def module_node(name: str, qualname: str, module: nn.Module | None, class_name: str, site: Site | None) -> Node:

@@ -24,7 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from auditor.capture.common import Site, call_node, describe_value, is_leaf, iter_tensors, module_node, op_of_module
+from auditor.capture.common import Site, call_node, describe_value, is_leaf, iter_tensors, module_node, op_of_module, owner
 from auditor.capture.forward import Attempt, Recovery, is_recoverable, run_recovering, step_over
 from auditor.graph import INPUT, OUTPUT, PARAM, AuditGraph, Node, ops
 from auditor.locations import display_path, first_user_site
@@ -290,9 +290,8 @@ def _plain_node(n: fx.Node, weights: dict[str, str], state: dict[str, Any], mode
     elif n.op == "get_attr":
         node = Node(name=n.name, kind=PARAM, op="param", target=str(n.target))
     else:
-        owner = _owner(n)
         name = _aten_name(n)
-        node = call_node(n.name, name, name.rsplit(".", 1)[0] if name.startswith("aten.") else name, owner, n.args, n.kwargs, lambda v: isinstance(v, fx.Node))
+        node = call_node(n.name, name, name.rsplit(".", 1)[0] if name.startswith("aten.") else name, _plain_qualname(owner(n)), n.args, n.kwargs, lambda v: isinstance(v, fx.Node))
         site = _user_frame(n)
         if site is not None:
             node.file, node.line = site
@@ -319,14 +318,6 @@ def _aten_name(n: fx.Node) -> str:
     return getattr(target, "__name__", str(target))
 
 
-def _owner(n: fx.Node) -> str:
-    stack = n.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    qualname, _ = list(stack.values())[-1]
-    return _plain_qualname(str(qualname))
-
-
 def _user_frame(n: fx.Node) -> Site | None:
     """The innermost frame of the node's recorded stack trace that lies outside torch."""
     frames = [(m.group("file"), int(m.group("line"))) for m in _FRAME.finditer(n.meta.get("stack_trace") or "")]
@@ -345,8 +336,8 @@ def _submodule(model: nn.Module | None, qualname: str) -> nn.Module | None:
 def _live_tensor(model: nn.Module | None, name: str, state: dict[str, Any]) -> Any:
     """The model's own parameter or buffer `name` (the program's copy for a saved program)."""
     if model is not None:
-        owner, _, attr = name.rpartition(".")
-        value = getattr(_submodule(model, owner), attr, None)
+        parent, _, attr = name.rpartition(".")
+        value = getattr(_submodule(model, parent), attr, None)
         if isinstance(value, torch.Tensor):
             return value
     return state.get(name)

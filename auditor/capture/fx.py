@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from auditor.capture.common import Site, call_node, describe_value, function_label, is_leaf, module_node
+from auditor.capture.common import Site, call_node, describe_value, function_label, is_leaf, module_node, owner
 from auditor.capture.forward import Attempt, ForwardFailure, Recovery, is_recoverable, mark_partial, run_recovering, step_over
 from auditor.capture.state import restored
 from auditor.graph import INPUT, OUTPUT, PARAM, AuditGraph, Node
@@ -196,12 +196,3 @@ def _target_label(n: fx.Node) -> str:
     if n.op == "call_function":
         return function_label(n.target)
     return str(n.target)
-
-
-def owner(n: fx.Node) -> str:
-    """The module whose forward made this call: the innermost entry of fx's nn_module_stack ("" for the root)."""
-    stack = n.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    qualname, _ = list(stack.values())[-1]
-    return str(qualname)

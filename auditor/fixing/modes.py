@@ -23,7 +23,8 @@ def restore_training_flags(gm: fx.GraphModule, model: nn.Module, notes: list[str
     in train mode and, where the two differ only in such a value, compute it from the owning module's
     `training` at run time instead (the flag itself, or `training * p`). `given`: how many positional inputs the
     forward receives (its other defaulted parameters are traced at their defaults, as the audit traced them)."""
-    from auditor.capture.fx import owner, trace
+    from auditor.capture.common import owner
+    from auditor.capture.fx import trace
 
     try:
         with train_mode(model):
