@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from auditor.errors import first_line
 from auditor.graph import AuditGraph
+from auditor.prepare import model_device
 from auditor.probes import clipping, precision
 from auditor.probes.gradients import LayerRecorder, applied_by_calls
 from auditor.probes.isolation import preserved, working_copy
@@ -49,7 +50,7 @@ def run_probes(
     config = {**default_settings(), **settings}
     started = time.perf_counter()
     with preserved(model):
-        measurements = Measurements(device=_device(model).type, mode="train", loss="", passes=max(1, int(config["probe-passes"])))
+        measurements = Measurements(device=model_device(model).type, mode="train", loss="", passes=max(1, int(config["probe-passes"])))
         try:
             work = working_copy(model)
         except Exception as exc:  # noqa: BLE001 - probes never run on the user's own model
@@ -107,7 +108,7 @@ def _gradients(work: nn.Module, task: Task, m: Measurements, config: dict[str, A
     output_stds: list[float] = []
     step_times: list[float] = []
     batch0 = task.batch(0)
-    m.precision = Precision(autocast_dtype=_dtype_name(precision.autocast_dtype(_device(work).type)))
+    m.precision = Precision(autocast_dtype=_dtype_name(precision.autocast_dtype(model_device(work).type)))
     m.precision.input_max_abs = max((max_abs(t) for t in batch0 if _is_float(t) and t.numel()), default=0.0)
     try:
         for index in range(m.passes):
@@ -143,7 +144,7 @@ def _gradients(work: nn.Module, task: Task, m: Measurements, config: dict[str, A
 def _forward(work: nn.Module, batch: tuple[Any, ...], watcher: Watcher, recorder: LayerRecorder, seed: int, m: Measurements, index: int) -> Any:
     """One watched forward; a model that cannot run in training mode on these inputs (BatchNorm with a batch of
     one) is probed in eval mode, with a note."""
-    seed_rng(seed, _device(work))
+    seed_rng(seed, model_device(work))
     try:
         with watcher:
             return work(*batch)
@@ -156,7 +157,7 @@ def _forward(work: nn.Module, batch: tuple[Any, ...], watcher: Watcher, recorder
         recorder.passes.pop()
         recorder.start(batch)
         watcher.reset_stack()
-        seed_rng(seed, _device(work))
+        seed_rng(seed, model_device(work))
         try:
             with watcher:
                 return work(*batch)
@@ -202,7 +203,7 @@ def _locate(work: nn.Module, task: Task, batch: tuple[Any, ...], index: int, wat
         try:
             work.zero_grad(set_to_none=True)
             again = _requiring_grad(task.batch(index))
-            seed_rng(seed + index, _device(work))
+            seed_rng(seed + index, model_device(work))
             with tracer:
                 output = work(*again)
             task.loss(output, index).backward()
@@ -222,7 +223,7 @@ def _locate(work: nn.Module, task: Task, batch: tuple[Any, ...], index: int, wat
 
 # --- stages 2 and 3: mixed precision and clipping ---------------------------------------------------------------
 def _precision(work: nn.Module, task: Task, m: Measurements, config: dict[str, Any], step_norms: list[float]) -> None:
-    device_type = _device(work).type
+    device_type = model_device(work).type
     dtype = precision.autocast_dtype(device_type)
     if dtype is None:
         m.notes.append(f"mixed-precision probe skipped: no autocast dtype for device {device_type!r}")
@@ -241,13 +242,6 @@ def _clip_threshold(config: dict[str, Any]) -> float | None:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
-def _device(model: nn.Module) -> torch.device:
-    tensor = next(model.parameters(), None)
-    if tensor is None:
-        tensor = next(model.buffers(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
 def _loss_name(loss: Any) -> str:
     """How the probe summary names a given loss: `training_step`, `focal` (from `focal_loss`), else "given"."""
     name = getattr(loss, "__name__", "").removesuffix("_loss")
