@@ -13,19 +13,18 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from auditor.rng import restore_rng, rng_states
+from auditor.rng import preserved_rng
 
 
 @contextlib.contextmanager
 def preserved(model: nn.Module) -> Iterator[None]:
     """Restore the RNG states, grad mode and each module's train/eval flag on exit."""
-    states = rng_states()
     modes = [(m, m.training) for m in model.modules()]
     grad_enabled = torch.is_grad_enabled()
     try:
-        yield
+        with preserved_rng():
+            yield
     finally:
-        restore_rng(states)
         for module, training in modes:
             module.training = training
         torch.set_grad_enabled(grad_enabled)
