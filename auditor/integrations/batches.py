@@ -12,16 +12,14 @@ A caller with another layout passes its own function from the batch to the input
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
 
+from auditor.loading.guesses import positional_parameters
 from auditor.loading.inputs import bound_by_name
 from auditor.prepare import model_device
-
-_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 def forward_inputs(model: nn.Module, batch: Any, choose: Callable[[Any], Any] | None = None) -> tuple[Any, ...]:
@@ -49,7 +47,7 @@ def keyword_inputs(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Any, ...
 
 def leading_inputs(model: nn.Module, batch: tuple[Any, ...] | list[Any]) -> tuple[Any, ...]:
     """The batch's leading items, one per required positional parameter of the forward (at least one)."""
-    required = [p for p in inspect.signature(model.forward).parameters.values() if p.kind in _POSITIONAL and p.default is inspect.Parameter.empty]
+    required = [p for p in positional_parameters(model) if p.default is p.empty]
     count = max(1, len(required))
     if len(batch) < count:
         raise ValueError(f"the batch has {len(batch)} item{'s' if len(batch) != 1 else ''}, the forward requires {count}; pass inputs=(a function from the batch to the inputs)")

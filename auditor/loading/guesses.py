@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from auditor.errors import TargetError, UsageError
+from auditor.loading.arguments import parameters
 from auditor.loading.consumers import Forward, Table, Use, layer_label, read_forward
 from auditor.specs import ArgumentHint, CallHint, InputSpec, LEFT_AT, SCALAR_TYPES, ScalarSpec, Spec, TupleSpec, argument_text, parse_spec
 
@@ -183,16 +184,17 @@ def guesses(model: nn.Module, call: CallHint | None = None) -> Guesses:
     return Guesses(names, options, [Candidate(names, tuple(combo[name] for name in names)) for combo in combinations])
 
 
+def positional_parameters(model: nn.Module) -> list[inspect.Parameter]:
+    """The forward's positional parameters, in order (none when its signature cannot be read)."""
+    return [p for p in parameters(model.forward) if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
 def fed_arguments(model: nn.Module, call: CallHint | None = None) -> list[Argument]:
     """The forward arguments to feed (`left_out`: passed as None): the required positional ones, and those the
     repository's call passes. When every one is optional (Hugging Face's `forward(input_ids=None,
     attention_mask=None, ...)`), the first, and a decoder's input when there is one (`decoder_input_ids`: an
     encoder-decoder needs both). Optional ones before the last fed one are left at their defaults."""
-    try:
-        parameters = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return []
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    positional = positional_parameters(model)
     annotations = _type_hints(model)
     passed = _bound(call, [p.name for p in positional])
     arguments = [Argument(p.name, i, annotations.get(p.name, p.annotation), hint=passed.get(p.name), default=p.default)

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from auditor.errors import TargetError, first_line
 from auditor.findings import InputRecord
-from auditor.loading.guesses import LENGTHS
+from auditor.loading.guesses import LENGTHS, positional_parameters
 from auditor.specs import SCALAR_TYPES, InputSpec, ScalarSpec, Spec, TupleSpec
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -133,11 +133,7 @@ def bound_by_name(model: nn.Module, mapping: Mapping[str, Any], what: str = "the
 
 
 def positional_names(model: nn.Module) -> list[str]:
-    try:
-        parameters = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return []
-    return [p.name for p in parameters if p.kind in _POSITIONAL]
+    return [p.name for p in positional_parameters(model)]
 
 
 def records(model: nn.Module, values: tuple[Any, ...], source: str) -> list[InputRecord]:
