@@ -62,12 +62,8 @@ def _load_standalone(path: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise TargetError(f"{display_path(str(path))}: cannot be imported")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
+    with _registered(name, module):
         spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
     return module
 
 
@@ -114,14 +110,21 @@ def import_notebook(path: Path, code: str) -> ModuleType:
     module = ModuleType(name)
     module.__file__ = str(path)
     linecache.cache[str(path)] = (len(code), None, code.splitlines(True), str(path))
-    sys.modules[name] = module
-    with _on_sys_path(path.parent), _import_errors(path):
-        try:
-            exec(compile(code, str(path), "exec"), module.__dict__)  # noqa: S102 - only the notebook's declarations
-        except BaseException:
-            sys.modules.pop(name, None)
-            raise
+    with _on_sys_path(path.parent), _import_errors(path), _registered(name, module):
+        exec(compile(code, str(path), "exec"), module.__dict__)  # noqa: S102 - only the notebook's declarations
     return module
+
+
+@contextlib.contextmanager
+def _registered(name: str, module: ModuleType) -> Iterator[None]:
+    """`module` in sys.modules as `name` while its code runs, as an import puts it there; taken out again when
+    that code fails, so a later import runs it afresh rather than finding it half made."""
+    sys.modules[name] = module
+    try:
+        yield
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
 
 
 @contextlib.contextmanager
