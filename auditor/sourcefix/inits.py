@@ -13,7 +13,7 @@ from auditor.fixing.rewrite import CannotFix
 from auditor.graph import Node
 from auditor.sourcefix import ops as O
 from auditor.sourcefix.change import Change
-from auditor.sourcefix.source import SourceFile, is_whole_statement, method_name
+from auditor.sourcefix.source import SourceFile, first_argument, is_whole_statement, method_name
 
 
 class Inits:
@@ -130,8 +130,7 @@ class Inits:
         func = call.func
         receiver = file.code(func.value) if isinstance(func, cst.Attribute) else ""
         if isinstance(func, cst.Name) or receiver.split(".")[-1] == "init":
-            argument = next((a for a in call.args if a.keyword is None and not a.star), None) or next(
-                (a for a in call.args if a.keyword is not None and a.keyword.value == "tensor"), None)
+            argument = first_argument(call, "tensor")
             if argument is None:
                 self.cannot(f"`{file.code(call)}` names no tensor")
             return file.code(argument.value)

@@ -13,7 +13,7 @@ import libcst as cst
 from auditor.findings import Finding
 from auditor.sourcefix import ops as O
 from auditor.sourcefix.change import Change, NoEdit, record
-from auditor.sourcefix.source import SourceFile, Unreadable, method_name
+from auditor.sourcefix.source import SourceFile, Unreadable, first_argument, method_name
 
 
 @dataclass
@@ -69,8 +69,7 @@ class ScriptContext:
         small = file.small_statement(call)
         if not isinstance(small, cst.Assign) or small.value is not call or len(statement.body) != 1:
             self.cannot(f"`{file.code(call)}` is not assigned on a line of its own")
-        optimizer = next((a for a in call.args if a.keyword is None and not a.star), None) or next(
-            (a for a in call.args if a.keyword is not None and a.keyword.value == "optimizer"), None)
+        optimizer = first_argument(call, "optimizer")
         if optimizer is None:
             self.cannot(f"`{file.code(call)}` names no optimizer")
         scope = file.function(call) or file.module

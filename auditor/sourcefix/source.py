@@ -289,6 +289,13 @@ def _method_name(call: cst.Call) -> str | None:
     return None
 
 
+def first_argument(call: cst.Call, keyword: str) -> cst.Arg | None:
+    """What a call passes as its first parameter, named `keyword`: its first positional argument, else the
+    argument given by that name (`nn.init.normal_(tensor=w)`)."""
+    return next((a for a in call.args if a.keyword is None and not a.star), None) or next(
+        (a for a in call.args if a.keyword is not None and a.keyword.value == keyword), None)
+
+
 def is_whole_statement(call: cst.CSTNode, statement: cst.BaseStatement) -> bool:
     """Whether `call` is the whole of its statement (`x.relu_()` on a line of its own)."""
     return (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1
