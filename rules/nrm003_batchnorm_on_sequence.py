@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from auditor.findings import Finding, Severity
 from auditor.graph import INPUT, AuditGraph, Node, ops
@@ -217,22 +217,20 @@ def _is_tokenwise(graph: AuditGraph, node: Node, depth: int) -> bool:
 
 def _token_data(graph: AuditGraph) -> set[int]:
     """Nodes computed from token ids: downstream of an Embedding or of an integer model input."""
-    marked: set[int] = set()
-    for n in graph.nodes:
-        if n.op == ops.EMBEDDING or (n.kind == INPUT and n.dtype is not None and "int" in n.dtype):
-            marked.add(id(n))
-        elif any(id(i) in marked for i in n.tensor_inputs):
-            marked.add(id(n))
-    return marked
+    return _downstream(graph, lambda n: n.op == ops.EMBEDDING or (n.kind == INPUT and n.dtype is not None and "int" in n.dtype))
 
 
 def _image_data(graph: AuditGraph) -> set[int]:
     """Nodes computed from an image-like input (rank 4 or more): patch tokens of a vision model have a fixed
     length and no padding, and BatchNorm over them is a deliberate design (LeViT)."""
+    return _downstream(graph, lambda n: n.kind == INPUT and n.shape is not None and len(n.shape) >= 4)
+
+
+def _downstream(graph: AuditGraph, source: Callable[[Node], bool]) -> set[int]:
+    """The ids of the nodes `source` picks and of every node computed from one (the graph's order is its
+    dataflow's)."""
     marked: set[int] = set()
     for n in graph.nodes:
-        if n.kind == INPUT and n.shape is not None and len(n.shape) >= 4:
-            marked.add(id(n))
-        elif any(id(i) in marked for i in n.tensor_inputs):
+        if source(n) or any(id(i) in marked for i in n.tensor_inputs):
             marked.add(id(n))
     return marked
