@@ -50,7 +50,7 @@ class Script:
         self._assignments: dict[int, dict[str, list[tuple[tuple[int, int], tuple[int, int], ast.AST | None]]]] = {}
         self._modules: dict[tuple[str, int], Script | None] = {}
         self._attributes: dict[int, dict[str, ast.expr]] = {}
-        self.memo: dict[tuple[str, int, int], object] = {}  # for the value analyses built on this (by node ids)
+        self.memo: dict[tuple[str, int, int, int], object] = {}  # for the value analyses built on this (by node ids)
 
     @staticmethod
     def of(ctx: SourceContext) -> Script:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 from auditor_rules._script import DEPTH, FUNCTIONS, Located, Script
 from auditor_rules._training_code import dotted, literal
+
+T = TypeVar("T")
 
 SOFTMAX, SIGMOID, LOG_SOFTMAX, LOGITS = "softmax", "sigmoid", "log_softmax", "logits"
 
@@ -72,15 +75,20 @@ def torch_name(script: Script, name: str | None) -> str | None:
     return resolved
 
 
+def _remembered(script: Script, key: tuple[str, int, int, int], compute: Callable[[], T]) -> T | None:
+    """`compute()` once per file and key; None when asked again while it computes (a value defined through
+    itself stays unknown)."""
+    if key not in script.memo:
+        script.memo[key] = None
+        script.memo[key] = compute()
+    return script.memo[key]  # type: ignore[return-value]
+
+
 def built(script: Script, expr: ast.AST | None, use: ast.AST, depth: int = DEPTH) -> Built | None:
     """The object `expr` holds where `use` reads it: the constructor that built it."""
     if depth <= 0 or not isinstance(expr, ast.expr):
         return None
-    key = ("built", id(expr), id(use), depth)
-    if key not in script.memo:
-        script.memo[key] = None  # a value defined through itself stays unknown
-        script.memo[key] = _built(script, expr, use, depth)
-    return script.memo[key]  # type: ignore[return-value]
+    return _remembered(script, ("built", id(expr), id(use), depth), lambda: _built(script, expr, use, depth))
 
 
 def _built(script: Script, expr: ast.expr, use: ast.AST, depth: int) -> Built | None:
@@ -129,11 +137,7 @@ def held(script: Script, expr: ast.AST | None, use: ast.AST, depth: int = DEPTH)
     or the raw output of a linear or conv layer; None when unknown or mixed."""
     if depth <= 0 or not isinstance(expr, ast.expr):
         return None
-    key = ("held", id(expr), id(use), depth)
-    if key not in script.memo:
-        script.memo[key] = None
-        script.memo[key] = _held(script, expr, use, depth)
-    return script.memo[key]  # type: ignore[return-value]
+    return _remembered(script, ("held", id(expr), id(use), depth), lambda: _held(script, expr, use, depth))
 
 
 def _held(script: Script, expr: ast.expr, use: ast.AST, depth: int) -> Held | None:
