@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from auditor.rule import SourceContext
-from auditor_rules._training_code import Imports, dotted, file_imports, file_nodes, file_parents, walk_with_parents
+from auditor_rules._training_code import Imports, dotted, file_imports, file_nodes, file_parents, own_nodes, walk_with_parents
 
 FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 EVALUATION_NAME = re.compile(r"(^|_)(eval|evaluate|evaluation|valid|validate|validation|val|test|testing|infer|inference|predict|prediction)(_|$)", re.IGNORECASE)
@@ -258,11 +258,7 @@ def _assignments(scope: ast.AST) -> dict[str, list[tuple[tuple[int, int], tuple[
             found.setdefault(name, []).append((*span, value))
 
     body = scope.body if isinstance(scope, (ast.Module, *FUNCTIONS)) else []
-    stack = list(body)
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (*FUNCTIONS, ast.ClassDef, ast.Lambda)):
-            continue
+    for node in own_nodes(body):
         for target, value in _targets(node):
             if isinstance(target, (ast.Tuple, ast.List)):
                 for element in target.elts:
@@ -272,7 +268,6 @@ def _assignments(scope: ast.AST) -> dict[str, list[tuple[tuple[int, int], tuple[
         if isinstance(node, (ast.For, ast.AsyncFor)):
             for element in _names(node.target):
                 add(dotted(element), node.target, None)
-        stack.extend(ast.iter_child_nodes(node))
     return found
 
 

@@ -123,17 +123,19 @@ def scopes(tree: ast.Module) -> Iterator[list[ast.AST]]:
 
 def calls_in(statements: list[ast.AST], imports: Imports) -> list[Call]:
     """Every call in these statements (not inside nested functions, lambdas or classes), in source order."""
-    found: list[Call] = []
+    found = [Call(node, dotted(node.func), imports.resolve(dotted(node.func))) for node in own_nodes(statements) if isinstance(node, ast.Call)]
+    return sorted(found, key=_position)
+
+
+def own_nodes(statements: Iterable[ast.AST]) -> Iterator[ast.AST]:
+    """Every node of these statements, not those inside nested functions, lambdas or classes (in no set order)."""
     stack = list(statements)
     while stack:
         node = stack.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
             continue
-        if isinstance(node, ast.Call):
-            name = dotted(node.func)
-            found.append(Call(node, name, imports.resolve(name)))
+        yield node
         stack.extend(ast.iter_child_nodes(node))
-    return sorted(found, key=_position)
 
 
 def all_calls(tree: ast.Module, imports: Imports, nodes: Iterable[ast.AST] | None = None) -> list[Call]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from auditor_rules._script import DEPTH, FUNCTIONS, Located, Script
-from auditor_rules._training_code import dotted, literal
+from auditor_rules._training_code import dotted, literal, own_nodes
 
 T = TypeVar("T")
 
@@ -219,15 +219,7 @@ def forward_holds(script: Script, cls: ast.ClassDef, depth: int = DEPTH) -> Held
 
 def _returns(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.expr]:
     """The values the function returns (not those of functions nested in it); a bare `return` counts as None."""
-    found: list[ast.expr] = []
-    stack = list(function.body)
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (*FUNCTIONS, ast.ClassDef, ast.Lambda)):
-            continue
-        if isinstance(node, ast.Return):
-            found.append(node.value if node.value is not None else ast.Constant(None))
-        stack.extend(ast.iter_child_nodes(node))
+    found = [node.value if node.value is not None else ast.Constant(None) for node in own_nodes(function.body) if isinstance(node, ast.Return)]
     return sorted(found, key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
 
 
