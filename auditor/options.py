@@ -22,6 +22,7 @@ class FixOptions:
     seed: int = 0  # re-inits and new layers are drawn from generators seeded with this
     source: bool = False  # edit the user's own files (`--fix` without `--out`, `--diff`): auditor.sourcefix
     unsafe: bool = False  # --unsafe-fixes: also the source edits that change what the model computes
+    unwritten: dict[str, bytes] = field(default_factory=dict)  # --diff: files audited as this content, never written
 
 
 @dataclass

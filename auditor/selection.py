@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
+from auditor.files import read_text
 from auditor.findings import Finding
 
 SUPPRESSION = re.compile(r"#\s*audit:\s*ignore(?:\[(?P<codes>[^\]]*)\])?", re.IGNORECASE)
@@ -65,10 +66,15 @@ def suppressed_inline(finding: Finding) -> bool:
     return any(pattern_matches(c, finding.code, finding.rule) for c in codes.split(",") if c.strip())
 
 
+def forget_lines() -> None:
+    """Read the files' lines anew: `--fix` edits them (and `--diff` audits them as edited) between audits."""
+    _file_lines.cache_clear()
+
+
 @lru_cache(maxsize=256)
 def _file_lines(path: str) -> tuple[str, ...]:
     try:
-        return tuple(Path(path).read_text(encoding="utf-8", errors="replace").splitlines())
+        return tuple(read_text(Path(path)).splitlines())
     except OSError:
         return ()
 

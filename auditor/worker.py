@@ -45,6 +45,7 @@ from auditor import reaping
 from auditor.cache.reads import ReadRecorder
 from auditor.engine import Engine
 from auditor.errors import TargetError, first_line
+from auditor.files import unwritten
 from auditor.fixing.writer import OutputFolder
 from auditor.guard import Guard
 from auditor.options import Options
@@ -90,8 +91,9 @@ def audit_in_child(target: Target, options: Options, channel: Connection, output
     if guard is not None:
         guard.install()  # before the first import of the user's code
     try:
-        for result in engine.audit_models(target):
-            channel.send(("result", result))
+        with unwritten(options.fix.unwritten if options.fix is not None else {}):  # --diff's later rounds
+            for result in engine.audit_models(target):
+                channel.send(("result", result))
     except Exception as exc:  # noqa: BLE001 - a bug of the tool's outside any one model's guard
         details = traceback.format_exc() if options.verbose else None
         channel.send(("crash", f"internal error: {type(exc).__name__}: {first_line(exc)}", details))

@@ -86,6 +86,43 @@ def test_diff_shows_the_edits_and_writes_nothing(tmp_path):
     assert path.read_bytes() == before
 
 
+def test_diff_shows_every_round_of_the_fix(tmp_path):
+    """Three fixes in three rounds (two reorders of one nn.Sequential, then the bias the moved BatchNorm exposes):
+    `--diff` shows the whole change `--fix` makes, the original against the last round's file, and writes nothing
+    (no bytecode of the edited content either)."""
+    path = tmp_path / "model.py"
+    shutil.copy(GOLDEN / "two_reorders_one_sequential" / "before.py", path)
+    before = path.read_bytes()
+    result = invoke(str(path), "--diff", "--unsafe-fixes")
+    expected = difflib.unified_diff(before.decode().splitlines(keepends=True),
+                                    (GOLDEN / "two_reorders_one_sequential" / "after.py").read_text().splitlines(keepends=True),
+                                    fromfile=str(path), tofile=str(path))
+    assert result.exit_code == 1 and result.stdout == "".join(expected)
+    assert "Would fix 3 findings in 1 file" in result.stderr
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.py"]
+
+
+def test_unwritten_content_is_what_reads_imports_and_linecache_see(tmp_path, monkeypatch):
+    """`--diff`'s later rounds audit the edited content without writing it: a module importing the file gets that
+    content, as do the tool's reads and the lines of tracebacks; outside, the disk's again."""
+    import importlib
+    import linecache
+    import sys
+
+    from auditor.files import read_text, unwritten
+
+    (tmp_path / "layers_on_disk.py").write_text("WIDTH = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    edited = {os.path.realpath(tmp_path / "layers_on_disk.py"): b"WIDTH = 2  # edited\n"}
+    with unwritten(edited):
+        module = importlib.import_module("layers_on_disk")
+        assert module.WIDTH == 2 and read_text(tmp_path / "layers_on_disk.py") == "WIDTH = 2  # edited\n"
+        assert linecache.getline(module.__file__, 1) == "WIDTH = 2  # edited\n"
+    sys.modules.pop("layers_on_disk")
+    assert importlib.import_module("layers_on_disk").WIDTH == 1 and read_text(tmp_path / "layers_on_disk.py") == "WIDTH = 1\n"
+    sys.modules.pop("layers_on_disk")
+
+
 def test_diff_of_a_clean_file_is_empty_and_exits_0():
     result = invoke(str(FIXTURES / "rules" / "dro_clean.py"), "--diff")
     assert result.exit_code == 0 and result.stdout == ""

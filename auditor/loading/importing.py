@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Iterator
 
 from auditor.errors import TargetError, first_line
-from auditor.files import read_text
+from auditor.files import read_text, unwritten_loader
 from auditor.locations import display_path, first_user_site
 
 
@@ -58,7 +58,7 @@ def _load_standalone(path: Path) -> ModuleType:
         if getattr(existing, "__file__", None) and Path(existing.__file__).resolve() == path:
             return existing
         name = f"{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=unwritten_loader(name, path))
     if spec is None or spec.loader is None:
         raise TargetError(f"{display_path(str(path))}: cannot be imported")
     module = importlib.util.module_from_spec(spec)

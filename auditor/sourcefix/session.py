@@ -1,5 +1,6 @@
 """`--fix` in place: the audit plans an edit per fixable finding, this session applies them to the user's files and
-proves them by auditing again; `--diff` shows them and writes nothing.
+proves them by auditing again; `--diff` makes the same rounds on the files' content in memory and shows the whole
+change, writing nothing.
 
 1. The targets are audited as usual, each model in its child process, which also plans the source edits of its
    findings (`planning.py`); a file's source findings are planned here. Edits of one file are applied together,
@@ -13,20 +14,26 @@ proves them by auditing again; `--diff` shows them and writes nothing.
 3. The re-audit plans too: a finding a fix exposed (a bias before the BatchNorm NRM001 just moved) is fixed in the
    next round, up to `MAX_ROUNDS`. Each finding is tried once.
 
-The originals are kept in memory until the run ends; an interrupted round restores them.
+The originals are kept in memory until the run ends; an interrupted round restores them. `--diff` writes the edited
+content into `FixOptions.unwritten` instead of the files: every audit of a later round reads and imports the files
+as that content (`auditor.files.unwritten`, here and in the children), and the diff is of the originals against
+what the last round kept, as `--fix` would leave the files.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
+from auditor.files import unwritten
 from auditor.findings import AppliedFix, TargetResult
 from auditor.locations import display_path
 from auditor.options import FixOptions
+from auditor.selection import forget_lines
 from auditor.sourcefix.apply import EditError, apply_ops
 from auditor.sourcefix.files import editable, write_atomically
 from auditor.sourcefix.ops import SourceEdit, without_numbers
@@ -83,19 +90,32 @@ class _Session:
         self.originals: dict[str, bytes] = {}  # every file changed, as it was before the run
 
     def go(self) -> tuple[list[TargetResult], Edited]:
-        results = self.run()
-        for number in range(MAX_ROUNDS):
-            groups = self._candidates(results, first=number == 0)
-            if not groups:
-                break
+        results = first = self._run()
+        try:
+            for number in range(MAX_ROUNDS):
+                groups = self._candidates(results, first=number == 0)
+                if not groups:
+                    break
+                results, kept = self._round(results, groups)
+                self.kept += kept
+                if not kept:
+                    break
             if not self.edited.written:
-                self._show(groups)
-                break
-            results, kept = self._round(results, groups)
-            self.kept += kept
-            if not kept:
-                break
+                self._show()
+                results, self.kept = first, []  # --diff reports the files as they are
+        finally:
+            self.options.unwritten.clear()
         return self._final(results), self.edited
+
+    def _run(self) -> list[TargetResult]:
+        forget_lines()  # the suppression comments of the files as they are now
+        with unwritten(self.options.unwritten):  # --diff: the parent's own reads (a script's planning) see it too
+            return self.run()
+
+    def _read(self, path: str) -> bytes:
+        """The file's content as the run sees it (--diff: the edits kept so far, never written)."""
+        kept = self.options.unwritten.get(os.path.realpath(path))
+        return Path(path).read_bytes() if kept is None else kept
 
     # --- choosing ---------------------------------------------------------------------------------------------------
     def _candidates(self, results: list[TargetResult], first: bool) -> list[_Group]:
@@ -132,7 +152,7 @@ class _Session:
         if why is not None:
             return f"not fixed in the source: {why}"
         try:
-            current = Path(edit.path).read_bytes()
+            current = self._read(edit.path)
         except OSError as exc:
             return f"{display_path(edit.path)} cannot be read: {exc.strerror or exc}"
         if digest(current) != edit.digest:
@@ -146,7 +166,7 @@ class _Session:
         for group in groups:
             by_file[group.path].append(group)
         for path, candidates in by_file.items():
-            original = Path(path).read_bytes()
+            original = self._read(path)
             accepted: list[_Group] = []
             for group in candidates:
                 if _renames(group) & {name for g in accepted for name in _renames(g)}:
@@ -166,12 +186,12 @@ class _Session:
 
     # --- applying and checking --------------------------------------------------------------------------------------
     def _round(self, results: list[TargetResult], groups: list[_Group]) -> tuple[list[TargetResult], list[_Group]]:
-        before = {path: Path(path).read_bytes() for path in {g.path for g in groups}}
+        before = {path: self._read(path) for path in {g.path for g in groups}}
         for path, data in before.items():
             self.originals.setdefault(path, data)
         try:
             after = self._write(before, groups)
-            checked = self.run()
+            checked = self._run()
             for _ in range(MAX_CHECKS):
                 failing = self._check(results, checked, groups, before, after)
                 if not failing:
@@ -181,9 +201,9 @@ class _Session:
                         self._note(edit.target, f"{edit.finding}: the edit ({edit.action}) was rolled back: {reason}")
                 groups = [g for g in groups if g not in failing]
                 after = self._write(before, groups)
-                checked = self.run()
+                checked = self._run()
             self._restore(before)
-            return self.run(), []
+            return self._run(), []
         except BaseException:
             self._restore(before)
             raise
@@ -193,14 +213,19 @@ class _Session:
         for path, data in before.items():
             ops = [op for g in groups if g.path == path for op in g.first.ops]
             after[path] = apply_ops(data, ops) if ops else data
-            if after[path] != Path(path).read_bytes():
-                write_atomically(path, after[path])
+            self._put(path, after[path])
         return after
 
     def _restore(self, before: dict[str, bytes]) -> None:
         for path, data in before.items():
-            if Path(path).read_bytes() != data:
-                write_atomically(path, data)
+            self._put(path, data)
+
+    def _put(self, path: str, data: bytes) -> None:
+        """`data` as the file's content: written (atomically), or with --diff kept for the next audits."""
+        if not self.edited.written:
+            self.options.unwritten[os.path.realpath(path)] = data
+        elif Path(path).read_bytes() != data:
+            write_atomically(path, data)
 
     def _check(self, results: list[TargetResult], checked: list[TargetResult], groups: list[_Group],
                before: dict[str, bytes], after: dict[str, bytes]) -> dict[_Group, str]:
@@ -227,11 +252,10 @@ class _Session:
         return failing
 
     # --- reporting --------------------------------------------------------------------------------------------------
-    def _show(self, groups: list[_Group]) -> None:
-        """--diff: the unified diff of every file the edits change; nothing is written."""
-        for path in dict.fromkeys(g.path for g in groups):
-            data = Path(path).read_bytes()
-            edited = apply_ops(data, [op for g in groups if g.path == path for op in g.first.ops])
+    def _show(self) -> None:
+        """--diff: the unified diff of every file the kept edits change, from the original to the last round's."""
+        for path, data in self.originals.items():
+            edited = self._read(path)
             if edited == data:
                 continue
             shown = display_path(path)
@@ -239,7 +263,7 @@ class _Session:
             self.edited.diffs.append("".join(difflib.unified_diff(
                 data.decode("utf-8", "replace").splitlines(keepends=True), edited.decode("utf-8", "replace").splitlines(keepends=True),
                 fromfile=shown, tofile=shown)))
-        self.edited.applied = len({e.identity for g in groups for e in g.edits})
+        self.edited.applied = len({e.identity for g in self.kept for e in g.edits})
 
     def _final(self, results: list[TargetResult]) -> list[TargetResult]:
         by_label = {r.target: r for r in results}

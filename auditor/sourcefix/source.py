@@ -13,6 +13,7 @@ from typing import Iterator
 import libcst as cst
 from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
 
+from auditor.files import read_bytes
 from auditor.sourcefix.ops import Span
 
 _SCOPES = (cst.FunctionDef, cst.Lambda, cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp, cst.ClassDef)
@@ -56,7 +57,7 @@ class SourceFile:
         key = str(Path(path).resolve())
         if key not in cls._cache:
             try:
-                data = Path(key).read_bytes()
+                data = read_bytes(key)
             except OSError as exc:
                 raise Unreadable(f"{path} cannot be read: {exc.strerror or exc}") from None
             cls._cache[key] = cls(key, data)
