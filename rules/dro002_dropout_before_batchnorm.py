@@ -116,15 +116,25 @@ class DropoutBeforeBatchNorm(Rule):
         return ctx.fixed(finding, f"{ctx.chain(dropout, between, path)} => {ctx.chain(between, path, dropout)}")
 
     def source_fix(self, ctx: EditContext, finding: Finding) -> SourceEdit:
-        """Move the dropout after the BatchNorm (and its activation) in the source; unsafe: training changes."""
+        """Move the dropout after the BatchNorm (and its activation) in the source; unsafe: training changes. Where
+        the norm's output reaches another BatchNorm, past that one too: a dropout moved only past the first would
+        feed the next, and the edited file would keep the warning. When the last is out of the source's reach (an
+        entry of a container called whole), nothing is edited."""
         dropout = ctx.node(finding)
         between, path = self.fix_plan(ctx, dropout)
+        while reached := _norms_reached(path[-1], _CARRIERS | {ops.DROPOUT}):  # other dropouts move too, or not
+            if len(reached) > 1 or any(n.op == ops.CAT for n in reached[0][1]):
+                ctx.cannot(f"after {path[0].label()} it would still feed {_reached_text(reached)}: move it by hand")
+            norm, more = reached[0]
+            between, path = [*between, *path, *more], ctx.settle_path(norm)
+        ctx.check_move_after(dropout, path[-1])
         action = f"{ctx.chain(dropout, between, path)} => {ctx.chain(between, path, dropout)}"
         return ctx.edited(finding, ctx.move_after(dropout, path[-1]), action, safe=False)
 
 
-def _norms_reached(dropout: Node) -> list[tuple[Node, list[Node]]]:
-    """The BatchNorms a dropout's output reaches, each with the nodes in between (first path found)."""
+def _norms_reached(dropout: Node, carriers: frozenset[str] | set[str] = _CARRIERS) -> list[tuple[Node, list[Node]]]:
+    """The BatchNorms a dropout's output reaches through `carriers`, each with the nodes in between (first path
+    found)."""
     found: list[tuple[Node, list[Node]]] = []
     seen: set[int] = set()
     stack: list[tuple[Node, list[Node]]] = [(u, []) for u in reversed(dropout.users)]
@@ -135,7 +145,7 @@ def _norms_reached(dropout: Node) -> list[tuple[Node, list[Node]]]:
         seen.add(id(n))
         if n.op == ops.BATCH_NORM:
             found.append((n, path))
-        elif n.op in _CARRIERS:
+        elif n.op in carriers:
             stack.extend((u, path + [n]) for u in reversed(n.users))
     return found
 

@@ -213,10 +213,11 @@ class InitScale(Rule):
         """The init call that drew the weight becomes He / Xavier for what follows; one call may draw several
         layers (a loop over `self.modules()`): they all get the init the first flagged one calls for."""
         node = ctx.node(finding)
-        owner, _, attr = self.fix_plan(ctx, node).name.rpartition(".")
+        use = self.fix_plan(ctx, node)
+        owner, _, attr = use.name.rpartition(".")
         first = ctx.first_drawn_alike(node, self.code)
         activation = min(downstream(first).activations, key=ctx.position, default=None)
-        change, action = ctx.reinit_for(owner, attr, activation)
+        change, action = ctx.reinit_for(owner, attr, activation, fans=(use.fan_in, use.fan_out))
         return ctx.edited(finding, change, action, safe=False)
 
 

@@ -123,6 +123,33 @@ def test_unwritten_content_is_what_reads_imports_and_linecache_see(tmp_path, mon
     sys.modules.pop("layers_on_disk")
 
 
+def test_a_dropout_is_not_moved_past_one_norm_when_it_would_feed_the_next(tmp_path):
+    """DRO002: past `bn2` the dropout would feed the BatchNorm1d inside `self.mlp` (called whole, out of the
+    source's reach): moved halfway, the edited file would keep the warning, so it is left alone, with a note."""
+    path = tmp_path / "model.py"
+    path.write_text(
+        "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)\n"
+        "        self.bn1 = nn.BatchNorm2d(8)\n"
+        "        self.drop = nn.Dropout(0.3)\n"
+        "        self.bn2 = nn.BatchNorm2d(8)\n"
+        "        self.mlp = nn.Sequential(nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))\n\n"
+        "    def forward(self, x):\n"
+        "        x = F.relu(self.bn1(self.conv(x)))\n"
+        "        x = F.relu(self.bn2(self.drop(x)))\n"
+        "        return self.mlp(F.adaptive_avg_pool2d(x, 1).flatten(1))\n\n\n"
+        "def example_inputs():\n"
+        "    return (torch.randn(2, 3, 8, 8),)\n")
+    before = path.read_bytes()
+    result = invoke(str(path), "--fix", "--unsafe-fixes", "--format", "json")
+    assert path.read_bytes() == before, result.stdout
+    notes = [n for r in json.loads(result.stdout)["results"] for n in (r.get("capture") or {}).get("notes", [])]
+    assert any(n.startswith("fix: DRO002 [drop]") and "not fixed in the source" in n for n in notes), notes
+
+
 def test_diff_of_a_clean_file_is_empty_and_exits_0():
     result = invoke(str(FIXTURES / "rules" / "dro_clean.py"), "--diff")
     assert result.exit_code == 0 and result.stdout == ""

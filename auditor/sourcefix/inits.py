@@ -27,14 +27,29 @@ class Inits:
         return self._redraw(qualname, tensor, lambda init, drawn, names: (f"{init}.{function}({drawn}{extra})", False),
                             lambda init, module, names: f"{init}.{function}({module}.{tensor}{extra})\n")
 
-    def reinit_for(self, qualname: str, tensor: str, activation: Node | None) -> tuple[Change, str]:
+    def reinit_for(self, qualname: str, tensor: str, activation: Node | None, fans: tuple[int, int] | None = None) -> tuple[Change, str]:
         """`reinit` with the init the graph fix draws for the activation that follows (He for the ReLU family,
-        Xavier otherwise: `auditor.fixing.init.scheme_for`); returns the change and its description."""
+        Xavier otherwise: `auditor.fixing.init.scheme_for`); returns the change and its description. `fans`: the
+        (fan-in, fan-out) the forward reads the weight with, where it may differ from nn.init's (`x @ w` reads a
+        weight stored (in, out): He then counts nn.init's fan-out, `mode="fan_out"`)."""
         from auditor.fixing.init import init_call_for
 
         function, arguments = init_call_for(activation.op if activation is not None else None, activation.attrs if activation is not None else None)
+        if fans is not None and function == "kaiming_normal_" and self._transposed(_joined(qualname, tensor), fans):
+            arguments = ", ".join([*([arguments] if arguments else []), 'mode="fan_out"'])
         shown = ", ".join([tensor, arguments] if arguments else [tensor])
         return self.reinit(qualname, tensor, function, arguments), f"{tensor} => nn.init.{function}({shown})"
+
+    def _transposed(self, name: str, fans: tuple[int, int]) -> bool:
+        """Whether the forward's fans of parameter `name` are nn.init's swapped (the two differ)."""
+        import torch
+
+        stored = torch.nn.init._calculate_fan_in_and_fan_out(self.model.get_parameter(name))
+        if tuple(fans) == tuple(stored):
+            return False
+        if tuple(fans) != tuple(reversed(stored)):
+            self.cannot(f"`{name}` is applied with fans {fans[0]} in, {fans[1]} out, which nn.init's modes do not read")
+        return True
 
     def first_drawn_alike(self, node: Node, code: str) -> Node:
         """Of the layers the same init call draws (a loop over `self.modules()`), the first in the graph with a
@@ -66,10 +81,10 @@ class Inits:
 
     def writes(self, qualname: str, tensor: str) -> tuple[tuple[str, int, str], ...]:
         """The user's calls that drew the whole tensor last: (file, line, name), the drawing call first."""
-        pieces = self._pieces(f"{qualname}.{tensor}")
+        pieces = self._pieces(_joined(qualname, tensor))
         writes = {dist.writes for _, _, dist in pieces}
         if len(writes) != 1 or not next(iter(writes)):
-            self.cannot(f"`{qualname}.{tensor}` is drawn in parts, or by code the build's record could not follow")
+            self.cannot(f"`{_joined(qualname, tensor)}` is drawn in parts, or by code the build's record could not follow")
         return next(iter(writes))
 
     def drawn_alongside(self, qualname: str, tensor: str) -> list[str]:
@@ -96,7 +111,7 @@ class Inits:
         writes = self.writes(qualname, tensor)
         if len(writes) > 1:
             lines = ", ".join(f"{w[0]}:{w[1]}" for w in writes)
-            self.cannot(f"`{qualname}.{tensor}` is drawn in {len(writes)} steps ({lines}): re-initialize it by hand")
+            self.cannot(f"`{_joined(qualname, tensor)}` is drawn in {len(writes)} steps ({lines}): re-initialize it by hand")
         path, line, name = writes[0]
         file = self.source(path)
         init, missing = file.reachable("torch.nn.init")
@@ -104,7 +119,7 @@ class Inits:
         calls = [c for c in file.calls_at(line) if method_name(c) == name and file.line_of(c) == line]
         if not calls:
             if self.graph.sites.get(qualname) != (path, line):
-                self.cannot(f"no `{name}(...)` on {path}:{line}, which drew `{qualname}.{tensor}`")
+                self.cannot(f"no `{name}(...)` on {path}:{line}, which drew `{_joined(qualname, tensor)}`")
             change = self._after_creation(qualname, lambda module, names: after(init, module, names), variables)
             change.ops += imports
             return change
@@ -155,8 +170,13 @@ class Inits:
                 break
             if isinstance(ancestor, (cst.IfExp, cst.BooleanOperation)):
                 self.cannot(f"`{qualname}` is created only under a condition inside its statement")
-        same = [c for c in file.calls_at(file.line_of(call)) if method_name(c) == method_name(call) and file.statement(c) is statement]
+        same = [c for c in file.calls_in(statement) if method_name(c) == method_name(call)]  # each edit names its own
         base = re.sub(r"\d+d$", "", (method_name(call) or "layer").lower()) or "layer"
         name = file.fresh_name(scope, base if len(same) < 2 else f"{base}_{same.index(call) + 1}")
         return Change(file.path, [O.Replace(file.span(call), name),
                                   O.InsertStatements(file.span(statement), f"{name} = {file.code(call)}\n" + statements(name, names))])
+
+
+def _joined(qualname: str, tensor: str) -> str:
+    """A parameter's name in the model: `fc.weight`, or `weight` of the root module (qualname "")."""
+    return f"{qualname}.{tensor}" if qualname else tensor

@@ -98,6 +98,14 @@ class SourceFile:
             starting = [n for n, w in self.positions.items() if isinstance(n, cst.Call) and w.start.line < line <= w.end.line]
         return sorted(starting, key=self._evaluation_order)
 
+    def calls_in(self, node: cst.CSTNode) -> list[cst.Call]:
+        """The calls inside `node` (a statement written over several lines), in the order they are written."""
+        where = self.positions[node]
+        inside = [(w.start.line, w.start.column, n) for n, w in self.positions.items() if isinstance(n, cst.Call)
+                  and (where.start.line, where.start.column) <= (w.start.line, w.start.column)
+                  and (w.end.line, w.end.column) <= (where.end.line, where.end.column)]
+        return [n for _, _, n in sorted(inside, key=lambda t: t[:2])]
+
     def _evaluation_order(self, node: cst.CSTNode) -> tuple[int, int, int, int]:
         """A call completes after the calls in its arguments: by where it ends, then innermost first."""
         where = self.positions[node]
