@@ -29,11 +29,10 @@ class RecurrentInitNotOrthogonal(Rule):
     measured as the relative distance of W^T W from a multiple of the identity (0 for orthogonal, about 1 for
     a random matrix); blocks above the `orthogonal-tolerance` setting (default 0.1) are reported.
 
-    LSTM and GRU layers left at PyTorch's default init (uniform in +-1/sqrt(hidden), std 1/sqrt(3 * hidden))
-    are not reported: that is how nearly every LSTM and GRU is trained, their gates bound what the recurrence
-    does to the state (the forget gate scales it down at every step), and an info on every such layer would
-    hide the explicit inits worth a look. A plain RNN, whose state is multiplied by the same matrix at every
-    step with no gate in between, is reported at the default too, as is any other non-orthogonal init.
+    Layers left at PyTorch's default init (uniform in +-1/sqrt(hidden), std 1/sqrt(3 * hidden)) are reported
+    like any other non-orthogonal init, and the message says it is the default, so an explicit init worth a
+    look reads apart from it. A layer whose gate blocks were each drawn with `nn.init.orthogonal_` is not
+    reported; `nn.init.orthogonal_` on the whole stacked `weight_hh` of an LSTM or GRU is (see below).
 
     ## Why is this bad?
     A recurrent layer applies the same hidden-to-hidden matrix at every time step, so the signal and the
@@ -61,7 +60,7 @@ class RecurrentInitNotOrthogonal(Rule):
     ## Fix
     `--fix` re-initializes each gate block of the hidden-to-hidden weights with `nn.init.orthogonal_`. This
     changes the model's weights. In your file the init call that drew them becomes a loop over the gate blocks (a
-    plain RNN's one block: `nn.init.orthogonal_(w)`), or, for a plain RNN left at PyTorch's default, its orthogonal
+    plain RNN's one block: `nn.init.orthogonal_(w)`), or, for a layer left at PyTorch's default, its orthogonal
     init follows the line creating it.
 
     ## Fix safety
@@ -92,24 +91,25 @@ class RecurrentInitNotOrthogonal(Rule):
             hidden = node.attrs.get("hidden_size")
             bad: list[str] = []
             worst = 0.0
+            all_default = True
             for name, weight in sorted(node.params.items()):
                 if not name.startswith("weight_hh") or not weight.requires_grad:
                     continue
                 init = ctx.init_of(weight)
-                if init is not None and len(gates) > 1 and isinstance(hidden, int) and _at_default(init, hidden, weight.numel()):
-                    continue  # a gated layer's default init: see the rule's doc
                 deviations = init.block_deviations(len(gates)) if init is not None else None
-                if deviations is None:
+                if init is None or deviations is None:
                     continue
                 failing = [g for g, d in zip(gates, deviations) if d is not None and d > tolerance]
                 if failing:
                     worst = max(worst, max(d for d in deviations if d is not None))
                     which = f" gates {', '.join(failing)}" if len(gates) > 1 else ""
                     bad.append(f"{name}{which}")
+                    all_default = all_default and isinstance(hidden, int) and _at_default(init, hidden, weight.numel())
             if bad:
+                why = " (PyTorch's default init, uniform in +-1/sqrt(hidden))" if all_default else ""
                 yield self.finding(
-                    f"{node.label()} hidden-to-hidden weights are not orthogonal: {'; '.join(bad)} (deviation up to "
-                    f"{worst:.2f}, 0 for orthogonal); initialize each gate block with nn.init.orthogonal_",
+                    f"{node.label()} hidden-to-hidden weights are not orthogonal{why}: {'; '.join(bad)} (deviation up "
+                    f"to {worst:.2f}, 0 for orthogonal); initialize each gate block with nn.init.orthogonal_",
                     at=node,
                 )
 

@@ -124,3 +124,32 @@ def test_listing_rules_does_not_import_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def _model_file(tmp_path: Path, name: str, block: str) -> Path:
+    """A model file whose constructor is a rule page's code block (`self.lstm = ...`) and whose forward runs it."""
+    body = textwrap.indent(textwrap.dedent(block).strip(), " " * 8)
+    source = (f"import torch.nn as nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+              f"{body}\n\n    def forward(self, x):\n        return self.lstm(x)[0]\n")
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    return path
+
+
+@pytest.mark.parametrize("meta", [False, True], ids=["weights", "meta"])
+def test_ini002_fires_on_its_own_example_and_not_on_its_use_instead(tmp_path: Path, meta: bool) -> None:
+    """The rule page's example, a plain nn.LSTM at PyTorch's default init, is reported (it was not, from b781f62 to
+    the fix: an exemption for gated layers at the default), and its per-gate orthogonal init is not; with real
+    weights (the values) and on meta (the init calls recorded while building)."""
+    from support import run
+
+    sections = next(r for r in all_rules() if r.code == "INI002").doc_sections()
+    example, fixed = (CODE_BLOCK.search(sections[h]).group("code") for h in ("Example", "Use instead"))
+    inputs = ["2,5,128"]
+    report = run(_model_file(tmp_path, "example", example), inputs=inputs, select=["INI002"], meta=meta)
+    [finding] = [f for r in report.results for f in r.findings]
+    assert (finding.module, finding.line) == ("lstm", 7)
+    assert "PyTorch's default init" in finding.message and "gates i, f, g, o" in finding.message
+    report = run(_model_file(tmp_path, "use_instead", fixed), inputs=inputs, select=["INI002"], meta=meta)
+    assert [r.status for r in report.results if r.capture is not None] == ["ok"]
+    assert not [f for r in report.results for f in r.findings]

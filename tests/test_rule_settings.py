@@ -41,7 +41,7 @@ def test_init_scale_settings() -> None:
 
 def test_orthogonal_tolerance_setting() -> None:
     path = RULES / "ini002_recurrent.py"
-    assert len(_codes(path, inputs=["long:2,6"], select=["INI002"])) == 3
+    assert len(_codes(path, inputs=["long:2,6"], select=["INI002"])) == 6
     assert _codes(path, inputs=["long:2,6"], select=["INI002"], settings={"orthogonal-tolerance": 10.0}) == []
 
 
