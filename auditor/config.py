@@ -22,7 +22,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 KNOWN_KEYS = {"select", "ignore", "fail-on", "targets", "per-module-ignores", "settings", "exclude", "device", "baseline", "max-memory", "timeout", "cache-dir"}
 TARGET_KEYS = {"target", "kwargs", "input"}
-DEFAULT_EXCLUDE = [".git", ".hg", ".venv", "venv", "env", "__pycache__", "build", "dist", "site-packages", "node_modules", ".tox", ".nox", ".eggs"]
+DEFAULT_EXCLUDE = [".git", ".hg", ".venv", "venv", "env", "__pycache__", "build", "dist", "site-packages", "dist-packages", "__pypackages__", "node_modules", ".tox", ".nox", ".eggs"]
 
 
 @dataclass

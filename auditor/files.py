@@ -1,6 +1,6 @@
 """Reading the user's files: regular files only. Opening a FIFO for reading waits for a writer forever, and a
 device can be endless, so whatever a target or a folder names is opened without blocking and read only when it
-is a regular file.
+is a regular file. `installed` tells the user's files from installed code.
 
 `--diff` audits the user's files as its edits would leave them without writing them: `unwritten(contents)` has
 every read here, every import of those files and `linecache` see the edited content instead of the disk's."""
@@ -14,10 +14,14 @@ import linecache
 import os
 import stat
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Mapping
 
 _unwritten: dict[str, bytes] = {}  # real path -> the content its reads and imports see (--diff)
+
+# Folders that hold installed packages: pip's and conda's site-packages, Debian's dist-packages.
+PACKAGE_FOLDERS = ("site-packages", "dist-packages")
 
 
 def open_regular(path: Path, *, follow_links: bool = True) -> BinaryIO:
@@ -43,6 +47,16 @@ def read_bytes(path: Path | str) -> bytes:
     """The bytes of a regular file (OSError for anything else)."""
     with open_regular(Path(path)) as handle:
         return handle.read()
+
+
+def installed(path: str | os.PathLike[str]) -> bool:
+    """Whether a file is installed code, not the user's: it lies (symbolic links resolved) in a site-packages or
+    dist-packages folder, or in Python's standard library."""
+    real = os.path.realpath(path)
+    if any(part in PACKAGE_FOLDERS for part in real.split(os.sep)):
+        return True
+    paths = sysconfig.get_paths()
+    return any(real.startswith(os.path.realpath(paths[key]) + os.sep) for key in ("stdlib", "platstdlib") if paths.get(key))
 
 
 @contextlib.contextmanager

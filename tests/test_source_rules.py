@@ -3,13 +3,14 @@ the findings its `# expect: CODE` comments mark; they read the source only (no t
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from support import FIXTURES, expected_marks, run
+from support import FIXTURES, cli, expected_marks, run
 
 from auditor.rule import rules_in_scope
 
@@ -135,3 +136,48 @@ def test_source_rule_cases(code: str, expected: list[tuple[str, int]]) -> None:
     findings = check_source("t.py", text, parse("t.py", text), Options(selection=Selection(select=SOURCE_CODES), settings=default_settings()), [])
     offset = 4  # the header and the def line
     assert sorted((f.code, f.line - offset) for f in findings) == expected, [f.message for f in findings]
+
+
+# A classification head's loss as Hugging Face's modeling files write it (the Trainer's label_smoothing_factor
+# replaces it): TRN001 in the user's own file, nothing in an installed package's.
+MODELING = """from torch.nn import CrossEntropyLoss
+
+
+def sequence_classification_loss(logits, labels, num_labels):
+    loss_fct = CrossEntropyLoss()
+    return loss_fct(logits.view(-1, num_labels), labels.view(-1))
+"""
+
+
+def _write(path: Path, text: str = MODELING) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_source_rules_report_on_the_users_code_not_on_installed_packages(tmp_path: Path) -> None:
+    """The same loss in an installed package (pip's site-packages, Debian's dist-packages, as a file or a folder
+    target) gets no source finding; in the user's file, and in a package the user keeps in their project, it does."""
+    site = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "fakehf"
+    installed = [_write(site / "modeling_fake.py"), _write(tmp_path / "usr" / "lib" / "python3" / "dist-packages" / "fakehf" / "modeling_fake.py")]
+    for target in [*installed, site]:
+        report = run(target, select=SOURCE_CODES)
+        assert [r.status for r in report.results] == ["ok"], target
+        assert not [f for r in report.results for f in r.findings], target
+    for own in (_write(tmp_path / "project" / "train.py"), _write(tmp_path / "project" / "fakehf" / "modeling_fake.py")):
+        report = run(own, select=SOURCE_CODES)
+        assert [(f.code, f.file, f.line) for r in report.results for f in r.findings] == [("TRN001", str(own), 5)]
+
+
+def test_a_folder_target_skips_the_virtual_environment_inside_it(tmp_path: Path) -> None:
+    """`audit .` in a project with its `venv/` (and a stray `site-packages`, a `dist-packages`): the user's train.py
+    only."""
+    _write(tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "fakehf" / "modeling_fake.py")
+    _write(tmp_path / "vendor" / "site-packages" / "fakehf" / "modeling_fake.py")
+    _write(tmp_path / "debian" / "dist-packages" / "fakehf" / "modeling_fake.py")
+    _write(tmp_path / "train.py")
+    done = cli(".", "--format", "json", "--select", "TRN001", "--no-cache", cwd=tmp_path)
+    report = json.loads(done.stdout)
+    assert [r["target"] for r in report["results"]] == ["train.py"]
+    assert [(f["code"], f["file"], f["line"]) for f in report["results"][0]["findings"]] == [("TRN001", "train.py", 5)]
+    assert done.returncode == 0, done.stderr  # an info, below the default fail-on

@@ -24,6 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
+from auditor.files import installed
 from auditor.fixing.rewrite import CannotFix
 
 _SKIP_ARGS = {"device", "dtype", "_weight", "_freeze", "factory_kwargs"}
@@ -314,9 +315,8 @@ def forward_source(gm: fx.GraphModule, notes: list[str] | None = None) -> tuple[
 
 def _installed(module_name: str) -> bool:
     """Whether a module comes from an installed package (site-packages), not from the user's own files."""
-    module = sys.modules.get(module_name)
-    path = getattr(module, "__file__", None) or ""
-    return any(part in path for part in ("site-packages", "dist-packages"))
+    path = getattr(sys.modules.get(module_name), "__file__", None)
+    return bool(path) and installed(path)
 
 
 def _import_line(name: str, value: Any, notes: list[str]) -> str | None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-import sysconfig
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
 
 import torch.nn as nn
 
+from auditor.files import installed
 from auditor.findings import ClassRecord
 from auditor.loading.arguments import accepted, call_with, convert, describe_arguments, kwargs_template, missing_arguments
 from auditor.loading.plans import Importer, call_planned
@@ -202,17 +202,8 @@ def _source_file(cls: type) -> str | None:
 
 
 def _is_user_file(path: str) -> bool:
-    real = os.path.realpath(path)
-    if any(part in ("site-packages", "dist-packages") for part in real.split(os.sep)):
-        return False
     tool = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
-    if real.startswith(tool):
-        return False
-    for key in ("stdlib", "platstdlib"):
-        root = sysconfig.get_paths().get(key)
-        if root and real.startswith(os.path.realpath(root) + os.sep):
-            return False
-    return True
+    return not installed(path) and not os.path.realpath(path).startswith(tool)
 
 
 def _defined_in(obj: Any, namespace: ModuleType) -> bool:

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from auditor.files import installed
+
 
 def editable(path: str, roots: Iterable[Path]) -> str | None:
     """None when `--fix` may edit `path`, else why not: only Python files of the user's own project (below a
@@ -16,7 +18,7 @@ def editable(path: str, roots: Iterable[Path]) -> str | None:
     resolved = Path(path).resolve()
     if resolved.suffix != ".py":
         return f"{resolved.name} is not a Python file (a notebook is fixed with --fix --out DIR)"
-    if any(part in ("site-packages", "dist-packages") for part in resolved.parts):
+    if installed(resolved):
         return f"{path} belongs to an installed package"
     if not any(resolved.is_relative_to(root) for root in _roots(roots)):
         return f"{path} is outside the audited folders"

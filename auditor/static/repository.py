@@ -19,7 +19,7 @@ from auditor.static.reader import RepositoryReader
 
 MARKERS = (".git", "pyproject.toml", "setup.py", "setup.cfg", "requirements.txt")
 MAX_FILES = 2000  # a root that is really a home folder or a monorepo: read this many, nearest first
-_SKIPPED_FOLDERS = ("site-packages", "node_modules", "__pycache__", "build", "dist", "venv", "env", "wandb", "outputs", "logs")
+_SKIPPED_FOLDERS = ("site-packages", "dist-packages", "__pypackages__", "node_modules", "__pycache__", "build", "dist", "venv", "env", "wandb", "outputs", "logs")
 
 
 def find_root(path: Path) -> Path:
