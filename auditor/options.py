@@ -9,7 +9,7 @@ from typing import Any, Callable
 from auditor.findings import Severity
 from auditor.selection import Selection
 
-CAPTURE_METHODS = ("fx", "export", "hooks")
+CAPTURE_METHODS = ("fx", "hooks", "export")
 
 
 @dataclass

@@ -30,7 +30,6 @@ from auditor.loading.guesses import Candidate, Guesses, Proposal, guesses
 from auditor.loading.inputs import make_inputs, provided_inputs, records
 from auditor.loading.models import LoadedModel
 from auditor.loading.shapes import FIRST_TRY_SECONDS, FakeRun, OverBudget, climb, fake_inputs, fake_run, rank, time_budget
-from auditor.options import CAPTURE_METHODS
 from auditor.rng import preserved_rng
 from auditor.specs import InputSpec, Spec, parse_spec
 
@@ -75,7 +74,6 @@ def capture_model(
 
 def _resolve_and_capture(loaded: LoadedModel, specs: list[str], methods: tuple[str, ...], given: tuple[Any, ...] | None) -> Prepared:
     device = model_device(loaded.model)
-    methods = _cheapest_first(loaded, methods)
     if given is not None:
         return _given(loaded, given, device, "the caller's inputs", methods)
     if specs:
@@ -326,7 +324,7 @@ def _second_guess(loaded: LoadedModel, prepared: Prepared) -> tuple[AuditGraph, 
     """The graph on another candidate the model accepts (its forward runs to the end), captured on fake
     tensors: nothing is computed, so a large guess costs no memory."""
     device = model_device(loaded.model)
-    methods = tuple(m for m in ("fx", "hooks") if m in _cheapest_first(loaded, CAPTURE_METHODS))
+    methods = ("fx", "hooks")
     for candidate in prepared.others[:SECOND_GUESSES]:
         try:
             with preserved_rng(), fake_inputs(_moved(make_inputs(candidate.specs, loaded.model), device)) as inputs:
@@ -344,15 +342,6 @@ def place_of(finding: Finding) -> tuple[Any, ...]:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
-def _cheapest_first(loaded: LoadedModel, methods: tuple[str, ...]) -> tuple[str, ...]:
-    """Without weights, hooks before export: an eager pass over meta tensors costs only the ops' shape functions,
-    while export traces each op twice and records its stack, for the same graph (12 s against 1.8 s on a
-    Llama-3-70B, where export then fails on the cache it returns). A forced --capture is kept."""
-    if loaded.weights.on_meta and methods == CAPTURE_METHODS:
-        return ("fx", "hooks", "export")
-    return methods
-
-
 def _on_meta(loaded: LoadedModel) -> str:
     """Why a forward that reads values fails on a model without weights, for its error line."""
     note = loaded.weights.note()

@@ -48,8 +48,10 @@ CASES = {  # name: (label, target, kwargs, input)
     "repvgg": ("RepVGG-A2 (timm)", "timm:create_model", {"model_name": "repvgg_a2", "pretrained": False}, "1,3,224,224"),
     "bert": ("BERT-base", f"{HERE / 'zoo_models.py'}:bert_base", {}, "long:1,128"),
     "bert_512": ("BERT-base, 512 tokens", f"{HERE / 'zoo_models.py'}:bert_base", {}, "long:1,512"),
+    "gpt2": ("GPT-2 (124M)", f"{HERE / 'zoo_models.py'}:gpt2", {}, "long:1,128"),
+    "swin_hf": ("Swin-T (transformers)", f"{HERE / 'zoo_models.py'}:swin_tiny", {}, "1,3,224,224"),
 }
-LIBRARY = {"torchvision": "torchvision", "timm": "timm", "zoo_models.py": "transformers"}
+LIBRARY = {"torchvision": "torchvision", "timm": "timm", "diffusion_unet": "diffusers", "zoo_models.py": "transformers"}
 WITHOUT_BF16 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 PLAIN = """
@@ -66,19 +68,22 @@ if where.endswith(".py"):
 else:
     module = importlib.import_module(where)
 model = getattr(module, name)(**{kwargs!r})
-inputs = make_inputs([parse_spec({spec!r})], model)
+inputs = make_inputs([parse_spec(s) for s in {spec!r}.split()], model)
 {run}
 """
 TRAINING_STEP = "primary_output(model.train()(*inputs)).float().square().mean().backward()"
 FORWARD = "with torch.no_grad():\n    model.eval()(*inputs)"
 
 
-def compare(case: tuple[str, str, dict, str], repeat: int, env: dict[str, str] | None = None, *, probe: bool = True) -> dict:
+def compare(case: tuple[str, str, dict, str], repeat: int, env: dict[str, str] | None = None, *, probe: bool = True,
+            options: tuple[str, ...] = ()) -> dict:
     """`audit` (with `--probe`: against a training step; without: against an eval forward) and the plain
-    process, in alternating pairs; medians and ratios, the probes' own time, the capture method used."""
+    process, in alternating pairs; medians and ratios, the probes' own time, the capture method used. `spec`
+    holds one input spec per forward argument, space-separated; `options` go to `audit` as they are."""
     label, target, kwargs, spec = case
     plain_command = [sys.executable, "-c", PLAIN.format(target=target, kwargs=kwargs, spec=spec, run=TRAINING_STEP if probe else FORWARD)]
-    audit_command = [sys.executable, "-m", "auditor", target, "--input", spec, "--format", "json", "--device", "cpu", "--no-cache"]
+    audit_command = [sys.executable, "-m", "auditor", target, *(a for s in spec.split() for a in ("--input", s))]
+    audit_command += ["--format", "json", "--device", "cpu", "--no-cache", *options]
     audit_command += ["--probe"] if probe else []
     if kwargs:
         audit_command += ["--kwargs", json.dumps(kwargs)]

@@ -11,7 +11,7 @@ gets no probe finding at all (no vanishing/exploding gradients, no float16 overf
 
 Opt-in: `pip install -e .[zoo]`, then `pytest tests/test_zoo.py --run-zoo -s`. Weights are never downloaded
 (`weights=None`, `weights_backbone=None`, `pretrained=False`). `ZOO_CAPTURE=hooks` (or fx, export, or a comma
-list) forces a capture method instead of the default fx -> export -> hooks chain.
+list) forces a capture method instead of the default fx -> hooks -> export chain.
 """
 
 from __future__ import annotations
