@@ -61,7 +61,7 @@ def test_verbose_adds_the_traceback():
         (["--format", "xml", CLEAN], "--format 'xml': expected one of text, json, sarif, github"),
         (["--unsafe-fixes", CLEAN], "--unsafe-fixes goes with --fix"),
         (["--fail-on", "fatal", CLEAN], "--fail-on: unknown severity 'fatal'"),
-        (["--capture", "jit", CLEAN], "--capture 'jit': expected one of fx, export, hooks"),
+        (["--capture", "jit", CLEAN], "--capture 'jit': expected one of fx, hooks, export"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args, message):
