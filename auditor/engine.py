@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from auditor.fixing.writer import OutputFolder
     from auditor.graph import AuditGraph
     from auditor.guard import Guard
-    from auditor.loading.models import LoadedModel, ModelLoader
+    from auditor.loading.models import BuildFailure, LoadedModel, ModelLoader, Skipped
     from auditor.static.plan import FilePlan
 
 Progress = Callable[[str], None]  # told what the engine starts: "importing", "building Net", "capturing Net"
