@@ -98,13 +98,13 @@ class BiasBeforeBatchNorm(Rule):
 
     def source_fix(self, ctx: EditContext, finding: Finding) -> SourceEdit:
         """`bias=False` where the layer is created. Safe: the BatchNorm cancels the bias in training, and the
-        running mean absorbs it once trained; every layer that line creates must be one this rule flags."""
+        running mean absorbs it once trained. When that line also creates layers this rule does not flag (a block
+        helper whose BatchNorm is added under `if bn:`), `bias=not bn`; the re-audit proves which keep theirs."""
         layer = ctx.node(finding)
         norm = self.fix_plan(ctx, layer)
-        for other in ctx.created_alongside(layer.module or ""):
-            if not ctx.has_finding(self.code, other):
-                ctx.cannot(f"the line creating `{layer.module}` also creates `{other}`, whose bias is not cancelled by a BatchNorm")
-        return ctx.edited(finding, ctx.drop_bias(layer), f"{ctx.chain(layer, norm)}: bias=False", safe=True)
+        kept = [other for other in ctx.created_alongside(layer.module or "") if not ctx.has_finding(self.code, other)]
+        change = ctx.drop_bias(layer, norm, kept)
+        return ctx.edited(finding, change, f"{ctx.chain(layer, norm)}: bias={'False' if not kept else 'only where the norm is created'}", safe=True)
 
 
 def _same_channels(layer: Node, norm: Node) -> bool:

@@ -150,6 +150,19 @@ def test_a_dropout_is_not_moved_past_one_norm_when_it_would_feed_the_next(tmp_pa
     assert any(n.startswith("fix: DRO002 [drop]") and "not fixed in the source" in n for n in notes), notes
 
 
+def test_a_block_helper_whose_list_is_reordered_between_is_left_alone(tmp_path):
+    """NRM001 in a block helper: `layers.insert(1, norm)` holds only while the lines between the list's literal and
+    the append add at its end; here one inserts at the front, so the activation's index is not known: no edit."""
+    path = tmp_path / "model.py"
+    source = (GOLDEN / "nrm001_block_helper" / "before.py").read_text()
+    source = source.replace("            if bn:\n", "            layers.insert(0, nn.Identity())\n            if bn:\n")
+    path.write_text(source)
+    result = invoke(str(path), "--fix", "--unsafe-fixes", "--format", "json")
+    notes = [n for r in json.loads(result.stdout)["results"] for n in (r.get("capture") or {}).get("notes", [])]
+    assert "layers.append(nn.BatchNorm2d(out_filters, 0.8))" in path.read_text(), path.read_text()
+    assert any(n.startswith("fix: NRM001") and "changed other than by appends" in n for n in notes), notes
+
+
 def test_diff_of_a_clean_file_is_empty_and_exits_0():
     result = invoke(str(FIXTURES / "rules" / "dro_clean.py"), "--diff")
     assert result.exit_code == 0 and result.stdout == ""

@@ -203,8 +203,10 @@ class EditContext(Moves, Inits, PlanContext):
         return method_name(call) == wanted
 
     # --- arguments ----------------------------------------------------------------------------------------------------
-    def drop_bias(self, layer: Node) -> Change:
-        """`bias=False` on the call that creates the layer (every layer that line creates loses its bias)."""
+    def drop_bias(self, layer: Node, norm: Node | None = None, kept: list[str] | None = None) -> Change:
+        """`bias=False` on the call that creates the layer (every layer that line creates loses its bias). When the
+        line also creates layers that keep theirs (`kept`: a block helper called with `bn=False`), `bias=not bn`:
+        the test under which `norm` is created, in the same function, read from its parameters alone."""
         import inspect
 
         file, call = self.creation(layer.module)
@@ -217,9 +219,35 @@ class EditContext(Moves, Inits, PlanContext):
             self.cannot(f"`{type(module).__name__}` takes no `bias` argument")
         if any(a.star for a in call.args):
             self.cannot(f"`{file.code(call)}` passes its arguments with * or **")
-        change = Change(file.path, [O.SetArgument(file.span(call), "bias", "False", parameters.index("bias"))])
-        change.dropped = [f"{q}.bias" for q in self.created_alongside(layer.module or "")]
+        value = f"not {self._creation_test(file, call, norm)}" if kept and norm is not None else "False"
+        change = Change(file.path, [O.SetArgument(file.span(call), "bias", value, parameters.index("bias"))])
+        change.dropped = [f"{q}.bias" for q in self.created_alongside(layer.module or "") if q not in (kept or [])]
         return change
+
+    def _creation_test(self, file: SourceFile, call: cst.Call, norm: Node) -> str:
+        """The test of the one `if` that creates `norm` (in its body), in the function that makes `call` and not
+        around `call`, reading the function's parameters only: as code negated as a whole (`bn`, `(a and b)`)."""
+        norm_file, norm_call = self.creation(norm.module)
+        function = file.function(call)
+        if norm_file is not file or function is None or file.function(norm_call) is not function:
+            self.cannot(f"`{norm.module}` is not created in the function that creates the layer")
+        tests, child = [], norm_call
+        for ancestor in file.ancestors(norm_call):
+            if ancestor is function:
+                break
+            if isinstance(ancestor, cst.If) and child is ancestor.body:
+                tests.append(ancestor)
+            elif isinstance(ancestor, (cst.If, cst.Else, cst.For, cst.While, cst.Try, cst.With)):
+                self.cannot(f"`{norm.module}` is created under more than one `if` in its function")
+            child = ancestor
+        if len(tests) != 1 or tests[0] in set(file.ancestors(call)):
+            self.cannot(f"`{norm.module}` is not created under one `if` of its own")
+        parameters = {p.name.value for p in [*function.params.posonly_params, *function.params.params, *function.params.kwonly_params]}
+        read = file.names_in(tests[0].test)
+        if not read or not read <= parameters:
+            self.cannot(f"`if {file.code(tests[0].test)}:` reads more than the parameters of `{function.name.value}`")
+        test = file.code(tests[0].test)
+        return test if isinstance(tests[0].test, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)) else f"({test})"
 
     # --- shortcuts ----------------------------------------------------------------------------------------------------
     def add_shortcut(self, merge: Node, identity: Node, branch: Node) -> tuple[Change, str]:

@@ -5,6 +5,8 @@ A mixin of `EditContext`, whose locating methods (`creation`, `forward_call`) it
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 import libcst as cst
@@ -108,11 +110,11 @@ class Moves:
         if statement is None or anchor_statement is None:
             self.cannot("the entries are not created by statements of a block")
         here, there = file.block(statement), file.block(anchor_statement)
-        if here is None or there is None or here[0] is not there[0]:
-            self.cannot("the entries are created in different blocks")
         names = {self._list_name(file, moved), self._list_name(file, target)}
         if len(names) != 1 or None in names:
             self.cannot("the entries are not added to one list")
+        if here is None or there is None or here[0] is not there[0]:
+            return [self._inserted(file, statement, moved, anchor_statement, target, after)]
         first, last = sorted((here[1], there[1]))
         read = file.names_in(call) - {"self"}
         if read & file.assigned_between(here[0], first + 1, last - 1 if here[1] > there[1] else last):
@@ -130,6 +132,28 @@ class Moves:
         else:
             ops.append(O.InsertElement(file.span(target.container), target.index + (1 if after else 0), code))
         return ops
+
+    def _inserted(self, file: SourceFile, statement: cst.CSTNode, moved: Element, anchor_statement: cst.CSTNode, target: Element,
+                  after: bool) -> O.Op:
+        """An entry appended in another block (PyTorch-GAN's block helper: `layers = [conv, act]`, then under
+        `if bn:` `layers.append(norm)`) goes in at the anchor's index instead: `layers.insert(1, norm)`. Only when
+        the anchor is an entry of the list's literal (`layers = [...]`) and the lines between only append to it."""
+        name = moved.appended_to
+        binding = file.parent(target.container)
+        if name is None or target.appended_to is not None or not isinstance(binding, cst.Assign) or binding.value is not target.container:
+            self.cannot("the entries are created in different blocks")
+        if not is_whole_statement(moved.container, statement) or file.function(moved.container) is not file.function(binding):
+            self.cannot("the entries are created in different blocks")
+        entries = file.entries(target.container)
+        if any(getattr(e, "star", None) or isinstance(e, cst.StarredElement) for e in entries[:target.index + 1]):
+            self.cannot(f"`{name}` is built with * entries: the anchor's index is not known")
+        first, last = file.line_of(anchor_statement), file.line_of(statement)
+        between = "\n".join(file.text_lines(first + 1, last - 1))
+        if first >= last or re.search(rf"\b{re.escape(name)}\s*(\.\s*(insert|pop|remove|reverse|sort|clear)\b|\[|=(?!=))|\bdel\s+{re.escape(name)}\b", between):
+            self.cannot(f"`{name}` is changed other than by appends between the two lines")
+        call = moved.container
+        assert isinstance(call, cst.Call)
+        return O.Replace(file.span(call), f"{name}.insert({target.index + (1 if after else 0)}, {file.code(call.args[0].value)})")
 
     @staticmethod
     def _list_name(file: SourceFile, element: Element) -> str | None:

@@ -182,6 +182,10 @@ class SourceFile:
                 return Element(literal, list(literal.elements).index(parent))
         return None
 
+    def text_lines(self, first: int, last: int) -> list[str]:
+        """Lines `first` to `last` of the file (1-based, both included; none when last < first)."""
+        return self.data.decode("utf-8", "replace").splitlines()[max(first, 1) - 1:max(last, 0)]
+
     def entries(self, container: cst.CSTNode) -> list[cst.CSTNode]:
         if isinstance(container, cst.Call):
             return list(container.args)
