@@ -58,7 +58,8 @@ class DropoutBeforeBatchNorm(Rule):
     the activation that directly follows the norm (as Li et al. recommend: dropout after the BatchNorm). This
     changes what the model computes in training. It is left to you when the dropout reaches several BatchNorms,
     when its output is also read elsewhere, or when it is concatenated with other values before the norm
-    (moving it would drop those too). In your file the dropout's entry or call moves after the norm's activation.
+    (moving it would drop those too). In your file the dropout's entry or call moves after the norm's activation,
+    past every later BatchNorm it would still feed; it stays where it is when the last is out of the source's reach.
 
     ## Fix safety
     Unsafe: the model computes another function in training (applied with `--unsafe-fixes`).
