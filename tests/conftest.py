@@ -4,10 +4,24 @@ Every test audits for real: the result cache is off (tests/test_cache.py turns i
 from __future__ import annotations
 
 import os
+import sys
+from typing import Iterator
 
 import pytest
 
+from support import forget_user_modules
+
 os.environ["AUDIT_NO_CACHE"] = "1"  # inherited by every `audit` a test starts
+
+
+@pytest.fixture(autouse=True)
+def _user_modules_forgotten() -> Iterator[None]:
+    """What a test imports from the fixtures or its temporary folder (`import_file(canonical/unet.py)` registers
+    `unet`) is forgotten after it: under pytest-xdist the next test in the worker may be another fixture's
+    `from unet import UNet`, which would get this one (a test_reach failure in a clean-clone CI run)."""
+    before = set(sys.modules)
+    yield
+    forget_user_modules(before)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -42,13 +42,13 @@ def run(*targets: str | Path, **overrides: Any) -> Report:
     try:
         report = Report(engine.run(parsed))
     finally:
-        _forget_user_modules(before)
+        forget_user_modules(before)
     assert not engine.planning_errors, engine.planning_errors[0]  # reading the repository must never fail
     return report
 
 
-def _forget_user_modules(before: set[str]) -> None:
-    """Modules from the fixtures or a test's temporary folder, never the tool's or an installed package's, even
+def forget_user_modules(before: set[str]) -> None:
+    """Forget the modules imported since `before` that come from the fixtures or a test's temporary folder, never the tool's or an installed package's, even
     when the checkout itself lies in the temporary folder (a clone under /tmp: forgetting torch's submodules
     there re-imported them over the live extension, and the next test crashed)."""
     import auditor
