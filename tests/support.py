@@ -112,6 +112,16 @@ def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, 
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def invoke(*args: str) -> Any:
+    """Run the `audit` command in this process (click's CliRunner): its output and exit code without the start of a
+    new interpreter and its `import torch`, where the process itself is not what a test checks."""
+    from typer.testing import CliRunner
+
+    from auditor.cli import audit_app
+
+    return CliRunner().invoke(audit_app, list(args), env={"NO_COLOR": "1", "COLUMNS": "200"})
+
+
 def fix_fixtures() -> list[Path]:
     """The fixtures --fix is checked on: every rule fixture with a finding of a fixable rule, and every fix fixture."""
     from auditor.rule import all_rules

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import auditor
 from auditor.findings import Severity
-from support import FIXTURES, cli, model_results, run
+from support import FIXTURES, cli, invoke, model_results, run
 
 INPUTS = FIXTURES / "inputs"
 
@@ -125,11 +125,12 @@ def test_the_guess_is_in_the_text_output_and_the_json():
     done = cli(str(INPUTS / "positions.py:GPT"))
     assert done.returncode == 0, done.stderr
     assert "  input guessed: idx long 2x32 from Embedding(100, 16) and pos_emb[32]" in done.stdout.splitlines()
-    done = cli(str(INPUTS / "positions.py:GPT"), "--format", "json")
+    # the JSON of the same audit, and with --input: in this process (the command's code, without a new interpreter)
+    done = invoke(str(INPUTS / "positions.py:GPT"), "--format", "json")
     [result] = json.loads(done.stdout)["results"]
     assert result["capture"]["inputs"] == [
         {"name": "idx", "spec": "int64:2,32", "guessed": True, "source": "from Embedding(100, 16) and pos_emb[32]"}]
-    done = cli(str(INPUTS / "positions.py:GPT"), "--format", "json", "--input", "long:2,32")
+    done = invoke(str(INPUTS / "positions.py:GPT"), "--format", "json", "--input", "long:2,32")
     [result] = json.loads(done.stdout)["results"]
     assert result["capture"]["inputs"] == [{"name": "idx", "spec": "int64:2,32", "guessed": False, "source": "--input"}]
 

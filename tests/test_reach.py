@@ -17,7 +17,7 @@ from auditor.static.plan import Planner
 from auditor.static.project import Project
 from auditor.static.repository import Repository
 from auditor.static.values import Call, tensor_spec
-from support import FIXTURES, cli, run
+from support import FIXTURES, cli, invoke, run
 
 REPOS = FIXTURES / "repos"
 
@@ -447,7 +447,7 @@ def test_the_summary_counts_classes_and_json_lists_the_covered_ones():
     ]
     assert unet["built"] == "built as in tests/fixtures/repos/unet/train.py:6"
     assert document["summary"]["classes"] == {"defined": 3, "audited": 1, "covered": 2, "not_audited": 0}
-    assert "3 classes: 1 audited, 2 covered, 0 not audited" in cli(str(REPOS / "unet")).stdout
+    assert "3 classes: 1 audited, 2 covered, 0 not audited" in invoke(str(REPOS / "unet")).stdout  # the text, in this process
 
 
 # --- --kwargs on whole files -----------------------------------------------------------------------------------
