@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -9,7 +10,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import pytest
+from filelock import FileLock
 
 from auditor.engine import Engine
 from auditor.findings import Report, TargetResult
@@ -110,6 +114,21 @@ def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, 
     full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
     command = [sys.executable, "-m", "auditor", *args]
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Any]) -> Any:
+    """`build(folder)` once per test run, shared by pytest-xdist's workers (a module-scoped fixture is otherwise built
+    once in every worker that runs one of its tests: a whole `audit --fix` run twice with -n 2). The first worker
+    builds it under a lock in the run's shared temporary folder and stores the JSON of what it returns; the others
+    wait for it and read that."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    stored = root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not stored.exists():
+            stored.write_text(json.dumps(build(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root)))))
+        return json.loads(stored.read_text())
 
 
 def invoke(*args: str) -> Any:

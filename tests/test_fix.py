@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from auditor.loading.importing import import_file
 from auditor.options import FixOptions
 from auditor.rule import all_rules
 from auditor.targets import FIXED_MANIFEST
-from support import FIXTURES, expected_marks, fixture_header, model_results, run
+from support import FIXTURES, expected_marks, fixture_header, model_results, once_per_run, run
 
 FIX = FIXTURES / "fix"
 FIXABLE_CODES = {r.code for r in all_rules() if r.fixable}
@@ -51,13 +52,27 @@ def call_order(gm: torch.fx.GraphModule) -> list[str]:
     return [str(n.target) for n in gm.graph.nodes if n.op == "call_module"]
 
 
+def _shared_fix_run(tmp_path_factory, name: str, target: Path, then=None):
+    """`audit TARGET --fix --out FOLDER/fixed --format json` once per test run (`support.once_per_run`): the
+    written folder and the command's result (exit_code, output, stdout); `then(FOLDER)` runs after it."""
+
+    def fix(folder):
+        result = invoke(str(target), "--fix", "--out", str(folder / "fixed"), "--format", "json")
+        if then is not None:
+            then(folder)
+        return {"folder": str(folder), "exit_code": result.exit_code, "output": result.output, "stdout": result.stdout}
+
+    run = once_per_run(tmp_path_factory, name, fix)
+    folder = Path(run.pop("folder"))
+    return folder, SimpleNamespace(**run)
+
+
 @pytest.fixture(scope="module")
 def resnet_cli(tmp_path_factory):
     """One `audit resnet_block.py --fix --out OUT --format json` for the tests that inspect its output."""
-    out = tmp_path_factory.mktemp("resnet") / "fixed"
     source = RESNET.read_bytes()
-    result = invoke(str(RESNET), "--fix", "--out", str(out), "--format", "json")
-    return out, result, source
+    folder, result = _shared_fix_run(tmp_path_factory, "resnet", RESNET)
+    return folder / "fixed", result, source
 
 
 # --- the command line and the written folder -----------------------------------------------------------------
@@ -419,13 +434,11 @@ def test_canonical_models_are_written_faithfully(path, tmp_path):
 @pytest.fixture(scope="module")
 def containers_cli(tmp_path_factory):
     """`audit containers.py --fix`: 70 blocks in an nn.Sequential, each with a dropout to move, plus more."""
-    root = tmp_path_factory.mktemp("containers")
-    out = root / "fixed"
-    result = invoke(str(FIX / "containers.py"), "--fix", "--out", str(out), "--format", "json")
-    original = fixture_module("containers").Net()
-    checkpoint = root / "old.pt"
-    torch.save(original.state_dict(), checkpoint)
-    return out, result, checkpoint
+    def save_the_old_checkpoint(folder):
+        torch.save(fixture_module("containers").Net().state_dict(), folder / "old.pt")
+
+    folder, result = _shared_fix_run(tmp_path_factory, "containers", FIX / "containers.py", save_the_old_checkpoint)
+    return folder / "fixed", result, folder / "old.pt"
 
 
 def test_many_fixes_in_one_run_with_no_cap(containers_cli):

@@ -10,12 +10,13 @@ import json
 import os
 import re
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from auditor.locations import display_path
-from support import FIXTURES, cli
+from support import FIXTURES, cli, once_per_run
 
 HERE = FIXTURES / "guard"
 SHOWN = display_path(str(HERE))
@@ -74,21 +75,28 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
     """Every fixture audited as a whole file, in one run (the way `audit DIR` runs them), with a server
-    listening where the network fixtures connect."""
-    markers = tmp_path_factory.mktemp("markers")
-    (markers / "deletes_a_file.victim").write_text("keep me")
-    os.mkfifo(markers / "reads_a_fifo.fifo")
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        server.setblocking(False)
-        port = server.getsockname()[1]
-        done = cli("--format", "json", "--jobs", "2", *map(str, FILES),
-                   env={"AUDITOR_TEST_MARKERS": str(markers), "AUDITOR_TEST_PORT": str(port)}, timeout=600)
-        with pytest.raises(BlockingIOError):
-            server.accept()  # nobody connected
+    listening where the network fixtures connect (once per test run, whatever the workers)."""
+
+    def audit_all(folder):
+        markers = folder / "markers"
+        markers.mkdir()
+        (markers / "deletes_a_file.victim").write_text("keep me")
+        os.mkfifo(markers / "reads_a_fifo.fifo")
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            server.setblocking(False)
+            port = server.getsockname()[1]
+            done = cli("--format", "json", "--jobs", "2", *map(str, FILES),
+                       env={"AUDITOR_TEST_MARKERS": str(markers), "AUDITOR_TEST_PORT": str(port)}, timeout=600)
+            with pytest.raises(BlockingIOError):
+                server.accept()  # nobody connected
+        return {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr, "markers": str(markers), "port": port}
+
+    run = once_per_run(tmp_path_factory, "guard", audit_all)
+    done = subprocess.CompletedProcess(["audit"], run["returncode"], run["stdout"], run["stderr"])
     results = {r["target"]: r for r in json.loads(done.stdout)["results"]}
-    return done, results, markers, port
+    return done, results, Path(run["markers"]), run["port"]
 
 
 def test_every_fixture_is_expected():

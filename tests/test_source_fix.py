@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -22,7 +23,7 @@ from auditor.sourcefix.files import editable, write_atomically
 from auditor.sourcefix.ops import Planned, SourceEdit
 from auditor.sourcefix.session import _moved_lines, _unexplained_parameters
 from auditor.sourcefix.source import SourceFile
-from support import FIXTURES
+from support import FIXTURES, once_per_run
 
 GOLDEN = FIXTURES / "source_fix"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "before.py").exists())
@@ -40,21 +41,24 @@ def _unsafe(case: str) -> bool:
 @pytest.fixture(scope="module")
 def fixed(tmp_path_factory):
     """`audit DIR --fix --format json` over copies of every case's before.py, as a user fixes a folder: one run for
-    the cases whose fixes are safe, one with --unsafe-fixes for the others."""
-    root = tmp_path_factory.mktemp("golden")
-    outcome = {}
-    for unsafe in (False, True):
-        folder = root / ("unsafe" if unsafe else "safe")
-        folder.mkdir()
-        cases = [c for c in CASES if _unsafe(c) == unsafe]
-        for case in cases:
-            shutil.copy(GOLDEN / case / "before.py", folder / f"{case}.py")
-        result = invoke(str(folder), "--fix", "--format", "json", *(["--unsafe-fixes"] if unsafe else []))
-        assert result.exit_code in (0, 1), result.stderr
-        record = json.loads(result.stdout)
-        for case in cases:
-            outcome[case] = (folder / f"{case}.py", [r for r in record["results"] if f"{case}.py" in r["target"]])
-    return outcome
+    the cases whose fixes are safe, one with --unsafe-fixes for the others (once per test run, whatever the workers)."""
+
+    def fix_all(root):
+        outcome = {}
+        for unsafe in (False, True):
+            folder = root / ("unsafe" if unsafe else "safe")
+            folder.mkdir()
+            cases = [c for c in CASES if _unsafe(c) == unsafe]
+            for case in cases:
+                shutil.copy(GOLDEN / case / "before.py", folder / f"{case}.py")
+            result = invoke(str(folder), "--fix", "--format", "json", *(["--unsafe-fixes"] if unsafe else []))
+            assert result.exit_code in (0, 1), result.stderr
+            record = json.loads(result.stdout)
+            for case in cases:
+                outcome[case] = (str(folder / f"{case}.py"), [r for r in record["results"] if f"{case}.py" in r["target"]])
+        return outcome
+
+    return {case: (Path(path), results) for case, (path, results) in once_per_run(tmp_path_factory, "golden", fix_all).items()}
 
 
 @pytest.mark.parametrize("case", CASES)
