@@ -315,14 +315,18 @@ def test_trainer_under_mixed_precision_finds_a_dropout_planted_in_bert(hf, preci
     from auditor.integrations.transformers import AuditCallback, AuditFailed
 
     config = hf.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=32, num_labels=3)
-    torch.manual_seed(0)
-    model = hf.BertForSequenceClassification(config)
-    model.bert.encoder.layer[1].intermediate.intermediate_act_fn = nn.Sequential(nn.Dropout(0.1), nn.GELU())
-    with pytest.raises(AuditFailed) as raised:
-        train(hf, model, TokenData(), [AuditCallback(fail_on="warning")], tmp_path, **{precision: True})
-    [finding] = raised.value.report.findings
-    assert (finding.code, finding.module) == ("DRO001", "bert.encoder.layer.1.intermediate.intermediate_act_fn.0")
-    assert raised.value.report.results[0].capture.nodes > 140  # the whole model, not the autocast region as one op
+    captured = {}
+    for mode in (precision, "float32"):
+        torch.manual_seed(0)
+        model = hf.BertForSequenceClassification(config)
+        model.bert.encoder.layer[1].intermediate.intermediate_act_fn = nn.Sequential(nn.Dropout(0.1), nn.GELU())
+        with pytest.raises(AuditFailed) as raised:
+            train(hf, model, TokenData(), [AuditCallback(fail_on="warning")], tmp_path / mode, **({precision: True} if mode == precision else {}))
+        [finding] = raised.value.report.findings
+        assert (finding.code, finding.module) == ("DRO001", "bert.encoder.layer.1.intermediate.intermediate_act_fn.0")
+        captured[mode] = raised.value.report.results[0].capture
+    # the whole model, as in float32, not the autocast region as one op
+    assert captured[precision].nodes == captured["float32"].nodes > 60
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true", "16-true"])
