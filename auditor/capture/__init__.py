@@ -2,10 +2,11 @@
 
 Every method yields the same `AuditGraph`, so rules never know which one ran; the result says which did and
 why the earlier ones failed. Hooks come before export: on the 45 zoo models fx cannot trace (Hugging Face,
-timm's hybrids) both gave the same findings, and the eager pass costs about one forward pass where export
+some timm models) both gave the same findings, and the eager pass costs about one forward pass where export
 traces every op on fake tensors (2-5x less capture time). Export still settles what the eager pass cannot: a
-forward on meta tensors that reads values (a padding check that skips itself while traced). The model is captured in eval mode without gradients, and its train/eval state
-is restored afterwards; autocast regions its forward enters are inert meanwhile (`float32.py`).
+forward on meta tensors that reads values (a padding check that skips itself while traced). The model is
+captured in eval mode without gradients, and its train/eval state is restored afterwards; autocast regions its
+forward enters are inert meanwhile (`float32.py`).
 """
 
 from __future__ import annotations
