@@ -21,7 +21,6 @@ from auditor.findings import InputRecord
 from auditor.loading.guesses import LENGTHS, positional_parameters
 from auditor.specs import SCALAR_TYPES, InputSpec, ScalarSpec, Spec, TupleSpec
 
-_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _MASK = re.compile(r"mask")
 _PADDING_MASK = re.compile(r"padding_mask|pad_mask")
 
@@ -114,7 +113,7 @@ def bound_by_name(model: nn.Module, mapping: Mapping[str, Any], what: str = "the
     keyword_only = [k for k in mapping if k in parameters and parameters[k].kind is inspect.Parameter.KEYWORD_ONLY]
     if keyword_only:
         raise ValueError(f"the forward takes `{keyword_only[0]}` only by keyword; {remedy}")
-    positional = [p for p in parameters.values() if p.kind in _POSITIONAL]
+    positional = positional_parameters(model)
     used = [i for i, p in enumerate(positional) if p.name in mapping]
     if not used:
         if len(positional) == 1:
