@@ -40,8 +40,7 @@ def file_hash(path: Path) -> str:
 def model_entry(folder: Path) -> dict[str, Any]:
     """What the manifest of a folder `problem` found intact says to load: {"module", "factory", "inputs"} for
     one model, {"models": [...]} for several. ValueError when it says something else."""
-    with open_regular(folder / FIXED_MANIFEST, follow_links=False) as handle:
-        manifest = json.loads(handle.read())
+    manifest = _read(folder)
     files, models = manifest.get("files", {}), manifest.get("models")
     if isinstance(models, list) and all(isinstance(m, str) and _plain(m) for m in models):
         return {"models": models}
@@ -58,8 +57,7 @@ def problem(folder: Path) -> str | None:
     if folder.is_symlink() or not folder.is_dir():
         return "is a symbolic link" if folder.is_symlink() else "is not a folder"
     try:
-        with open_regular(folder / FIXED_MANIFEST, follow_links=False) as handle:
-            manifest = json.loads(handle.read())
+        manifest = _read(folder)
         if not isinstance(manifest, dict) or not str(manifest.get("tool", "")).startswith("auditor "):
             raise ValueError
     except (OSError, ValueError):
@@ -82,6 +80,12 @@ def problem(folder: Path) -> str | None:
         if inner is not None:
             return f"its folder {model} {inner}"
     return None
+
+
+def _read(folder: Path) -> Any:
+    """The parsed manifest of `folder` (OSError unless it is a regular file, ValueError unless it is JSON)."""
+    with open_regular(folder / FIXED_MANIFEST, follow_links=False) as handle:
+        return json.loads(handle.read())
 
 
 def _same(path: Path, digest: str) -> bool:
