@@ -43,6 +43,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Iterable
 
+from auditor.files import PACKAGE_FOLDERS
 from auditor.locations import display_path
 from auditor.reaping import descendants
 
@@ -176,7 +177,7 @@ class _Places:
         self.home = home
         paths = sysconfig.get_paths()
         packages = {*site.getsitepackages(), site.getusersitepackages(), paths["purelib"], paths["platlib"]}
-        packages |= {entry for entry in sys.path if os.path.basename(entry.rstrip(os.sep)) in ("site-packages", "dist-packages")}
+        packages |= {entry for entry in sys.path if os.path.basename(entry.rstrip(os.sep)) in PACKAGE_FOLDERS}
         self.packages = tuple(os.path.realpath(p) + os.sep for p in packages if p)
         self.stdlib = tuple(os.path.realpath(paths[k]) + os.sep for k in ("stdlib", "platstdlib"))
         tool = list(_TOOL_DIRS)
