@@ -32,15 +32,6 @@ def become_subreaper() -> bool:
         return False
 
 
-def children_of(pids: set[int]) -> dict[int, list[int]]:
-    """Each of `pids` -> its live (not zombie) children, read from /proc ({} where there is no /proc)."""
-    found: dict[int, list[int]] = {pid: [] for pid in pids}
-    for pid, parent in _processes():
-        if parent in found:
-            found[parent].append(pid)
-    return found
-
-
 def descendants(pid: int) -> list[int]:
     """Every live process below `pid`, parents before their children."""
     tree: dict[int, list[int]] = {}
@@ -77,8 +68,8 @@ def end_tree(pid: int, *, include_root: bool) -> None:
 def end_strays(server: int, keep: set[int]) -> None:
     """End the fork server's children that are not live audit children (`keep`): orphans of ended targets,
     with everything below them."""
-    for child in children_of({server}).get(server, []):
-        if child not in keep:
+    for child, parent in _processes():
+        if parent == server and child not in keep:
             end_tree(child, include_root=True)
 
 
