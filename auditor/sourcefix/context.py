@@ -118,7 +118,7 @@ class EditContext(Moves, Inits, PlanContext):
             self.cannot(f"no line in the source creates `{qualname}`")
         file = self.source(site[0])
         name = type(module).__name__
-        candidates = [c for c in file.calls_at(site[1]) if method_name(c) == name and file.line_of(c) == site[1]]
+        candidates = file.calls_named(site[1], [name])
         if len(candidates) > 1:
             candidates = self._by_position_in_parent(file, qualname, candidates)
         if len(candidates) != 1:
@@ -150,7 +150,7 @@ class EditContext(Moves, Inits, PlanContext):
         if len(same_line) < 2 or site is None:
             return same_line
         file = self.source(site[0])
-        if sum(1 for c in file.calls_at(site[1]) if method_name(c) == type(module).__name__ and file.line_of(c) == site[1]) < 2:
+        if len(file.calls_named(site[1], [type(module).__name__])) < 2:
             return same_line
         _, call = self.creation(qualname)
         return [q for q in same_line if self._created_by(q) is call]

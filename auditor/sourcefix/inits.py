@@ -116,7 +116,7 @@ class Inits:
         file = self.source(path)
         init, missing = file.reachable("torch.nn.init")
         imports = [O.EnsureImport(missing)] if missing else []
-        calls = [c for c in file.calls_at(line) if method_name(c) == name and file.line_of(c) == line]
+        calls = file.calls_named(line, [name])
         if not calls:
             if self.graph.sites.get(qualname) != (path, line):
                 self.cannot(f"no `{name}(...)` on {path}:{line}, which drew `{_joined(qualname, tensor)}`")

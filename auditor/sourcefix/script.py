@@ -13,7 +13,7 @@ import libcst as cst
 from auditor.findings import Finding
 from auditor.sourcefix import ops as O
 from auditor.sourcefix.change import Change, NoEdit, record
-from auditor.sourcefix.source import SourceFile, Unreadable, first_argument, method_name
+from auditor.sourcefix.source import SourceFile, Unreadable, first_argument
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ScriptContext:
     def call_at(self, line: int, names: Iterable[str]) -> cst.Call:
         """The one call named one of `names` (`clip_grad_norm_`, `CrossEntropyLoss`) on `line`."""
         wanted = set(names)
-        calls = [c for c in self.file.calls_at(line) if method_name(c) in wanted and self.file.line_of(c) == line]
+        calls = self.file.calls_named(line, wanted)
         if len(calls) != 1:
             self.cannot(f"{'no' if not calls else 'more than one'} call of {' or '.join(sorted(wanted))} on line {line}")
         return calls[0]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
@@ -97,6 +97,12 @@ class SourceFile:
         if not starting:
             starting = [n for n, w in self.positions.items() if isinstance(n, cst.Call) and w.start.line < line <= w.end.line]
         return sorted(starting, key=self._evaluation_order)
+
+    def calls_named(self, line: int, names: Iterable[str]) -> list[cst.Call]:
+        """The calls of one of `names` (`Linear`, `clip_grad_norm_`: the name called, a method's last part)
+        starting on `line`, innermost first, in evaluation order."""
+        wanted = set(names)
+        return [c for c in self.calls_at(line) if method_name(c) in wanted and self.line_of(c) == line]
 
     def calls_in(self, node: cst.CSTNode) -> list[cst.Call]:
         """The calls inside `node` (a statement written over several lines), in the order they are written."""
