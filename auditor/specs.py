@@ -17,7 +17,7 @@ import ast
 import os
 import re
 from dataclasses import dataclass
-from typing import Union
+from typing import Iterable, Union
 
 from auditor.errors import UsageError
 from auditor.limits import MAX_DIGITS, MAX_DIMS, MAX_NESTING, quoted
@@ -202,6 +202,12 @@ def argument_text(name: str, spec: str) -> str:
     """An argument and a spec written in --input's grammar, as people read them: `x long 2x32`, `ratio=0`."""
     shown = readable_text(spec)
     return f"{name}{shown}" if shown.startswith("=") else f"{name} {shown}"
+
+
+def inputs_text(arguments: Iterable[tuple[str, str, str]]) -> str:
+    """Guessed inputs as people read them, each (name, spec, source): `idx long 2x32 from Embedding(1000, 64); t
+    long 2 as a timestep`. An optional argument left at its default is no guess and is not shown."""
+    return "; ".join(f"{argument_text(name, spec)} {source}" for name, spec, source in arguments if not source.startswith(LEFT_AT))
 
 
 def memory_bytes() -> int:

@@ -25,7 +25,7 @@ import torch.nn as nn
 from auditor.errors import TargetError, UsageError
 from auditor.loading.arguments import parameters
 from auditor.loading.consumers import Forward, Table, Use, layer_label, read_forward
-from auditor.specs import ArgumentHint, CallHint, InputSpec, LEFT_AT, SCALAR_TYPES, ScalarSpec, Spec, TupleSpec, argument_text, parse_spec
+from auditor.specs import ArgumentHint, CallHint, InputSpec, LEFT_AT, SCALAR_TYPES, ScalarSpec, Spec, TupleSpec, inputs_text, parse_spec
 
 BATCH = 2
 SEQUENCE = 16
@@ -69,8 +69,7 @@ class Candidate:
 
     def described(self) -> str:
         """`idx long 2x32 from Embedding(1000, 64) and pos_emb[32]; t long 2 as a timestep, by its name`."""
-        return "; ".join(f"{argument_text(name, str(p.spec))} {p.source}" for name, p in zip(self.names, self.proposals)
-                         if not p.source.startswith(LEFT_AT))
+        return inputs_text((name, str(p.spec), p.source) for name, p in zip(self.names, self.proposals))
 
 
 @dataclass(frozen=True)

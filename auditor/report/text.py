@@ -14,7 +14,7 @@ from rich.text import Text
 from auditor.findings import GUESS_NOTE, CaptureInfo, Finding, Report, Severity, TargetResult
 from auditor.report import Group, grouped, grouped_fixes, others_text
 from auditor.report.terminal import Terminal
-from auditor.specs import LEFT_AT, argument_text
+from auditor.specs import inputs_text
 
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
@@ -91,8 +91,7 @@ def _print_result(result: TargetResult, console: Console, *, verbose: bool, quie
 
 def guessed_text(capture: CaptureInfo) -> str:
     """`idx long 2x32 from Embedding(1000, 64) and pos_emb[32]; t long 2 as a timestep (one value per sample)`."""
-    return "; ".join(f"{argument_text(record.name, record.spec)} {record.source}" for record in capture.inputs
-                     if not record.source.startswith(LEFT_AT))
+    return inputs_text((record.name, record.spec, record.source) for record in capture.inputs)
 
 
 def _print_applied(result: TargetResult, console: Console, *, verbose: bool) -> None:
