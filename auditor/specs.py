@@ -107,15 +107,18 @@ class CallHint:
 def parse_spec(text: str, limit: int | None = None) -> Spec:
     """One --input. Malformed specs, and inputs larger than `limit` bytes (default: this machine's memory),
     are usage errors."""
-    compact = text.strip()
-    if not compact.startswith("="):  # a string value keeps its spaces
-        compact = compact.replace(" ", "")
-    spec = _parse(compact, text, 0)
+    spec = _parse(_compact(text), text, 0)
     limit = memory_bytes() if limit is None else limit
     if limit and spec.nbytes > limit:
         raise UsageError(f"--input {quoted(text)}: input too large: {_size(spec.nbytes)}, more than this machine's memory "
                          f"({_size(limit)}); pass a smaller shape")
     return spec
+
+
+def _compact(text: str) -> str:
+    """A spec without its spaces, but for a plain value's (a string keeps them: `='greedy mode'`)."""
+    compact = text.strip()
+    return compact if compact.startswith("=") else compact.replace(" ", "")
 
 
 def _parse(text: str, original: str, depth: int) -> Spec:
@@ -193,7 +196,7 @@ def readable(spec: Spec | None) -> str:
 def readable_text(text: str) -> str:
     """`readable` of a spec written in --input's grammar; anything else ("None") as it is."""
     try:
-        return readable(_parse(text.replace(" ", ""), text, 0))
+        return readable(_parse(_compact(text), text, 0))
     except UsageError:
         return text
 

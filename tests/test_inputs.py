@@ -9,7 +9,7 @@ import torch.nn as nn
 from auditor.errors import TargetError, UsageError
 from auditor.loading.guesses import infer_candidates
 from auditor.loading.inputs import make_inputs
-from auditor.specs import InputSpec, ScalarSpec, TupleSpec, parse_spec
+from auditor.specs import InputSpec, ScalarSpec, TupleSpec, parse_spec, readable_text
 from support import FIXTURES, cli, model_results, run
 
 MODELS = FIXTURES / "models"
@@ -36,6 +36,7 @@ def test_a_plain_value_is_written_after_an_equals_sign_and_prints_back(text, val
     spec = parse_spec(text)
     assert spec == ScalarSpec(value) and type(spec.value) is type(value)
     assert parse_spec(str(spec)) == spec
+    assert readable_text(str(spec)) == str(spec)  # as the report shows it: a string keeps its spaces
     assert parse_spec("5") == InputSpec("float32", (5,))  # a bare number stays a tensor, as the contract has it
 
 
