@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from auditor.cli import audit_app
-from support import FIXTURES
+from support import FIXTURES, invoke
 
 CLEAN = str(FIXTURES / "rules" / "clean_mlp.py")
 # A source check's finding (TRN001, info) in a file that imports nothing: `audit` runs it without torch, quickly.
@@ -36,10 +36,6 @@ def one_usage_error(result_code: int, stderr: str) -> str:
     assert "internal error" not in stderr and "Traceback" not in stderr
     assert len(lines[0]) < 300, "a usage error quotes a huge value by its start and length"
     return lines[0]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(audit_app, list(args), env={"NO_COLOR": "1", "COLUMNS": "200"})
 
 
 @pytest.mark.parametrize(

@@ -10,18 +10,14 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
-from auditor.cli import audit_app, rules_app
+from auditor.cli import rules_app
 from auditor.locations import display_path
-from support import FIXTURES, cli
+from support import FIXTURES, cli, invoke
 
 MODELS = FIXTURES / "models"
 CLEAN = str(FIXTURES / "rules" / "clean_mlp.py")
 FAULTY = str(FIXTURES / "rules" / "dro001_modules.py")
 runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(audit_app, list(args), env={"NO_COLOR": "1", "COLUMNS": "200"})
 
 
 def test_exit_codes_follow_fail_on():

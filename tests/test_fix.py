@@ -15,24 +15,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
-from typer.testing import CliRunner
 
 import auditor
-from auditor.cli import audit_app
 from auditor.loading.importing import import_file
 from auditor.options import FixOptions
 from auditor.rule import all_rules
 from auditor.targets import FIXED_MANIFEST
-from support import FIXTURES, expected_marks, fixture_header, model_results, once_per_run, run
+from support import FIXTURES, expected_marks, fixture_header, invoke, model_results, once_per_run, run
 
 FIX = FIXTURES / "fix"
 FIXABLE_CODES = {r.code for r in all_rules() if r.fixable}
 RESNET = FIX / "resnet_block.py"
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(audit_app, list(args), env={"NO_COLOR": "1", "COLUMNS": "200"})
 
 
 def fixture_module(name: str):

@@ -16,25 +16,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from typer.testing import CliRunner
 
 import auditor
-from auditor.cli import audit_app
 from auditor.fixing.codegen import _INITIALIZE as INITIALIZE
 from auditor.fixing.initcode import InitTable, same_init
 from auditor.loading.inits import recorded_writes
 from auditor.options import FixOptions
 from auditor.rule import all_rules
 from auditor.targets import FIXED_MANIFEST
-from support import FIXTURES, fix_fixtures, fixture_header, model_results, run
+from support import FIXTURES, fix_fixtures, fixture_header, invoke, model_results, run
 
 FIX = FIXTURES / "fix"
 FIXABLE_CODES = {r.code for r in all_rules() if r.fixable}
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(audit_app, list(args), env={"NO_COLOR": "1", "COLUMNS": "200"})
 
 
 def fixed_json(*args: str) -> tuple[dict, object]:

@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from typer.testing import CliRunner
 
 import auditor
-from auditor.cli import audit_app
 from auditor.errors import TargetError
 from auditor.locations import display_path
-from support import FIXTURES, expected_marks, fixture_header, model_results, run
+from support import FIXTURES, expected_marks, fixture_header, invoke, model_results, run
 
 CANONICAL = sorted((FIXTURES / "canonical").glob("*.py"))
 RULE_FIXTURES = sorted((FIXTURES / "rules").glob("*.py"))
@@ -26,7 +24,6 @@ RULE_FIXTURES = sorted((FIXTURES / "rules").glob("*.py"))
 # attention internals, in-place ops, init records.
 CAPTURE_SENSITIVE = ["res001_shortcut", "res002_broadcast", "dro001_functional", "nrm003_attention_block", "nrm002_bias", "ini002_clean", "ini003_constant"]
 MODELS = FIXTURES / "models"
-runner = CliRunner()
 
 
 def _findings(report) -> list[tuple[str, str, str | None, str | None, int | None]]:
@@ -72,10 +69,6 @@ def test_every_capture_runs_on_meta(name, method):
     for result in model_results(report):
         assert result.status == "ok" and result.capture.method == method, result.error
     assert {(f.code, f.line) for r in report.results for f in r.findings} == expected_marks(path)
-
-
-def invoke(*args: str):
-    return runner.invoke(audit_app, list(args), env={"NO_COLOR": "1", "COLUMNS": "200"})
 
 
 FAULTY = str(FIXTURES / "rules" / "dro001_modules.py")
