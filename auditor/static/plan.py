@@ -67,7 +67,7 @@ _GUESSES: list[tuple[re.Pattern[str], Any]] = [(re.compile(p), v) for p, v in [
     (r"patch(_size)?", 4),
     (r"kernel(_size)?|k|ksize", 3),
     (r"stride|dilation|groups", 1),
-    (r"(src_|tgt_|trg_|input_|output_)?pad(ding)?(_token)?_?(idx|id|index)|padding_idx|pad_token_id", 1),  # torchtext's <pad>
+    (r"(src_|tgt_|trg_|input_|output_)?pad(ding)?(_token)?_?(idx|id|index)", 1),  # torchtext's <pad>: pad_idx, padding_idx, pad_token_id
     (r"padding|pad", 1),
     (r"(attn_|proj_|emb_|embed_|hidden_)?(dropout|drop)(_rate|_prob|_p)?|p|drop_path(_rate)?|dropout_ratio", 0.1),
     (r"(num_|n_)?actions?(_dim|_size|_space_size|_n)?|act_dim|action_space_dim|num_outputs|n_actions", 4),
