@@ -235,8 +235,9 @@ def summary_line(report: Report) -> Text:
         text.append(f" ({_plural(failed, 'target')} failed)", style=STYLE[Severity.ERROR])
     if skipped:
         text.append(_skipped_note(skipped), style="yellow")
-    options = [_fix_option(f) for f in report.findings if f.fixable]
-    safe, unsafe = options.count("--fix"), options.count("--fix --unsafe-fixes")
+    fixable = [f for f in report.findings if f.fixable]
+    unsafe = sum(1 for f in fixable if f.unsafe_fix)
+    safe = len(fixable) - unsafe
     if safe:
         text.append(f"; {safe} fixable with `audit --fix`" + (f" ({unsafe} more with `--unsafe-fixes`)" if unsafe else ""), style="dim")
     elif unsafe:
